@@ -1,0 +1,202 @@
+"""Configuration: a TOML file plus environment overrides, typed and validated.
+
+Every section is a frozen dataclass with module-level defaults; sections that belong to a
+lower package (worktrees, gateway, native, agents) are defined there and composed here.
+The loader checks each value against the field's annotation, so an error always names the
+full key and the bad value.
+
+Where values come from, later wins:
+1. the dataclass defaults,
+2. the TOML file: ``--config FILE``, else ``$SWITCHYARD_CONFIG``,
+3. ``SWITCHYARD_DATABASE_URL`` / ``SWITCHYARD_LOG_LEVEL`` / ``SWITCHYARD_DATA_DIR``, and generic
+   ``SWITCHYARD__<SECTION>__<KEY>=value`` (value parsed as TOML when it parses, else a string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.errors import ConfigError
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_DATA_DIR = Path(".switchyard")
+DEFAULT_EMBEDDED_PORT = 54329
+DEFAULT_POOL_SIZE = 10
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    # Empty: run an embedded PostgreSQL cluster under <data_dir>/postgres.
+    url: str = ""
+    embedded_port: int = DEFAULT_EMBEDDED_PORT
+    # Where initdb/pg_ctl live; empty: `pg_config --bindir`, then PATH, then /usr/lib/postgresql/*/bin.
+    pg_bindir: str = ""
+    pool_size: int = DEFAULT_POOL_SIZE
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    worker_id: str = ""  # empty: <hostname>:<pid>
+    max_concurrent_turns: int = 8
+    poll_interval: float = 2.0
+    lease_seconds: float = 30.0
+    turn_timeout: float = 3600.0
+    inactivity_timeout: float = 300.0
+    shutdown_grace: float = 20.0
+    retry_backoff: float = 2.0
+    retry_backoff_max: float = 300.0
+    # Deltas are batched this long before one session_events row is written.
+    coalesce_ms: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    log_level: str = "info"
+    data_dir: Path = DEFAULT_DATA_DIR
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError("log_level", self.log_level, f"must be one of {', '.join(LOG_LEVELS)}")
+
+
+ENV_ALIASES = {
+    "SWITCHYARD_DATABASE_URL": ("database", "url"),
+    "SWITCHYARD_LOG_LEVEL": ("log_level",),
+    "SWITCHYARD_DATA_DIR": ("data_dir",),
+}
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides, validate everything."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    file = path or env.get("SWITCHYARD_CONFIG")
+    if file:
+        raw = _read_toml(Path(file))
+    for var, key_path in ENV_ALIASES.items():
+        if var in env:
+            _set_path(raw, key_path, env[var])
+    for var, value in env.items():
+        if var.startswith("SWITCHYARD__"):
+            key_path = tuple(part.lower() for part in var.removeprefix("SWITCHYARD__").split("__"))
+            _set_path(raw, key_path, _parse_env_value(value))
+    return build(Config, raw, "")
+
+
+def build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:
+    """Build dataclass ``cls`` from a TOML table, refusing unknown keys and wrong types."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix or "<root>", raw, "must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = _join(prefix, unknown[0])
+        raise ConfigError(key, raw[unknown[0]], f"unknown key (known: {', '.join(sorted(fields))})")
+    values = {name: _coerce(hints[name], raw[name], _join(prefix, name)) for name in raw}
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(prefix or "<root>", raw, str(exc)) from exc
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(exc.reason)
+        raise ConfigError(key, value, " or ".join(errors))
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return build(hint, value, key)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(key, value, "must be true or false")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(key, value, "must be an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(key, value, "must be an integer") from None
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(key, value, "must be a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(key, value, "must be a number") from None
+        if number < 0:
+            raise ConfigError(key, value, "must not be negative")
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "must be a string")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, value, "must be a non-empty path string")
+        return Path(value).expanduser()
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, value, "must be a list")
+        return tuple(_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value))
+    if origin is dict or origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, value, "must be a table")
+        return {str(k): _coerce(args[1], v, _join(key, str(k))) for k, v in value.items()}
+    raise ConfigError(key, value, f"unsupported setting type {hint!r}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("--config", str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", str(path), f"not valid TOML: {exc}") from None
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _set_path(raw: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    table = raw
+    for part in key_path[:-1]:
+        table = table.setdefault(part, {})
+    table[key_path[-1]] = value
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,239 @@
+-- Switchyard schema. Idempotent: applying it twice changes nothing.
+-- Versioned: `schema_version` records each step. A later change is appended as a new
+-- idempotent block (ALTER ... IF NOT EXISTS) with a new version number, never by editing
+-- a released block, so an existing database upgrades without losing rows.
+-- `switchyard migrate` (and every start) runs this whole file in one transaction under an
+-- advisory lock, so concurrent starts do not race.
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---------------------------------------------------------------- version 1
+
+CREATE TABLE IF NOT EXISTS projects (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL UNIQUE CHECK (name <> ''),
+    repo_path       text NOT NULL UNIQUE CHECK (repo_path LIKE '/%'),
+    default_branch  text NOT NULL DEFAULT 'main',
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    project_id      bigint NOT NULL REFERENCES projects(id),
+    title           text NOT NULL DEFAULT '',
+    agent           text,
+    model           text,
+    status          text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'archived')),
+    -- Highest session_events.seq handed out; bumped in the same statement that inserts
+    -- events, so its row lock orders concurrent writers and seq stays gap-free.
+    last_seq        bigint NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    last_active_at  timestamptz NOT NULL DEFAULT now(),
+    archived_at     timestamptz,
+    CHECK ((status = 'archived') = (archived_at IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS sessions_project_idx ON sessions (project_id);
+
+-- The queue and the public submission API. project_id and session_id deliberately carry no
+-- foreign keys: a bad reference is accepted and then failed by the dispatcher with a clear
+-- failure_reason, so a submitter sees why in the row itself.
+CREATE TABLE IF NOT EXISTS tasks (
+    id                   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    project_id           bigint,
+    session_id           bigint,
+    input                text NOT NULL DEFAULT '',
+    agent                text,
+    model                text,
+    mode_id              text,
+    priority             integer NOT NULL DEFAULT 0,
+    state                text NOT NULL DEFAULT 'pending'
+                         CHECK (state IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+    execution_path       text CHECK (execution_path IN ('noop', 'native', 'acp', 'pty', 'opencode_server')),
+    attempt              integer NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_attempts         integer NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    not_before           timestamptz,
+    expires_at           timestamptz,
+    dispatch_key         text UNIQUE,
+    parent_task_id       bigint,
+    claimed_by           text,
+    claim_token          uuid,
+    lease_expires_at     timestamptz,
+    cancel_requested_at  timestamptz,
+    created_at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    started_at           timestamptz,
+    ended_at             timestamptz,
+    output_summary       text,
+    cost_tokens          bigint,
+    failure_reason       text,
+    error                text,
+    CHECK (state <> 'running' OR (claim_token IS NOT NULL AND lease_expires_at IS NOT NULL)),
+    CHECK ((state IN ('completed', 'failed', 'cancelled')) = (ended_at IS NOT NULL))
+);
+-- Invariant 1: at most one running task per session.
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_one_running_per_session
+    ON tasks (session_id) WHERE state = 'running';
+-- The claim scans pending tasks by priority, then age; per-session FIFO uses the second index.
+CREATE INDEX IF NOT EXISTS tasks_pending_claim_idx
+    ON tasks (priority DESC, created_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_pending_session_idx
+    ON tasks (session_id, created_at, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_running_lease_idx
+    ON tasks (lease_expires_at) WHERE state = 'running';
+CREATE INDEX IF NOT EXISTS tasks_session_idx ON tasks (session_id, id);
+
+CREATE TABLE IF NOT EXISTS task_attempts (
+    task_id         bigint NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    attempt         integer NOT NULL,
+    worker_id       text NOT NULL,
+    claim_token     uuid NOT NULL,
+    started_at      timestamptz NOT NULL,
+    ended_at        timestamptz,
+    outcome         text CHECK (outcome IN ('completed', 'failed', 'cancelled', 'retry', 'interrupted')),
+    failure_reason  text,
+    error           text,
+    PRIMARY KEY (task_id, attempt)
+);
+
+CREATE TABLE IF NOT EXISTS messages (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    session_id         bigint NOT NULL REFERENCES sessions(id),
+    task_id            bigint REFERENCES tasks(id) ON DELETE SET NULL,
+    role               text NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+    content            text NOT NULL DEFAULT '',
+    reasoning          text NOT NULL DEFAULT '',
+    status             text NOT NULL DEFAULT 'complete'
+                       CHECK (status IN ('streaming', 'complete', 'failed', 'cancelled')),
+    stop_reason        text,
+    prompt_tokens      integer,
+    completion_tokens  integer,
+    created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at        timestamptz
+);
+CREATE INDEX IF NOT EXISTS messages_session_idx ON messages (session_id, id);
+
+-- Tool calls of an assistant message, upserted by tool call id as snapshots arrive.
+CREATE TABLE IF NOT EXISTS message_parts (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id    bigint NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    session_id    bigint NOT NULL REFERENCES sessions(id),
+    tool_call_id  text NOT NULL,
+    name          text NOT NULL DEFAULT '',
+    kind          text,
+    status        text NOT NULL DEFAULT 'pending'
+                  CHECK (status IN ('pending', 'in_progress', 'completed', 'failed')),
+    input         jsonb,
+    output        jsonb,
+    locations     jsonb,
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (message_id, tool_call_id)
+);
+
+-- The durable log of every frame of a session; the WebSocket gateway replays from it.
+CREATE TABLE IF NOT EXISTS session_events (
+    session_id  bigint NOT NULL REFERENCES sessions(id),
+    seq         bigint NOT NULL CHECK (seq > 0),
+    type        text NOT NULL CHECK (type <> ''),
+    payload     jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (session_id, seq)
+);
+
+CREATE TABLE IF NOT EXISTS available_agents (
+    name        text PRIMARY KEY,
+    transport   text NOT NULL CHECK (transport IN ('acp', 'pty', 'opencode_server')),
+    command     text[] NOT NULL,
+    version     text,
+    available   boolean NOT NULL DEFAULT false,
+    detail      text,
+    checked_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS agent_sessions (
+    session_id           bigint NOT NULL REFERENCES sessions(id),
+    agent                text NOT NULL,
+    upstream_session_id  text NOT NULL,
+    config_hash          text NOT NULL,
+    server_key           text,
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, agent)
+);
+
+CREATE TABLE IF NOT EXISTS session_worktrees (
+    session_id    bigint PRIMARY KEY REFERENCES sessions(id),
+    project_id    bigint NOT NULL REFERENCES projects(id),
+    path          text NOT NULL UNIQUE,
+    branch        text NOT NULL,
+    base_commit   text NOT NULL CHECK (base_commit ~ '^[0-9a-f]{40}$'),
+    status        text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'removed')),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    last_used_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS pending_changes (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    session_id   bigint NOT NULL REFERENCES sessions(id),
+    task_id      bigint REFERENCES tasks(id) ON DELETE SET NULL,
+    agent        text,
+    base_commit  text NOT NULL,
+    diff         text NOT NULL,
+    files        jsonb NOT NULL DEFAULT '[]'::jsonb,
+    truncated    boolean NOT NULL DEFAULT false,
+    status       text NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'superseded', 'accepted', 'rejected', 'conflict')),
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    resolved_at  timestamptz,
+    resolved_by  text,
+    error        text
+);
+-- Invariant 4: at most one pending change per session.
+CREATE UNIQUE INDEX IF NOT EXISTS pending_changes_one_pending_per_session
+    ON pending_changes (session_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS pending_changes_session_idx ON pending_changes (session_id, id);
+
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL,
+    token_hash  text NOT NULL UNIQUE CHECK (token_hash ~ '^[0-9a-f]{64}$'),
+    -- NULL: every project (the operator's token); otherwise only these projects.
+    project_ids bigint[],
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+
+-- Notifications. NOTIFY is delivered on commit, so a listener never sees an uncommitted row.
+CREATE OR REPLACE FUNCTION switchyard_notify_task() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state = 'pending'
+       AND (TG_OP = 'INSERT' OR OLD.state IS DISTINCT FROM 'pending') THEN
+        PERFORM pg_notify('tasks_new', NEW.id::text);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.cancel_requested_at IS NOT NULL
+       AND OLD.cancel_requested_at IS NULL THEN
+        PERFORM pg_notify('task_cancel', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER tasks_notify
+    AFTER INSERT OR UPDATE OF state, cancel_requested_at ON tasks
+    FOR EACH ROW EXECUTE FUNCTION switchyard_notify_task();
+
+CREATE OR REPLACE FUNCTION switchyard_notify_session_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('session_events', NEW.session_id::text || ':' || NEW.seq::text);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER session_events_notify
+    AFTER INSERT ON session_events
+    FOR EACH ROW EXECUTE FUNCTION switchyard_notify_session_event();
+
+INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;

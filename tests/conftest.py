@@ -1,0 +1,87 @@
+"""Suite-wide fixtures: one real PostgreSQL cluster per run, a fresh database per test.
+
+The cluster comes from orchestrator.embedded_pg, the module `switchyard up` uses. Each test
+database is cloned from a template that already has schema.sql applied, which takes a few
+milliseconds instead of re-running the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from orchestrator import db
+from orchestrator.embedded_pg import EmbeddedPostgres, free_port
+
+TEMPLATE = "switchyard_template"
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[EmbeddedPostgres]:
+    # /tmp rather than pytest's tmp_path: as root the cluster runs as `postgres`, which must be
+    # able to enter every parent directory.
+    root = Path(tempfile.mkdtemp(prefix="switchyard-test-pg-"))
+    root.chmod(0o755)
+    cluster = EmbeddedPostgres.create(root / "cluster", free_port())
+    cluster.start()
+    try:
+        asyncio.run(_create_template(cluster))
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _create_template(cluster: EmbeddedPostgres) -> None:
+    conn = await db.connect(cluster.url("postgres"))
+    try:
+        await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await conn.close()
+    conn = await db.connect(cluster.url(TEMPLATE))
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _admin(cluster: EmbeddedPostgres, sql: str) -> None:
+    conn = await asyncpg.connect(cluster.url("postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def db_url(pg: EmbeddedPostgres) -> Iterator[str]:
+    """URL of a fresh database with the schema applied; dropped after the test."""
+    name = f"test_{os.getpid()}_{next(_db_numbers)}"
+    asyncio.run(_admin(pg, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    try:
+        yield pg.url(name)
+    finally:
+        asyncio.run(_admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(db_url, size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
