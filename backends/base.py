@@ -196,5 +196,8 @@ class TurnOutcome:
 class Backend(Protocol):
     # The tasks.execution_path this backend records: noop, native, acp, pty or opencode_server.
     execution_path: str
+    # True when the agent edits files: the turn then runs in the session's worktree and its
+    # diff becomes the session's pending change.
+    needs_worktree: bool
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome: ...

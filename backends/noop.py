@@ -11,6 +11,7 @@ from backends.base import Emit, TextDelta, Turn, TurnOutcome, Usage
 
 class NoopBackend:
     execution_path = "noop"
+    needs_worktree = False
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         await emit(TextDelta(turn.input))

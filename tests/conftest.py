@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
 
 from orchestrator import db
 from orchestrator.embedded_pg import EmbeddedPostgres, free_port
+from tests.helpers import reachable_tmp_dir
 
 TEMPLATE = "switchyard_template"
 _db_numbers = itertools.count(1)
@@ -32,18 +30,14 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[EmbeddedPostgres]:
-    # /tmp rather than pytest's tmp_path: as root the cluster runs as `postgres`, which must be
-    # able to enter every parent directory.
-    root = Path(tempfile.mkdtemp(prefix="switchyard-test-pg-"))
-    root.chmod(0o755)
-    cluster = EmbeddedPostgres.create(root / "cluster", free_port())
-    cluster.start()
-    try:
-        asyncio.run(_create_template(cluster))
-        yield cluster
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
+    with reachable_tmp_dir() as root:
+        cluster = EmbeddedPostgres.create(root / "cluster", free_port())
+        cluster.start()
+        try:
+            asyncio.run(_create_template(cluster))
+            yield cluster
+        finally:
+            cluster.stop("immediate")
 
 
 async def _create_template(cluster: EmbeddedPostgres) -> None:

@@ -1,0 +1,82 @@
+"""Submitting tasks: the single INSERT shared by the CLI, the WebSocket gateway and the README.
+
+An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
+A repeated ``dispatch_key`` changes nothing and returns the existing task's id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+SUBMIT_TASK = """
+INSERT INTO tasks (project_id, session_id, input, agent, model, mode_id, priority,
+                   max_attempts, expires_at, dispatch_key, parent_task_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (dispatch_key) DO NOTHING
+RETURNING id
+"""
+
+TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE dispatch_key = $1"
+
+LIST_TASKS = """
+SELECT id, project_id, session_id, state, agent, model, attempt, created_at, ended_at,
+       failure_reason, error, left(input, 60) AS input
+  FROM tasks
+ WHERE ($1::bigint IS NULL OR session_id = $1)
+   AND ($2::text IS NULL OR state = $2)
+ ORDER BY id DESC
+ LIMIT $3
+"""
+
+
+@dataclass(frozen=True)
+class TaskSubmission:
+    project_id: int
+    input: str
+    session_id: int | None = None
+    agent: str | None = None
+    model: str | None = None
+    mode_id: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    expires_at: datetime | None = None
+    dispatch_key: str | None = None
+    parent_task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task_id: int
+    # False when the dispatch_key was already taken and nothing was inserted.
+    created: bool
+
+
+async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+    task_id = await conn.fetchval(
+        SUBMIT_TASK,
+        task.project_id,
+        task.session_id,
+        task.input,
+        task.agent,
+        task.model,
+        task.mode_id,
+        task.priority,
+        task.max_attempts,
+        task.expires_at,
+        task.dispatch_key,
+        task.parent_task_id,
+    )
+    if task_id is not None:
+        return Submitted(task_id, created=True)
+    existing = await conn.fetchval(TASK_BY_DISPATCH_KEY, task.dispatch_key)
+    return Submitted(existing, created=False)
+
+
+async def list_tasks(
+    conn: asyncpg.Connection | asyncpg.Pool, session_id: int | None = None, state: str | None = None, limit: int = 20
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(LIST_TASKS, session_id, state, limit)
+    return rows
