@@ -9,11 +9,12 @@ title-generation requests get a short title without consuming scripted replies.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import math
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -141,7 +142,7 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Stall:
-    """Hang mid-stream after ``after_events`` data events (0: after the headers only).
+    """Hang mid-stream after ``after_events`` data events (the role chunk is the first; 0: headers only).
 
     ``seconds=None`` hangs until the server shuts down, which then cuts the connection; after a
     finite stall the stream continues normally.
@@ -234,12 +235,22 @@ def _pieces(value: str | Sequence[str], chunks: int) -> list[str]:
     if not value:
         return []
     n = max(1, min(chunks, len(value)))
-    size = math.ceil(len(value) / n)
-    return [value[i : i + size] for i in range(0, len(value), size)]
+    size, extra = divmod(len(value), n)
+    pieces, start = [], 0
+    for k in range(n):
+        end = start + size + (1 if k < extra else 0)
+        pieces.append(value[start:end])
+        start = end
+    return pieces
+
+
+def _words(text: str) -> list[str]:
+    # `opencode run` wraps each argument that contains a space in double quotes.
+    return [w.strip("\"'") for w in text.split()]
 
 
 def _keyword_args(text: str, keyword: str, count: int) -> list[str] | None:
-    words = text.split()
+    words = _words(text)
     if keyword not in words:
         return None
     args = words[words.index(keyword) + 1 : words.index(keyword) + 1 + count]
@@ -260,7 +271,7 @@ def keyword_reply(request: RecordedRequest) -> Scripted:
     if request.is_title:
         return Reply(text=TITLE)
     prompt = request.last_user_text
-    words = prompt.split()
+    words = _words(prompt)
     if "FAIL_500" in words:
         return HttpError(500, "fake internal error (FAIL_500)")
     if "HANG" in words:
@@ -302,8 +313,9 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client going away mid-stream is normal for these tests; stay quiet.
-        pass
+        # A client going away mid-stream is normal in these tests; anything else is a bug worth seeing.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 class _Cut(Exception):
@@ -332,10 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._record(None)
         if self.path.rstrip("/").endswith("/models"):
-            models = [
-                {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
-                for m in self.server.model.models
-            ]
+            models = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.server.model.models]
             self._send_json(200, {"object": "list", "data": models})
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
@@ -491,10 +500,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Cut
 
     def _cut(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class FakeModel:
@@ -534,10 +541,8 @@ class FakeModel:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(_SHUTDOWN_JOIN_SECONDS)
@@ -550,7 +555,9 @@ class FakeModel:
     def __enter__(self) -> FakeModel:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     async def __aenter__(self) -> FakeModel:
