@@ -193,7 +193,6 @@ CREATE TABLE IF NOT EXISTS pending_changes (
 CREATE UNIQUE INDEX IF NOT EXISTS pending_changes_one_pending_per_session
     ON pending_changes (session_id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS pending_changes_session_idx ON pending_changes (session_id, id);
-
 CREATE TABLE IF NOT EXISTS api_tokens (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text NOT NULL,
@@ -237,3 +236,13 @@ CREATE OR REPLACE TRIGGER session_events_notify
     FOR EACH ROW EXECUTE FUNCTION switchyard_notify_session_event();
 
 INSERT INTO schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+
+-- ---------------------------------------------------------------- version 2
+
+-- The commit (parent: base_commit) holding the worktree's content when the change was diffed.
+-- Accept and reject regenerate the exact patch from it, so they act on what was reviewed even
+-- if `diff` was truncated or a later turn is editing the worktree.
+ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS snapshot_commit text
+    CHECK (snapshot_commit ~ '^[0-9a-f]{40}$');
+
+INSERT INTO schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;

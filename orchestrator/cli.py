@@ -10,11 +10,13 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,15 +25,22 @@ import anyio
 import asyncpg
 
 from backends.errors import BackendError
+from backends.native import list_models
+from backends.opencode_pool import POOL_DIR, read_pool_status
 from orchestrator import db, logs
+from orchestrator.agents import probe_agents
 from orchestrator.config import Config, load_config
 from orchestrator.database import database_url
 from orchestrator.errors import SwitchyardError
+from orchestrator.gateway_actions import OrchestratorActions
 from orchestrator.projects import LIST_PROJECTS, add_project, resolve_project
-from orchestrator.tasks import TaskSubmission, list_tasks, submit_task
+from orchestrator.review import ReviewService, change_json, resolution_json
+from orchestrator.tasks import TaskSubmission, cancel_task, list_tasks, submit_task
+from worktrees import Resolution, WorktreeError
+from ws_gateway import Gateway, GatewayError, create_token
 
 # Errors of the lower packages end as one line too.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (SwitchyardError, BackendError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (SwitchyardError, BackendError, GatewayError, WorktreeError)
 
 
 @dataclass
@@ -113,6 +122,142 @@ async def cmd_tasks(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        state = await cancel_task(conn, args.task_id)
+    if state == "running":
+        print(f"task {args.task_id}: cancel requested; its dispatcher is aborting the turn")
+    else:
+        print(f"task {args.task_id}: {state}")
+    return 0
+
+
+async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
+    from orchestrator.dispatcher import run_until_signalled
+    from orchestrator.service import dispatcher_runtime, migrate
+
+    async with database_url(ctx.config) as url:
+        await migrate(url)
+        async with dispatcher_runtime(ctx.config, url) as runtime:
+            print(f"dispatcher {runtime.dispatcher.worker_id}: running", flush=True)
+            await run_until_signalled(runtime.dispatcher)
+    return 0
+
+
+async def cmd_changes(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        changes = await ReviewService(conn, ctx.config.worktrees).list_changes(
+            session_id=args.session, status=args.status, limit=args.limit
+        )
+    if args.json:
+        print(json.dumps([change_json(c) for c in changes], indent=2))
+        return 0
+    rows = [{**change_json(c), "files": len(c.files), "id": c.id} for c in changes]
+    print_table(rows, ("id", "session_id", "task_id", "status", "files", "truncated", "created_at", "error"))
+    return 0
+
+
+async def cmd_diff(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        text = await ReviewService(conn, ctx.config.worktrees).get_diff(args.change_id)
+    sys.stdout.write(text)
+    return 0
+
+
+async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        resolution = await ReviewService(conn, ctx.config.worktrees).accept(args.change_id, files=args.file, by=args.by)
+    return _print_resolution(resolution, as_json=args.json)
+
+
+async def cmd_reject(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        resolution = await ReviewService(conn, ctx.config.worktrees).reject(args.change_id, files=args.file, by=args.by)
+    return _print_resolution(resolution, as_json=args.json)
+
+
+def _print_resolution(resolution: Resolution, *, as_json: bool) -> int:
+    change = resolution.change
+    if as_json:
+        print(json.dumps(resolution_json(resolution), indent=2))
+    elif change.status == "conflict":
+        print(f"change {change.id}: conflict, the project was not changed: {change.error}", file=sys.stderr)
+    else:
+        print(f"change {change.id} {change.status}: {', '.join(f['path'] for f in change.files)}")
+        if resolution.remainder is not None:
+            print(f"the other files stay pending as change {resolution.remainder.id}")
+        if resolution.kept_at is not None:
+            print(f"the discarded content is kept at {resolution.kept_at}")
+    return 1 if change.status == "conflict" else 0
+
+
+async def cmd_models(ctx: CliContext, args: argparse.Namespace) -> int:
+    models = await list_models(ctx.config.native)
+    if args.json:
+        print(json.dumps(models))
+        return 0
+    for model in models:
+        print(f"{model}  (default)" if model == ctx.config.native.model else model)
+    return 0
+
+
+async def cmd_agents(ctx: CliContext, args: argparse.Namespace) -> int:
+    specs = ctx.config.agent_specs()
+    probes = await probe_agents(specs, opencode_binary=ctx.config.opencode.binary)
+    rows = [
+        {
+            "name": p.name,
+            "transport": specs[p.name].transport,
+            "available": p.available,
+            "version": p.version,
+            "command": " ".join(specs[p.name].command),
+            "detail": p.detail,
+        }
+        for p in probes
+    ]
+    print_table(rows, ("name", "transport", "available", "version", "command", "detail"), as_json=args.json)
+    return 0
+
+
+async def cmd_pool(ctx: CliContext, args: argparse.Namespace) -> int:
+    pools = await anyio.to_thread.run_sync(read_pool_status, ctx.config.data_dir / POOL_DIR)
+    rows = [{**server, "pool_pid": pool["owner_pid"]} for pool in pools for server in pool["servers"]]
+    columns = ("pool_pid", "key", "state", "pid", "url", "age_seconds", "rss_mb", "active_turns", "sessions")
+    if not rows and not args.json:
+        print("no opencode server is running (the pool lives in `switchyard up` / `switchyard dispatcher`)")
+    else:
+        print_table(rows, columns, as_json=args.json)
+    return 0
+
+
+async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
+    settings = ctx.config.gateway if args.port is None else replace(ctx.config.gateway, port=args.port)
+    async with database_url(ctx.config) as url:
+        pool = await db.create_pool(url, ctx.config.database.pool_size)
+        try:
+            async with pool.acquire() as conn:
+                await db.migrate(conn)
+            async with anyio.create_task_group() as tg:
+                actions = OrchestratorActions(pool, ReviewService(pool, ctx.config.worktrees))
+                ws_url = await tg.start(Gateway(settings, pool, actions).serve)
+                print(f"gateway: {ws_url}", flush=True)
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        break
+                tg.cancel_scope.cancel()
+        finally:
+            await pool.close()
+    return 0
+
+
+async def cmd_token_create(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        projects = [await resolve_project(conn, ref) for ref in args.project] if args.project else None
+        token = await create_token(conn, args.name, projects)
+    print(token)
+    return 0
+
+
 # ---------------------------------------------------------------------------- output
 
 
@@ -124,7 +269,9 @@ def _cell(value: Any) -> str:
     return str(value).replace("\n", " ")
 
 
-def print_table(rows: Sequence[asyncpg.Record], columns: Sequence[str], *, as_json: bool = False) -> None:
+def print_table(
+    rows: Sequence[asyncpg.Record | dict[str, Any]], columns: Sequence[str], *, as_json: bool = False
+) -> None:
     if as_json:
         print(json.dumps([{c: row[c] for c in columns} for row in rows], default=str, indent=2))
         return
@@ -181,6 +328,48 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--state", choices=("pending", "running", "completed", "failed", "cancelled"))
     tasks.add_argument("--limit", type=int, default=20)
     tasks.add_argument("--json", action="store_true", help="print JSON")
+
+    cancel = _command(sub, "cancel", "cancel a task (pending: at once; running: its backend is aborted)", cmd_cancel)
+    cancel.add_argument("task_id", type=int, metavar="TASK")
+
+    _command(sub, "dispatcher", "run only the dispatcher (any number may share a database)", cmd_dispatcher)
+
+    changes = _command(sub, "changes", "list pending changes (newest first)", cmd_changes)
+    changes.add_argument("--session", type=int, help="only this session")
+    changes.add_argument("--status", choices=("pending", "superseded", "accepted", "rejected", "conflict"))
+    changes.add_argument("--limit", type=int, default=20)
+    changes.add_argument("--json", action="store_true", help="print JSON")
+
+    diff = _command(sub, "diff", "print a change's diff", cmd_diff)
+    diff.add_argument("change_id", type=int, metavar="ID")
+
+    for name, handler, what in (
+        ("accept", cmd_accept, "apply a pending change to the project checkout (3-way; conflicts change nothing)"),
+        ("reject", cmd_reject, "put the session's worktree back to its base for a pending change's files"),
+    ):
+        review = _command(sub, name, what, handler)
+        review.add_argument("change_id", type=int, metavar="ID")
+        review.add_argument("--file", action="append", metavar="PATH", help="only this file (repeatable)")
+        review.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who resolved it (default: cli:$USER)")
+        review.add_argument("--json", action="store_true", help="print JSON")
+
+    gateway = _command(sub, "gateway", "run only the WebSocket gateway (any number may share a database)", cmd_gateway)
+    gateway.add_argument("--port", type=int, help="listen on this port (default: gateway.port)")
+
+    token = sub.add_parser("token", help="manage API tokens", description="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    token_create = _command(token_sub, "create", "create a WebSocket API token; it is printed once", cmd_token_create)
+    token_create.add_argument("--project", action="append", help="a project id or name it may see (repeatable)")
+    token_create.add_argument("--name", default="cli", help="a label for the token")
+
+    models = _command(sub, "models", "list the models the native endpoint offers (GET {base_url}/models)", cmd_models)
+    models.add_argument("--json", action="store_true", help="print JSON")
+
+    agents = _command(sub, "agents", "list the external agents: transport, command, installed?, version", cmd_agents)
+    agents.add_argument("--json", action="store_true", help="print JSON")
+
+    pool = _command(sub, "pool", "show the warm opencode servers: sessions, age, memory", cmd_pool)
+    pool.add_argument("--json", action="store_true", help="print JSON")
 
     return parser
 

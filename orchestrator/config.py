@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from backends.errors import AgentConfigError
+from backends.native import NativeSettings
+from backends.opencode_env import OpencodeSettings
+from backends.opencode_pool import OpencodePoolSettings
+from backends.permissions import PermissionPolicy
+from backends.registry import AgentConfig, AgentSpec, build_specs
 from orchestrator.errors import ConfigError
+from worktrees.settings import WorktreeSettings
+from ws_gateway.settings import GatewaySettings
 
 T = TypeVar("T")
 
@@ -58,6 +66,18 @@ class DispatcherSettings:
     retry_backoff_max: float = 300.0
     # Deltas are batched this long before one session_events row is written.
     coalesce_ms: float = 5.0
+    # Earlier complete messages of the session handed to a turn as Turn.history.
+    history_messages: int = 50
+    # Finalizing a turn (diff, messages, task state) gets this long afresh, whatever ended the turn.
+    finalize_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_turns < 1:
+            raise ValueError("dispatcher.max_concurrent_turns must be at least 1")
+        if self.poll_interval <= 0 or self.lease_seconds <= 0 or self.finalize_timeout <= 0:
+            raise ValueError("dispatcher.poll_interval, lease_seconds and finalize_timeout must be positive")
+        if self.history_messages < 0:
+            raise ValueError("dispatcher.history_messages must not be negative")
 
 
 @dataclass(frozen=True)
@@ -66,10 +86,28 @@ class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
+    native: NativeSettings = field(default_factory=NativeSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    worktrees: WorktreeSettings = field(default_factory=WorktreeSettings)
+    opencode_pool: OpencodePoolSettings = field(default_factory=OpencodePoolSettings)
+    # How every opencode process (acp, run, serve) reaches its model.
+    opencode: OpencodeSettings = field(default_factory=OpencodeSettings)
+    # [agents.<name>]: changes to the agent presets, or new agents (backends.registry).
+    agents: dict[str, AgentConfig] = field(default_factory=dict)
+    # What unattended agents may do (backends.permissions).
+    permissions: PermissionPolicy = field(default_factory=PermissionPolicy)
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", self.log_level, f"must be one of {', '.join(LOG_LEVELS)}")
+        self.agent_specs()  # an incomplete [agents.*] table fails at load time
+
+    def agent_specs(self) -> dict[str, AgentSpec]:
+        """The external agents: the presets with ``[agents.*]`` applied."""
+        try:
+            return build_specs(self.agents)
+        except AgentConfigError as exc:
+            raise ConfigError(exc.key, exc.value, exc.reason) from None
 
 
 ENV_ALIASES = {
@@ -93,7 +131,15 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if var.startswith("SWITCHYARD__"):
             key_path = tuple(part.lower() for part in var.removeprefix("SWITCHYARD__").split("__"))
             _set_path(raw, key_path, _parse_env_value(value))
-    return build(Config, raw, "")
+    return resolve_paths(build(Config, raw, ""))
+
+
+def resolve_paths(config: Config) -> Config:
+    """Make data_dir absolute (from the current directory) and a relative worktree root live
+    under it, so every command finds the same directories wherever it is run from."""
+    data_dir = config.data_dir.absolute()
+    root = config.worktrees.root if config.worktrees.root.is_absolute() else data_dir / config.worktrees.root
+    return dataclasses.replace(config, data_dir=data_dir, worktrees=dataclasses.replace(config.worktrees, root=root))
 
 
 def build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:

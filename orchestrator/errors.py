@@ -8,7 +8,8 @@
     ├── EmbeddedPostgresError
     │   ├── PostgresNotInstalled  no initdb/pg_ctl found
     │   └── PortInUse             the embedded cluster's port is taken
-    └── NotFound                  a project, session, task or change that does not exist
+    ├── NotFound                  a project, session, task or change that does not exist
+    └── TaskRejected              a task that cannot run as submitted (reason -> failure_reason)
 
 The lower packages (backends, worktrees, ws_gateway) have roots of their own
 (BackendError, WorktreeError, GatewayError); the orchestrator turns those into task
@@ -56,3 +57,12 @@ class PortInUse(EmbeddedPostgresError):
 
 class NotFound(SwitchyardError):
     pass
+
+
+class TaskRejected(SwitchyardError):
+    """A task the dispatcher refuses to run; ``reason`` becomes tasks.failure_reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(message)

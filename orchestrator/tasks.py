@@ -2,6 +2,10 @@
 
 An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
 A repeated ``dispatch_key`` changes nothing and returns the existing task's id.
+
+Cancelling (:func:`cancel_task`) is the same UPDATE an SQL user makes,
+``UPDATE tasks SET cancel_requested_at = now()``: a pending task ends ``cancelled`` at once,
+a running one is aborted by its dispatcher, which the update's NOTIFY reaches.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+
+from orchestrator.errors import NotFound
+from orchestrator.queue import end_pending_task
 
 SUBMIT_TASK = """
 INSERT INTO tasks (project_id, session_id, input, agent, model, mode_id, priority,
@@ -20,6 +27,14 @@ RETURNING id
 """
 
 TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE dispatch_key = $1"
+
+# Only the first request counts (and NOTIFYs); a finished task is left alone.
+REQUEST_CANCEL = """
+UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, now())
+ WHERE id = $1 AND state IN ('pending', 'running')
+RETURNING state
+"""
+TASK_STATE = "SELECT state FROM tasks WHERE id = $1"
 
 LIST_TASKS = """
 SELECT id, project_id, session_id, state, agent, model, attempt, created_at, ended_at,
@@ -80,3 +95,18 @@ async def list_tasks(
 ) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(LIST_TASKS, session_id, state, limit)
     return rows
+
+
+async def cancel_task(conn: asyncpg.Connection, task_id: int) -> str:
+    """Cancel a task; returns its state now: ``cancelled`` for a pending one, ``running`` while
+    its dispatcher aborts it, or the state it had already finished in."""
+    async with conn.transaction():
+        state: str | None = await conn.fetchval(REQUEST_CANCEL, task_id)
+        if state is None:
+            state = await conn.fetchval(TASK_STATE, task_id)
+            if state is None:
+                raise NotFound(f"no task {task_id}")
+            return state
+        if state == "pending" and await end_pending_task(conn, task_id) is not None:
+            return "cancelled"
+    return state

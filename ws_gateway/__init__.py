@@ -1,1 +1,25 @@
+"""The WebSocket gateway: authenticated, durable, replayable session frames (docs/PROTOCOL.md)."""
+
 from __future__ import annotations
+
+from ws_gateway.actions import GatewayActions, SubmitRequest
+from ws_gateway.auth import TokenAccess, create_token, hash_token, verify_token
+from ws_gateway.errors import ActionRejected, GatewayError, InvalidFrame, MalformedFrame, UnknownProject
+from ws_gateway.server import Gateway
+from ws_gateway.settings import GatewaySettings
+
+__all__ = [
+    "ActionRejected",
+    "Gateway",
+    "GatewayActions",
+    "GatewayError",
+    "GatewaySettings",
+    "InvalidFrame",
+    "MalformedFrame",
+    "SubmitRequest",
+    "TokenAccess",
+    "UnknownProject",
+    "create_token",
+    "hash_token",
+    "verify_token",
+]

@@ -35,7 +35,7 @@ _SHUTDOWN_JOIN_SECONDS = 5.0
 
 ReasoningField = Literal["reasoning_content", "reasoning"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
-Ending = Literal["done", "abrupt", "error"]
+Ending = Literal["done", "abrupt", "eof", "error"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ class Reply:
     a finish chunk, the usage chunk (only if the request asked for it) and ``[DONE]``. A str is split
     into ``chunks`` pieces; a sequence is sent piece by piece. ``ending="abrupt"`` closes the
     connection after the content (no finish_reason, no [DONE], no chunked-encoding terminator);
+    ``ending="eof"`` ends the body cleanly after the content, but with no finish_reason and no [DONE];
     ``ending="error"`` sends ``data: {"error": ...}`` after the content, then ``[DONE]``.
     """
 
@@ -445,6 +446,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._wait_or_cut(reply.stall.seconds)
         if reply.ending == "abrupt":
             raise _Cut
+        if reply.ending == "eof":
+            self._write_chunk(b"")
+            return
         if reply.ending == "error":
             self._sse({"error": {"message": reply.error_message, "type": "server_error", "code": 500}})
         else:
@@ -473,6 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _sse(self, payload: Mapping[str, Any]) -> None:
         self._write_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        if self.server.model.on_event is not None:
+            self.server.model.on_event(payload)
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -510,9 +516,17 @@ class FakeModel:
     Use as ``with FakeModel() as fm:`` (or ``async with``). Point clients at ``fm.base_url``.
     """
 
-    def __init__(self, models: Sequence[str] = DEFAULT_MODELS, default: DefaultPolicy = keyword_reply) -> None:
+    def __init__(
+        self,
+        models: Sequence[str] = DEFAULT_MODELS,
+        default: DefaultPolicy = keyword_reply,
+        on_event: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.models = tuple(models)
         self.default = default
+        # Called (in the server thread) right after each SSE data payload is written; benchmarks
+        # use it to timestamp the bytes they measure from.
+        self.on_event = on_event
         self._closing = threading.Event()
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
@@ -600,6 +614,12 @@ class FakeModel:
     def pending_replies(self) -> int:
         with self._lock:
             return len(self._queue)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections the server still holds (a closed client is noticed on the next write)."""
+        with self._lock:
+            return len(self._connections)
 
     def wait_for_requests(
         self, count: int = 1, *, when: Predicate = lambda r: r.is_chat, timeout: float = 10.0

@@ -60,12 +60,17 @@ def repo(home: Path) -> Path:
     return path
 
 
-def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start `switchyard up`; returns the process and its banner (database, websocket, token)."""
     proc = subprocess.Popen([*SWITCHYARD, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
+    banner: dict[str, str] = {}
     for line in proc.stdout:
-        if line.strip().startswith("database:"):
-            return proc, line.split(":", 1)[1].strip()
+        key, _, value = line.strip().partition(": ")
+        if key in ("database", "websocket", "token"):
+            banner[key] = value.strip()
+        if line.startswith("Stop:"):
+            return proc, banner
     proc.wait(10)
     raise AssertionError(f"up exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
 
@@ -76,9 +81,12 @@ def stop(proc: subprocess.Popen[str]) -> int:
 
 
 def test_up_psql_insert_tasks_and_restart(env: dict[str, str], repo: Path, home: Path) -> None:
-    proc, url = start_up(env)
+    proc, banner = start_up(env)
+    url = banner["database"]
     try:
         assert url.startswith("postgresql://switchyard:")
+        assert banner["websocket"].startswith("ws://127.0.0.1:")
+        assert len(banner["token"]) >= 32
         added = run(["project", "add", str(repo), "--name", "demo"], env)
         assert added.returncode == 0, added.stderr
         project_id = added.stdout.strip()
@@ -104,8 +112,9 @@ def test_up_psql_insert_tasks_and_restart(env: dict[str, str], repo: Path, home:
     )
     assert status.returncode != 0 or b"no server running" in status.stdout
 
-    proc, _ = start_up(env)
+    proc, second = start_up(env)
     try:
+        assert second["token"] == banner["token"]  # kept across restarts, not a new one each time
         listed = run(["tasks", "--json"], env)
         assert [t["input"] for t in json.loads(listed.stdout)] == ["from psql"]
     finally:

@@ -10,8 +10,16 @@ from orchestrator.errors import ConfigError
 
 def test_defaults_without_file_or_environment() -> None:
     config = load_config(None, environ={})
-    assert config == Config()
+    assert config.database == Config().database
     assert config.database.url == ""
+
+
+def test_paths_are_absolute_and_worktrees_live_under_data_dir(tmp_path: Path) -> None:
+    config = load_config(None, environ={"SWITCHYARD_DATA_DIR": "rel-data"})
+    assert config.data_dir == Path.cwd() / "rel-data"
+    assert config.worktrees.root == Path.cwd() / "rel-data" / "worktrees"
+    config = load_config(None, environ={"SWITCHYARD__WORKTREES__ROOT": str(tmp_path)})
+    assert config.worktrees.root == tmp_path
 
 
 def test_file_then_environment_overrides(tmp_path: Path) -> None:

@@ -101,7 +101,21 @@ async def test_schema_is_idempotent_and_versioned(pool: asyncpg.Pool) -> None:
         assert await db.migrate(conn) == db.SCHEMA_VERSION
         assert await db.migrate(conn) == db.SCHEMA_VERSION
         assert await conn.fetchval("SELECT input FROM tasks") == "keep me"
-        assert await conn.fetchval("SELECT count(*) FROM schema_version") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_version") == db.SCHEMA_VERSION
+
+
+async def test_a_version_1_database_is_upgraded_without_losing_rows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # Make this database look like one created by schema version 1.
+        await conn.execute("ALTER TABLE pending_changes DROP COLUMN snapshot_commit")
+        await conn.execute("DELETE FROM schema_version WHERE version > 1")
+        _, session = await _project_and_session(conn)
+        await conn.execute(
+            "INSERT INTO pending_changes (session_id, base_commit, diff) VALUES ($1, $2, 'old')", session, "a" * 40
+        )
+        assert await db.migrate(conn) == 2
+        assert await conn.fetchval("SELECT diff FROM pending_changes") == "old"
+        assert await conn.fetchval("SELECT snapshot_commit FROM pending_changes") is None
 
 
 async def test_newer_database_schema_is_refused(pool: asyncpg.Pool) -> None:

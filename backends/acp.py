@@ -1,0 +1,571 @@
+"""The ``acp`` track: an external agent run once over the Agent Client Protocol.
+
+One turn spawns the agent in the session worktree (its own session, so its tree can be killed),
+talks to it with the ``acp`` SDK's client side over stdio, and ends it:
+
+1. ``initialize`` advertising ``fs.readTextFile`` and ``fs.writeTextFile`` (no terminals), then
+   ``session/new`` in the worktree with no MCP servers; the task's mode and, without a
+   ``model_flag``, its model are set through the session's config options;
+2. ``session/prompt`` with the task's input, streaming until its response:
+   ``agent_message_chunk`` → ``TextDelta``, ``agent_thought_chunk`` → ``ReasoningDelta``,
+   ``tool_call``/``tool_call_update`` → merged ``ToolCall`` snapshots, ``plan`` → ``Plan``,
+   ``available_commands_update`` → ``AgentCommands``; other updates are ignored. The response's
+   stop reason and (unstable) usage end the turn;
+3. permission requests are answered by the :class:`PermissionPolicy` (``allow_once`` or
+   ``reject_once``, never "always", so every request is judged), each one shown as a
+   ``PermissionDecision``; ``fs/*`` requests are served only inside the worktree
+   (:mod:`backends.confine`), a refusal being an error to the agent and a ``PermissionDecision``;
+4. the end, however it comes: ``session/cancel`` if the prompt is still running (pending and later
+   permission requests are answered ``cancelled``) and a grace period for the agent to wind down,
+   stdin closed, then the whole process tree terminated (:mod:`backends.processes`).
+
+Lines on stdout that are not JSON objects are skipped (:class:`NdjsonStdio`). An agent that
+exits or closes stdout mid-turn fails the turn (``agent_crashed``) with the tail of its stderr;
+stderr is never logged. Events are queued synchronously in the order the SDK delivers them and
+emitted by one task, so frames keep the agent's order even when ``emit`` waits; after a cancel,
+what the agent sent while winding down is still emitted (for ``DRAIN_GRACE`` seconds at most).
+A one-shot agent sees only the task's input, not the session's history: the worktree carries
+the state between turns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import anyio.to_thread
+from acp import PROTOCOL_VERSION, Client, RequestError, connect_to_agent, text_block
+from acp.client.connection import ClientSideConnection
+from acp.schema import (
+    AgentMessageChunk,
+    AgentPlanUpdate,
+    AgentThoughtChunk,
+    AllowedOutcome,
+    AvailableCommandsUpdate,
+    ClientCapabilities,
+    ContentToolCallContent,
+    DeniedOutcome,
+    FileSystemCapabilities,
+    Implementation,
+    NewSessionResponse,
+    PermissionOption,
+    PromptResponse,
+    ReadTextFileResponse,
+    RequestPermissionResponse,
+    TextContentBlock,
+    ToolCallProgress,
+    ToolCallStart,
+    ToolCallUpdate,
+    WriteTextFileResponse,
+)
+from anyio.abc import ByteReceiveStream, ByteSendStream, Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
+from pydantic import BaseModel, ValidationError
+
+from backends.base import (
+    AgentCommands,
+    BackendEvent,
+    Emit,
+    PermissionDecision,
+    Plan,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolStatus,
+    Turn,
+    TurnOutcome,
+    Usage,
+)
+from backends.confine import read_text, write_text
+from backends.errors import AgentNotFoundError, BackendError, BadModelError
+from backends.launch import Launch, prepare
+from backends.opencode_env import OpencodeSettings
+from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
+from backends.processes import TERMINATE, ProcessTree
+from backends.registry import AgentSpec
+
+log = logging.getLogger("switchyard.backends.acp")
+
+CLIENT_INFO = Implementation(name="switchyard", title="Switchyard", version="0.1.0")
+# Longest line accepted from the agent: ACP lines can be megabytes (file contents).
+STDIO_LIMIT = 50 * 1024 * 1024
+# initialize + session/new + config options.
+STARTUP_TIMEOUT = 60.0
+# After session/cancel, how long the agent gets to answer the prompt with "cancelled".
+CANCEL_GRACE = 5.0
+# After stdin is closed, how long the agent gets to exit by itself before it is signalled.
+EXIT_GRACE = 2.0
+# After the agent exited, how long a prompt still waits for the end of its stdout.
+EOF_GRACE = 1.0
+# A cancelled turn still emits what the agent sent while winding down, for at most this long.
+DRAIN_GRACE = 5.0
+STDERR_TAIL_BYTES = 4096
+# Every agent is asked: opencode decides nothing by itself, the policy decides.
+OPENCODE_ASK_EVERYTHING = {"*": "ask"}
+
+# Keys of a tool call's rawInput that name a file or directory it touches.
+PATH_KEYS = ("path", "filePath", "filepath", "file_path", "cwd", "directory")
+ALLOW_KINDS = ("allow_once", "allow_always")
+REJECT_KINDS = ("reject_once", "reject_always")
+
+
+class AcpBackend:
+    execution_path = "acp"
+    needs_worktree = True
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        policy: PermissionPolicy | None = None,
+        *,
+        opencode: OpencodeSettings | None = None,
+        parent_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.policy = policy or PermissionPolicy()
+        self.opencode = opencode or OpencodeSettings()
+        self.parent_env = parent_env
+
+    async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
+        if turn.workdir is None:
+            return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
+        root = Path(await anyio.to_thread.run_sync(turn.workdir.resolve))
+        settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
+        try:
+            async with prepare(self.spec, turn.model, opencode=settings, parent_env=self.parent_env) as launch:
+                return await _AcpTurn(self, turn, root, launch, emit).run()
+        except AgentNotFoundError as exc:
+            return TurnOutcome.failed("agent_unavailable", str(exc))
+        except BadModelError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
+
+
+class _AcpTurn:
+    """One turn: the agent process, the connection, the event queue and the way it all ends."""
+
+    def __init__(self, backend: AcpBackend, turn: Turn, root: Path, launch: Launch, emit: Emit) -> None:
+        self.spec = backend.spec
+        self.turn = turn
+        self.root = root
+        self.launch = launch
+        self.emit = emit
+        self.send, self.receive = anyio.create_memory_object_stream[BackendEvent](math.inf)
+        self.client = TurnClient(root, backend.policy, self.send)
+        self.forward_scope = anyio.CancelScope(shield=True)
+        self.stderr_tail = bytearray()
+        self.stderr_done = anyio.Event()
+
+    async def run(self) -> TurnOutcome:
+        try:
+            process = await anyio.open_process(
+                list(self.launch.argv), cwd=self.root, env=self.launch.env, start_new_session=True
+            )
+        except (OSError, ValueError) as exc:
+            return TurnOutcome.failed("agent_unavailable", f"cannot start {self.launch.argv[0]}: {exc}")
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        tree = ProcessTree(process.pid, self.launch.run_id)
+        # TurnClient implements what the advertised capabilities need; the SDK refuses the rest.
+        conn = connect_to_agent(cast(Client, self.client), NdjsonStdio(process.stdout, process.stdin, self.spec.name))
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(tree.watch)
+                services.start_soon(self._read_stderr, process.stderr)
+                services.start_soon(self._close_on_exit, process, conn)
+                outcome = await self._converse_and_forward(conn, process)
+                services.cancel_scope.cancel()
+            return outcome
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shut_down(process, conn, tree)
+
+    async def _converse_and_forward(self, conn: ClientSideConnection, process: Process) -> TurnOutcome:
+        """The dialogue, while one task emits the queued events; returns once all are emitted."""
+        async with anyio.create_task_group() as forwarding:
+            forwarding.start_soon(self._forward)
+            try:
+                outcome = await self._converse(conn, process)
+            except BaseException:
+                # Cancelled: what the agent sent while winding down is still emitted, for a while.
+                self.forward_scope.deadline = anyio.current_time() + DRAIN_GRACE
+                raise
+            finally:
+                self.send.close()
+        return outcome
+
+    # ----------------------------------------------------------------------------- the dialogue
+
+    async def _converse(self, conn: ClientSideConnection, process: Process) -> TurnOutcome:
+        try:
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                session_id = await self._start_session(conn)
+        except TimeoutError:
+            return TurnOutcome.failed("agent_start_timeout", f"{self.spec.name} did not start a session in time")
+        except BadModelError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
+        except Exception as exc:
+            return await self._failure(exc, process, "session setup")
+        if session_id is None:
+            return TurnOutcome.failed("protocol_error", f"{self.spec.name} speaks another ACP version")
+        try:
+            response = await self._prompt(conn, session_id)
+        except Exception as exc:
+            return await self._failure(exc, process, "session/prompt")
+        if response is None:
+            return TurnOutcome.failed("timeout", f"{self.spec.name} gave no result in {self.spec.timeout:g}s")
+        return self._outcome(response)
+
+    async def _start_session(self, conn: ClientSideConnection) -> str | None:
+        init = await conn.initialize(
+            protocol_version=PROTOCOL_VERSION,
+            client_capabilities=ClientCapabilities(
+                fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False
+            ),
+            client_info=CLIENT_INFO,
+        )
+        if init.protocol_version != PROTOCOL_VERSION:
+            return None
+        session = await conn.new_session(cwd=str(self.root), mcp_servers=[])
+        if self.turn.mode_id:
+            await self._select(conn, session, "mode", self.turn.mode_id)
+        if self.launch.session_model:
+            await self._select(conn, session, "model", self.launch.session_model)
+        return session.session_id
+
+    async def _select(self, conn: ClientSideConnection, session: NewSessionResponse, category: str, value: str) -> None:
+        """Set the session's config option of ``category`` (``mode`` falls back to session/set_mode)."""
+        for option in session.config_options or ():
+            if option.category == category:
+                try:
+                    await conn.set_config_option(config_id=option.id, session_id=session.session_id, value=value)
+                except RequestError as exc:
+                    raise BadModelError(f"{self.spec.name} refused {category} {value!r}: {exc}") from None
+                return
+        if category == "mode" and session.modes is not None:
+            try:
+                await conn.set_session_mode(session_id=session.session_id, mode_id=value)
+            except RequestError as exc:
+                raise BadModelError(f"{self.spec.name} refused mode {value!r}: {exc}") from None
+            return
+        raise BadModelError(f"{self.spec.name} offers no way to choose a {category} (asked for {value!r})")
+
+    async def _prompt(self, conn: ClientSideConnection, session_id: str) -> PromptResponse | None:
+        """``session/prompt``, None after ``spec.timeout``; ended early, the agent gets ``session/cancel``."""
+        result: list[PromptResponse | Exception] = []
+        done = anyio.Event()
+        # Shielded so a cancelled turn can still receive the agent's "cancelled" answer.
+        prompt_scope = anyio.CancelScope(shield=True)
+
+        async def prompt() -> None:
+            with prompt_scope:
+                try:
+                    result.append(await conn.prompt(session_id=session_id, prompt=[text_block(self.turn.input)]))
+                except Exception as exc:
+                    result.append(exc)
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(prompt)
+            try:
+                with anyio.move_on_after(self.spec.timeout) as deadline:
+                    await done.wait()
+            finally:
+                if not done.is_set():
+                    with anyio.CancelScope(shield=True):
+                        await self._cancel(conn, session_id, done)
+                        prompt_scope.cancel()
+        if deadline.cancelled_caught or not result:
+            return None
+        if isinstance(result[0], Exception):
+            raise result[0]
+        return result[0]
+
+    async def _cancel(self, conn: ClientSideConnection, session_id: str, done: anyio.Event) -> None:
+        self.client.cancelling = True
+        with anyio.move_on_after(CANCEL_GRACE):
+            with suppress(Exception):
+                await conn.cancel(session_id=session_id)
+            await done.wait()
+
+    def _outcome(self, response: PromptResponse) -> TurnOutcome:
+        usage = None
+        if response.usage is not None:
+            usage = Usage(response.usage.input_tokens, response.usage.output_tokens)
+            self.client.queue(usage)
+        if response.stop_reason == "cancelled":
+            return TurnOutcome.cancelled(usage=usage)
+        return TurnOutcome.completed(response.stop_reason, usage=usage)
+
+    async def _failure(self, exc: Exception, process: Process, during: str) -> TurnOutcome:
+        name = self.spec.name
+        if isinstance(exc, RequestError):
+            reason = "agent_auth_required" if exc.code == -32000 else "agent_error"
+            return TurnOutcome.failed(reason, f"{name} answered {during} with error {exc.code}: {exc}")
+        if isinstance(exc, ValidationError):
+            return TurnOutcome.failed("protocol_error", f"{name} sent an invalid {during} result: {exc}")
+        if not isinstance(exc, ConnectionError):
+            raise exc
+        # The connection is gone: the agent exited or closed stdout. Its stderr says why.
+        with anyio.move_on_after(EXIT_GRACE):
+            await process.wait()
+            await self.stderr_done.wait()
+        status = "is still running" if process.returncode is None else f"exited with code {process.returncode}"
+        stderr = self.stderr_tail.decode(errors="replace").strip() or "(nothing on stderr)"
+        return TurnOutcome.failed("agent_crashed", f"{name} {status} during {during}: {stderr}")
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    async def _forward(self) -> None:
+        with self.forward_scope, self.receive:
+            async for event in self.receive:
+                await self.emit(event)
+
+    async def _read_stderr(self, stderr: ByteReceiveStream) -> None:
+        try:
+            async for chunk in stderr:
+                self.stderr_tail += chunk
+                del self.stderr_tail[:-STDERR_TAIL_BYTES]
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        finally:
+            self.stderr_done.set()
+
+    async def _close_on_exit(self, process: Process, conn: ClientSideConnection) -> None:
+        """An agent that exits while a grandchild keeps its stdout open still ends the turn."""
+        await process.wait()
+        await anyio.sleep(EOF_GRACE)
+        with anyio.move_on_after(EXIT_GRACE):
+            await conn.close()
+
+    async def _shut_down(self, process: Process, conn: ClientSideConnection, tree: ProcessTree) -> None:
+        """Close the connection (and with it stdin), give the agent a moment to exit, then end its tree."""
+        with suppress(Exception), anyio.move_on_after(EXIT_GRACE):
+            await conn.close()
+        with anyio.move_on_after(EXIT_GRACE):
+            await process.wait()
+        await tree.terminate(TERMINATE)
+        with anyio.move_on_after(EXIT_GRACE):
+            await process.aclose()
+        for call in self.client.unfinished():
+            with suppress(Exception), anyio.move_on_after(EXIT_GRACE):
+                await self.emit(call)
+
+
+class NdjsonStdio:
+    """The SDK's message transport over the agent's stdio: one JSON object per line.
+
+    Used instead of the SDK's own stdio framing so that a line that is not a JSON object (agents
+    sometimes print logs to stdout) is skipped with one warning per turn that shows no content,
+    rather than a logged traceback with the line in it.
+    """
+
+    def __init__(self, stdout: ByteReceiveStream, stdin: ByteSendStream, agent: str) -> None:
+        self.reader = BufferedByteReceiveStream(stdout)
+        self.writer = stdin
+        self.agent = agent
+        self.skipped = 0
+        self._send_lock = anyio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        async with self._send_lock:
+            await self.writer.send(data)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message; None at the end of stdout."""
+        while True:
+            try:
+                line = await self.reader.receive_until(b"\n", STDIO_LIMIT)
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return None
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = None
+            if isinstance(message, dict):
+                return message
+            self.skipped += 1
+            if self.skipped == 1:
+                fields = {"agent": self.agent, "bytes": len(line)}
+                log.warning("acp.non_json_stdout_line", extra={"fields": fields})
+
+    async def close(self) -> None:
+        with suppress(Exception):
+            await self.writer.aclose()
+
+
+class TurnClient:
+    """The client side the agent talks to: session updates, permissions, confined files."""
+
+    def __init__(self, root: Path, policy: PermissionPolicy, events: MemoryObjectSendStream[BackendEvent]) -> None:
+        self.root = root
+        self.policy = policy
+        self.events = events
+        self.cancelling = False
+        self.tools: dict[str, ToolCall] = {}
+        # Tool calls whose output came as rawOutput, which then wins over their content.
+        self.raw_outputs: set[str] = set()
+
+    def queue(self, event: BackendEvent) -> None:
+        # Synchronous, so events keep the order in which the SDK hands them over.
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.events.send_nowait(event)
+
+    def unfinished(self) -> list[ToolCall]:
+        """Tool calls the agent left pending or running, marked failed (the turn is over)."""
+        open_calls = [c for c in self.tools.values() if c.status in (ToolStatus.PENDING, ToolStatus.IN_PROGRESS)]
+        return [replace(c, status=ToolStatus.FAILED) for c in open_calls]
+
+    # ---------------------------------------------------------------- agent → client requests
+
+    async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        for event in self._events(update):
+            self.queue(event)
+
+    async def request_permission(
+        self, options: list[PermissionOption], session_id: str, tool_call: ToolCallUpdate, **kwargs: Any
+    ) -> RequestPermissionResponse:
+        call_id, permission = tool_call.tool_call_id, tool_call.kind or "other"
+        verdict: Verdict | None = None
+        if not self.cancelling:
+            request = permission_request(tool_call)
+            verdict = await anyio.to_thread.run_sync(decide, self.policy, request, self.root)
+        if verdict is None or self.cancelling:
+            self.queue(PermissionDecision(call_id, permission, "cancelled", "the turn is being cancelled"))
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        option = choose_option(verdict.allowed, options)
+        if option is None:
+            # Neither a matching allow nor reject option: "cancelled" is the only other answer.
+            reason = f"{verdict.reason}; the agent offered no matching option"
+            self.queue(PermissionDecision(call_id, permission, "denied", reason))
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        self.queue(PermissionDecision(call_id, permission, "allowed" if verdict.allowed else "denied", verdict.reason))
+        return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=option))
+
+    async def write_text_file(self, content: str, path: str, session_id: str, **kwargs: Any) -> WriteTextFileResponse:
+        await self._check("edit", "fs/write_text_file", path)
+        try:
+            await anyio.to_thread.run_sync(write_text, self.root, path, content)
+        except BackendError as exc:
+            self._refused("fs/write_text_file", str(exc))
+            raise RequestError(-32602, str(exc), {"path": path}) from None
+        except OSError as exc:
+            raise RequestError.internal_error({"path": path, "details": exc.strerror or str(exc)}) from None
+        return WriteTextFileResponse()
+
+    async def read_text_file(
+        self, path: str, session_id: str, limit: int | None = None, line: int | None = None, **kwargs: Any
+    ) -> ReadTextFileResponse:
+        await self._check("read", "fs/read_text_file", path)
+        try:
+            content = await anyio.to_thread.run_sync(read_text, self.root, path, line, limit)
+        except BackendError as exc:
+            self._refused("fs/read_text_file", str(exc))
+            raise RequestError(-32602, str(exc), {"path": path}) from None
+        except FileNotFoundError:
+            raise RequestError.resource_not_found(path) from None
+        except OSError as exc:
+            raise RequestError.internal_error({"path": path, "details": exc.strerror or str(exc)}) from None
+        return ReadTextFileResponse(content=content)
+
+    async def _check(self, kind: str, method: str, path: str) -> None:
+        request = PermissionRequest(kind, method, (path,))
+        verdict = await anyio.to_thread.run_sync(decide, self.policy, request, self.root)
+        if not verdict.allowed:
+            self._refused(method, verdict.reason)
+            raise RequestError(-32602, verdict.reason, {"path": path})
+
+    def _refused(self, method: str, reason: str) -> None:
+        self.queue(PermissionDecision(None, method, "denied", reason))
+
+    # ---------------------------------------------------------------- updates → events
+
+    def _events(self, update: Any) -> Iterable[BackendEvent]:
+        if isinstance(update, AgentMessageChunk):
+            if isinstance(update.content, TextContentBlock) and update.content.text:
+                yield TextDelta(update.content.text)
+        elif isinstance(update, AgentThoughtChunk):
+            if isinstance(update.content, TextContentBlock) and update.content.text:
+                yield ReasoningDelta(update.content.text)
+        elif isinstance(update, ToolCallStart | ToolCallProgress):
+            yield self._merge(update)
+        elif isinstance(update, AgentPlanUpdate):
+            yield Plan(_dump_all(update.entries))
+        elif isinstance(update, AvailableCommandsUpdate):
+            yield AgentCommands(_dump_all(update.available_commands))
+
+    def _merge(self, update: ToolCallStart | ToolCallProgress) -> ToolCall:
+        """The full snapshot after this update (``content`` replaces, it does not append)."""
+        call_id = update.tool_call_id
+        call = self.tools.get(call_id) or ToolCall(call_id, name=update.title or call_id)
+        changes: dict[str, Any] = {}
+        if update.title:
+            changes["name"] = update.title
+        if update.kind is not None:
+            changes["kind"] = update.kind
+        if update.status is not None:
+            changes["status"] = ToolStatus(update.status)
+        if update.raw_input is not None:
+            changes["input"] = update.raw_input
+        if update.raw_output is not None:
+            changes["output"] = update.raw_output
+            self.raw_outputs.add(call_id)
+        elif update.content is not None and call_id not in self.raw_outputs:
+            changes["output"] = _content_output(update.content)
+        if update.locations is not None:
+            changes["locations"] = tuple(_dump_all(update.locations))
+        call = replace(call, **changes)
+        self.tools[call_id] = call
+        return call
+
+
+def permission_request(tool_call: ToolCallUpdate) -> PermissionRequest:
+    """An ACP tool call as the policy sees it: kind, paths (locations, rawInput, diffs), command."""
+    paths = [loc.path for loc in tool_call.locations or ()]
+    raw = tool_call.raw_input
+    command: str | Sequence[str] | None = None
+    if isinstance(raw, dict):
+        paths += [raw[key] for key in PATH_KEYS if isinstance(raw.get(key), str)]
+        value = raw.get("command")
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            command = value
+    for item in tool_call.content or ():
+        path = getattr(item, "path", None)
+        if isinstance(path, str):
+            paths.append(path)
+    return PermissionRequest(
+        kind=tool_call.kind or "other", title=tool_call.title or "", paths=tuple(paths), command=command
+    )
+
+
+def choose_option(allowed: bool, options: Sequence[PermissionOption]) -> str | None:
+    """The agent's option id for the verdict: a one-time allow or reject; None if it offers none."""
+    for kind in ALLOW_KINDS if allowed else REJECT_KINDS:
+        for option in options:
+            if option.kind == kind:
+                return option.option_id
+    return None
+
+
+def _content_output(content: Sequence[Any]) -> Any:
+    texts = [
+        item.content.text
+        for item in content
+        if isinstance(item, ContentToolCallContent) and isinstance(item.content, TextContentBlock)
+    ]
+    if len(texts) == len(content):
+        return "".join(texts)
+    return _dump_all(content)
+
+
+def _dump_all(models: Iterable[BaseModel]) -> list[dict[str, Any]]:
+    return [m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in models]

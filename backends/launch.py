@@ -1,0 +1,97 @@
+"""Starting a one-shot external agent: its argv, its environment, and opencode's sandbox.
+
+Shared by the ACP and PTY tracks. :func:`prepare` resolves the executable, builds the
+environment (opencode agents get the offline environment of :mod:`backends.opencode_env` with
+a per-turn sandbox for HOME and the XDG dirs, removed afterwards) and places the task's model
+and, for the PTY track, its input on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from backends.errors import BadModelError
+from backends.opencode_env import OpencodeSettings, opencode_env
+from backends.processes import RUN_MARKER
+from backends.registry import AgentSpec, agent_env, executable
+
+SANDBOX_PREFIX = "switchyard-agent-"
+END_OF_OPTIONS = "--"
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    # Also in ``env`` as RUN_MARKER: finds every process of this run (backends.processes).
+    run_id: str
+    # The model to select through the ACP session's ``model`` config option (no model_flag).
+    session_model: str | None = None
+
+
+def opencode_model(settings: OpencodeSettings, model: str | None) -> str:
+    """``<provider>/<model>`` for a task's model, which must be one the opencode config offers."""
+    provider, _, name = (model or "").rpartition("/")
+    name = name or settings.models[0]
+    if (provider and provider != settings.provider_id) or name not in settings.models:
+        configured = ", ".join(settings.model_ref(m) for m in settings.models)
+        raise BadModelError(f"model {model!r} is not configured for opencode ({configured})")
+    return settings.model_ref(name)
+
+
+@asynccontextmanager
+async def prepare(
+    spec: AgentSpec,
+    model: str | None,
+    *,
+    prompt: str | None = None,
+    opencode: OpencodeSettings | None = None,
+    parent_env: Mapping[str, str] | None = None,
+) -> AsyncIterator[Launch]:
+    """The launch of one turn; ``prompt`` (PTY track) goes last on the command line.
+
+    Raises AgentNotFoundError or BadModelError before anything is created.
+    """
+    parent = os.environ if parent_env is None else parent_env
+    program = await anyio.to_thread.run_sync(executable, spec, opencode.binary if opencode else None)
+    argv = [str(program), *spec.command[1:]]
+    session_model = None
+    if spec.opencode:
+        settings = opencode or OpencodeSettings()
+        model = opencode_model(settings, model)
+        if spec.model_flag is None:
+            # opencode's default model is the first configured one: put the task's first.
+            first = model.partition("/")[2]
+            settings = dataclasses.replace(settings, models=(first, *(m for m in settings.models if m != first)))
+    if model:
+        if spec.model_flag:
+            argv += [spec.model_flag, model]
+        elif not spec.opencode:
+            session_model = model
+    if prompt is not None:
+        argv += [f"{spec.prompt_flag}={prompt}"] if spec.prompt_flag else [END_OF_OPTIONS, prompt]
+    sandbox: Path | None = None
+    try:
+        if spec.opencode:
+            sandbox = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, SANDBOX_PREFIX))
+            env = agent_env(spec, parent, opencode_env(settings, sandbox, parent))
+        else:
+            env = agent_env(spec, parent)
+        run_id = secrets.token_hex(16)
+        env[RUN_MARKER] = run_id
+        yield Launch(tuple(argv), env, run_id, session_model)
+    finally:
+        if sandbox is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, sandbox, True)

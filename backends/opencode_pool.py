@@ -1,0 +1,734 @@
+"""A pool of warm ``opencode serve`` processes, shared by every turn of the ``opencode_server`` track.
+
+Each server listens on 127.0.0.1 (a free port), requires HTTP Basic auth with a random password,
+and keeps its state in a private sandbox (HOME and XDG directories, see
+:func:`backends.opencode_env.opencode_env`) that is deleted when it stops. Its opencode config
+says ``"permission": "ask"``: every tool use, a subagent's too, waits for the turn to answer it
+with Switchyard's policy. One server hosts many
+worktrees: every request names its directory. A Switchyard session sticks to one server (the
+``server_key`` persisted in ``agent_sessions``) so its opencode session stays warm.
+
+The pool is a long-lived resource: ``async with OpencodePool(...) as pool:`` once per service.
+It keeps ``min_servers`` running, starts more (up to ``servers``) when every server is busy,
+restarts a server that crashed, recycles one that fails its health checks, grew too old or too
+large (RSS of its whole process tree), stops servers idle for ``idle_shrink`` seconds, and on exit
+kills everything it started (:class:`~backends.processes.ProcessTree`: the server's group plus
+descendants such as the bash tool's commands, which opencode starts in sessions of their own).
+When a server dies first, its children are reparented and no longer in its tree; every process
+a server starts therefore inherits an environment marker (:data:`MARKER_ENV`) by which they are
+found and killed, also when a previous service process died without cleaning up. The pool
+publishes its state in a small JSON file that ``switchyard pool`` reads (:func:`read_pool_status`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+from anyio.streams.buffered import BufferedByteReceiveStream
+from httpx_sse import EventSource, aconnect_sse
+
+from backends.errors import OpencodeServerError
+from backends.opencode_env import OpencodeSettings, find_opencode, opencode_env
+from backends.processes import ProcessTree
+
+log = logging.getLogger("switchyard.backends.opencode_pool")
+
+DEFAULT_SERVERS = 2
+DEFAULT_MIN_SERVERS = 1
+DEFAULT_MAX_AGE = 6 * 3600.0
+DEFAULT_MAX_RSS_MB = 2048
+DEFAULT_IDLE_SHRINK = 900.0
+DEFAULT_HEALTH_INTERVAL = 15.0
+DEFAULT_STARTUP_TIMEOUT = 60.0
+DEFAULT_STOP_GRACE = 5.0
+DEFAULT_WATCHDOG = 180.0
+DEFAULT_RETRY_CAP = 3
+
+# Consecutive failed health checks before a server is recycled.
+UNHEALTHY_AFTER = 3
+HEALTH_TIMEOUT = 5.0
+REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# opencode sends a heartbeat every ~10 s, so a stream silent for this long is dead.
+SSE_TIMEOUT = httpx.Timeout(5.0, read=45.0)
+# Attempts at a free port (another process may take the one we picked before opencode binds it).
+PORT_ATTEMPTS = 3
+STDERR_TAIL_LINES = 20
+MAX_LINE = 64 * 1024
+
+USERNAME = "opencode"
+ASK = "ask"
+# Every process a server starts inherits this variable: ``<owner pid>.<pool nonce>/<server number>``.
+MARKER_ENV = "SWITCHYARD_OPENCODE_SERVER"
+_LISTENING = re.compile(r"listening on (https?://\S+)")
+_BIND_FAILURE = re.compile(r"ServeError|EADDRINUSE|address already in use", re.IGNORECASE)
+STATUS_PREFIX = "pool-"
+# The pool's directory under the service's data_dir (sandboxes and status files).
+POOL_DIR = "opencode-pool"
+
+
+@dataclass(frozen=True)
+class OpencodePoolSettings:
+    """``[opencode_pool]``: how many warm servers, when to recycle them, and per-turn limits."""
+
+    # At most this many servers; more start only when every running one is busy.
+    servers: int = DEFAULT_SERVERS
+    # Kept running even when idle (0: start on the first turn).
+    min_servers: int = DEFAULT_MIN_SERVERS
+    # Recycled (after their running turns) when older than this (seconds) ...
+    max_age: float = DEFAULT_MAX_AGE
+    # ... or when the server and everything it started use more memory than this.
+    max_rss_mb: int = DEFAULT_MAX_RSS_MB
+    # A server without turns for this long is stopped, down to min_servers.
+    idle_shrink: float = DEFAULT_IDLE_SHRINK
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    stop_grace: float = DEFAULT_STOP_GRACE
+    # A turn whose session shows no event for this long is aborted.
+    watchdog: float = DEFAULT_WATCHDOG
+    # opencode retries a failing model forever; abort the turn after this many retries.
+    retry_cap: int = DEFAULT_RETRY_CAP
+
+    def __post_init__(self) -> None:
+        if self.servers < 1:
+            raise ValueError("opencode_pool.servers must be at least 1")
+        if not 0 <= self.min_servers <= self.servers:
+            raise ValueError("opencode_pool.min_servers must be between 0 and opencode_pool.servers")
+        if self.retry_cap < 0 or self.max_rss_mb < 1:
+            raise ValueError("opencode_pool.retry_cap must be >= 0 and max_rss_mb >= 1")
+        if self.watchdog <= 0 or self.health_interval <= 0 or self.startup_timeout <= 0:
+            raise ValueError("opencode_pool.watchdog, health_interval and startup_timeout must be positive")
+
+
+class ServerState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    # Recycling: no new sessions; stopped once its running turns end.
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """One server as ``switchyard pool`` shows it."""
+
+    key: str
+    state: str
+    pid: int | None
+    url: str
+    version: str
+    age_seconds: float
+    rss_mb: float
+    active_turns: int
+    sessions: tuple[int, ...]
+    directories: int
+
+
+class OpencodeServer:
+    """One ``opencode serve`` process; created and owned by :class:`OpencodePool`."""
+
+    def __init__(self, key: str, sandbox: Path) -> None:
+        self.key = key
+        self.sandbox = sandbox
+        self.state = ServerState.STARTING
+        self.url = ""
+        self.version = ""
+        self.pid: int | None = None
+        self.tree: ProcessTree | None = None
+        self.returncode: int | None = None
+        # Why it failed to start or exited, for the turn that has to explain it.
+        self.error = ""
+        self.active_turns = 0
+        # Switchyard session id -> its worktree, for the sessions that stick to this server.
+        self.sessions: dict[int, str] = {}
+        self.directories: set[str] = set()
+        self.rss_bytes = 0
+        self.health_failures = 0
+        self.started_at = time.monotonic()
+        self.last_used = time.monotonic()
+        self.ready = anyio.Event()  # set once it is ready or failed to start
+        self.exited = anyio.Event()
+        self._password = secrets.token_urlsafe(24)
+        self._stderr: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def marker(self) -> str:
+        return self.key
+
+    @property
+    def usable(self) -> bool:
+        return self.state in (ServerState.STARTING, ServerState.READY)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise OpencodeServerError(f"opencode server {self.key} is not running")
+        return self._client
+
+    def describe_exit(self) -> str:
+        """A one-line account of why the process is gone."""
+        if self.error:
+            return self.error
+        code = self.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited ({code})"
+        tail = " | ".join(self._stderr)
+        return f"opencode server {self.key} {how}" + (f": {tail}" if tail else "")
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        directory: str | None = None,
+        json_body: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        http_timeout: httpx.Timeout | float = REQUEST_TIMEOUT,
+    ) -> Any:
+        """One API call (scoped to ``directory``); the decoded JSON body, or None for 204."""
+        query = {**(params or {}), **({"directory": directory} if directory else {})}
+        response = await self.client.request(method, path, params=query, json=json_body, timeout=http_timeout)
+        if response.status_code >= 400:
+            raise OpencodeServerError(
+                f"opencode {method} {path} answered {response.status_code}: {response.text[:300]}"
+            )
+        return response.json() if response.content else None
+
+    @contextlib.asynccontextmanager
+    async def events(self, directory: str) -> AsyncIterator[EventSource]:
+        """The SSE stream of one directory's instance (``GET /event?directory=``)."""
+        async with aconnect_sse(
+            self.client, "GET", "/event", params={"directory": directory}, timeout=SSE_TIMEOUT
+        ) as source:
+            if source.response.status_code != 200:
+                raise OpencodeServerError(f"opencode /event answered {source.response.status_code}")
+            yield source
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            key=self.key,
+            state=self.state.value,
+            pid=self.pid,
+            url=self.url,
+            version=self.version,
+            age_seconds=round(time.monotonic() - self.started_at, 1),
+            rss_mb=round(self.rss_bytes / 2**20, 1),
+            active_turns=self.active_turns,
+            sessions=tuple(sorted(self.sessions)),
+            directories=len(self.directories),
+        )
+
+
+class OpencodePool:
+    """Warm ``opencode serve`` processes; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: OpencodePoolSettings,
+        opencode: OpencodeSettings,
+        root: Path,
+        *,
+        binary: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.opencode = opencode
+        # Sandboxes live under root/servers; the status file is root/pool-<nonce>.json.
+        self.root = root
+        self.token = f"{os.getpid()}.{secrets.token_hex(4)}"
+        self.status_path = root / f"{STATUS_PREFIX}{self.token}.json"
+        self._binary = binary
+        self._servers: list[OpencodeServer] = []
+        self._numbers = itertools.count(1)
+        self._lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._closed = False
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> OpencodePool:
+        if self._binary is None:
+            self._binary = await anyio.to_thread.run_sync(find_opencode, self.opencode.binary)
+        await anyio.to_thread.run_sync(_prepare_root, self.root)
+        await anyio.to_thread.run_sync(kill_orphans)
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        # Warm when entered; a server that fails to start is reported by the turns that need it.
+        for server in [self._spawn() for _ in range(self.settings.min_servers)]:
+            await server.ready.wait()
+        self._tg.start_soon(self._maintain)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for server in list(self._servers):
+                    tg.start_soon(self._stop, server)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        # The task group waits for its (cancelled) tasks, whose cleanup is shielded.
+        await self._stack.aclose()
+        with anyio.CancelScope(shield=True):
+            prefix = f"{self.token}/"
+            await anyio.to_thread.run_sync(lambda: kill_marked(lambda m: m.startswith(prefix)))
+            with contextlib.suppress(OSError):
+                await anyio.to_thread.run_sync(self.status_path.unlink)
+
+    # ------------------------------------------------------------------------------------ API
+
+    @property
+    def servers(self) -> list[OpencodeServer]:
+        return list(self._servers)
+
+    def snapshot(self) -> list[ServerStatus]:
+        return [server.status() for server in self._servers]
+
+    def leftover_pids(self) -> list[int]:
+        """Processes any server of this pool started that are still alive (after exit: none)."""
+        prefix = f"{self.token}/"
+        return sorted(marked_processes(lambda m: m.startswith(prefix)))
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, session_id: int, directory: str, server_key: str | None = None
+    ) -> AsyncIterator[OpencodeServer]:
+        """A ready server for one turn of ``session_id`` in ``directory``.
+
+        The session's own server (``server_key``, else the one it used last) when it is still
+        running; otherwise the least busy one, or a new one if all are busy and there is room.
+        Raises :class:`OpencodeServerError` if the server cannot start.
+        """
+        server = await self._choose(session_id, directory, server_key)
+        server.active_turns += 1
+        try:
+            await server.ready.wait()
+            if server.state not in (ServerState.READY, ServerState.DRAINING):
+                raise OpencodeServerError(server.describe_exit())
+            server.directories.add(directory)
+            yield server
+        finally:
+            server.active_turns -= 1
+            server.last_used = time.monotonic()
+            if server.state is ServerState.DRAINING and not server.active_turns and self._tg is not None:
+                self._tg.start_soon(self._stop, server)
+
+    async def dispose_directory(self, path: str | os.PathLike[str]) -> None:
+        """Free every server's instance of a reaped worktree (``POST /instance/dispose``).
+
+        The opencode sessions stay in the servers' databases; a later turn may still reuse them.
+        """
+        # Normalized the way turns name it (symlinks resolved; the directory may be gone already).
+        directory = await anyio.to_thread.run_sync(os.path.realpath, path)
+        for server in self._servers:
+            if directory not in server.directories:
+                continue
+            server.directories.discard(directory)
+            for session_id in [s for s, d in server.sessions.items() if d == directory]:
+                del server.sessions[session_id]
+            if server.state in (ServerState.READY, ServerState.DRAINING):
+                try:
+                    await server.request("POST", "/instance/dispose", directory=directory)
+                except (httpx.HTTPError, OpencodeServerError) as exc:
+                    log.warning(
+                        "opencode_pool.dispose_failed", extra={"fields": {"server": server.key, "error": str(exc)}}
+                    )
+
+    async def check(self) -> None:
+        """One maintenance pass: health, memory, age, idleness; then the status file."""
+        now = time.monotonic()
+        for server in list(self._servers):
+            if server.state not in (ServerState.READY, ServerState.DRAINING):
+                continue
+            await self._probe(server)
+            if server.health_failures >= UNHEALTHY_AFTER:
+                self._recycle(server, f"unhealthy ({server.health_failures} failed health checks)", force=True)
+            elif server.state is not ServerState.READY:
+                continue  # already draining
+            elif now - server.started_at > self.settings.max_age:
+                self._recycle(server, "too old")
+            elif server.rss_bytes > self.settings.max_rss_mb * 2**20:
+                self._recycle(server, f"too large ({server.rss_bytes // 2**20} MB)")
+            elif (
+                not server.active_turns
+                and now - server.last_used > self.settings.idle_shrink
+                and len(self._live()) > self.settings.min_servers
+            ):
+                self._recycle(server, "idle", force=True, refill=False)
+        self._fill()
+        await self._write_status()
+
+    # ------------------------------------------------------------------------------- choosing
+
+    def _live(self) -> list[OpencodeServer]:
+        return [s for s in self._servers if s.usable]
+
+    async def _choose(self, session_id: int, directory: str, server_key: str | None) -> OpencodeServer:
+        async with self._lock:
+            if self._closed or self._tg is None:
+                raise OpencodeServerError("the opencode server pool is not running")
+            live = self._live()
+            server = next((s for s in live if s.key == server_key), None) if server_key else None
+            server = server or next((s for s in live if session_id in s.sessions), None)
+            if server is None:
+                if len(live) < self.settings.servers and all(s.active_turns for s in live):
+                    server = self._spawn()
+                else:
+                    server = min(live, key=lambda s: (s.active_turns, len(s.sessions)))
+            for other in self._servers:
+                other.sessions.pop(session_id, None)
+            server.sessions[session_id] = directory
+            return server
+
+    def _fill(self) -> None:
+        """Start servers until min_servers are running (or starting)."""
+        if self._closed or self._tg is None:
+            return
+        for _ in range(self.settings.min_servers - len(self._live())):
+            self._spawn()
+
+    def _recycle(self, server: OpencodeServer, reason: str, *, force: bool = False, refill: bool = True) -> None:
+        log.info("opencode_pool.recycle", extra={"fields": {"server": server.key, "reason": reason}})
+        if self._tg is None:
+            return
+        if force or not server.active_turns:
+            self._tg.start_soon(self._stop, server)
+        server.state = ServerState.DRAINING if server.state is ServerState.READY else server.state
+        if refill:
+            self._fill()
+
+    # -------------------------------------------------------------------------------- servers
+
+    def _spawn(self) -> OpencodeServer:
+        assert self._tg is not None
+        number = next(self._numbers)
+        server = OpencodeServer(f"{self.token}/{number}", self.root / "servers" / f"{self.token}-{number}")
+        self._servers.append(server)
+        self._tg.start_soon(self._run, server)
+        return server
+
+    async def _run(self, server: OpencodeServer) -> None:
+        """Start one server, wait for it to exit, clean up, restart it if it crashed."""
+        crashed = False
+        try:
+            process = await self._start(server)
+            crashed = await self._serve(server, process)
+        except (OSError, OpencodeServerError) as exc:
+            _start_failed(server, exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup(server)
+        if crashed and not self._closed:
+            log.warning("opencode_pool.crashed", extra={"fields": {"error": server.describe_exit()}})
+            if server.sessions or len(self._live()) < self.settings.min_servers:
+                self._spawn()
+
+    async def _start(self, server: OpencodeServer) -> anyio.abc.Process:
+        assert self._binary is not None
+        await anyio.to_thread.run_sync(lambda: server.sandbox.mkdir(parents=True, exist_ok=True))
+        # Every tool use is asked of the turn, which answers with Switchyard's policy.
+        env = opencode_env(replace(self.opencode, permission=ASK), server.sandbox)
+        env["OPENCODE_SERVER_PASSWORD"] = server._password
+        env["OPENCODE_SERVER_USERNAME"] = USERNAME
+        env[MARKER_ENV] = server.marker
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = free_port()
+            command = [str(self._binary), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+            process = await anyio.open_process(
+                command,
+                stdin=subprocess.DEVNULL,
+                cwd=server.sandbox,
+                env=env,
+                start_new_session=True,
+            )
+            server.pid = process.pid
+            server.tree = ProcessTree(process.pid)
+            if server.state is ServerState.STOPPING:
+                process.kill()
+            url = await self._await_listening(server, process)
+            if url is not None:
+                server.url = url
+                return process
+            await process.wait()
+            if attempt == PORT_ATTEMPTS or not any(_BIND_FAILURE.search(line) for line in server._stderr):
+                break
+        raise OpencodeServerError(f"exited during startup: {' | '.join(server._stderr) or 'no output'}")
+
+    async def _await_listening(self, server: OpencodeServer, process: anyio.abc.Process) -> str | None:
+        """The URL from opencode's ``listening on`` line; None if it exited first."""
+        assert process.stdout is not None
+        stdout = BufferedByteReceiveStream(process.stdout)
+        with anyio.fail_after(self.settings.startup_timeout):
+            while True:
+                try:
+                    line = (await stdout.receive_until(b"\n", MAX_LINE)).decode(errors="replace")
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
+                    server._stderr.extend(await _read_all(process.stderr))
+                    return None
+                match = _LISTENING.search(line)
+                if match:
+                    return match.group(1)
+
+    async def _serve(self, server: OpencodeServer, process: anyio.abc.Process) -> bool:
+        """Health-check the new server, mark it ready, and wait for it to exit; True on a crash."""
+        server._client = httpx.AsyncClient(
+            base_url=server.url, auth=httpx.BasicAuth(USERNAME, server._password), timeout=REQUEST_TIMEOUT
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, process.stdout, None)
+            tg.start_soon(_drain, process.stderr, server._stderr)
+            try:
+                health = await self._healthy(server, process)
+            except (OSError, OpencodeServerError) as exc:
+                # Handled here: out of the task group it would come wrapped in an ExceptionGroup.
+                _start_failed(server, exc)
+                tg.cancel_scope.cancel()
+                return False
+            server.version = str(health.get("version", ""))
+            if server.state is ServerState.STARTING:
+                server.state = ServerState.READY
+            server.started_at = server.last_used = time.monotonic()
+            server.ready.set()
+            log.info("opencode_pool.ready", extra={"fields": {"server": server.key, "url": server.url}})
+            await self._write_status()
+            await process.wait()
+        server.returncode = process.returncode
+        return server.state not in (ServerState.STOPPING,)
+
+    async def _healthy(self, server: OpencodeServer, process: anyio.abc.Process) -> dict[str, Any]:
+        """The first good ``/global/health`` answer of a starting server."""
+        with anyio.fail_after(self.settings.startup_timeout):
+            while True:
+                health = await _health(server)
+                if health is not None:
+                    return health
+                if process.returncode is not None:
+                    raise OpencodeServerError(server.describe_exit())
+                await anyio.sleep(0.1)
+
+    async def _stop(self, server: OpencodeServer) -> None:
+        """SIGTERM the server's process tree, SIGKILL whatever is left after the grace period."""
+        if server.state is ServerState.EXITED:
+            return
+        server.state = ServerState.STOPPING
+        if server.tree is not None:
+            await server.tree.terminate(grace=self.settings.stop_grace)
+        with anyio.move_on_after(self.settings.stop_grace):
+            await server.exited.wait()
+
+    async def _cleanup(self, server: OpencodeServer) -> None:
+        """After the process exited (or failed to start): kill leftovers, drop sandbox and bindings."""
+        crashed = server.state not in (ServerState.STOPPING, ServerState.EXITED)
+        server.state = ServerState.EXITED
+        await anyio.to_thread.run_sync(_kill_server, server)
+        if server._client is not None:
+            await server._client.aclose()
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(server.sandbox, ignore_errors=True))
+        if server in self._servers:
+            self._servers.remove(server)
+        server.ready.set()
+        server.exited.set()
+        log.info(
+            "opencode_pool.exited",
+            extra={"fields": {"server": server.key, "returncode": server.returncode, "crashed": crashed}},
+        )
+        if not self._closed:
+            await self._write_status()
+
+    async def _probe(self, server: OpencodeServer) -> None:
+        health = await _health(server)
+        server.health_failures = 0 if health is not None else server.health_failures + 1
+        if server.tree is not None:
+            server.rss_bytes = await anyio.to_thread.run_sync(tree_rss, server.tree)
+
+    async def _maintain(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.health_interval)
+            await self.check()
+
+    async def _write_status(self) -> None:
+        payload = {
+            "owner_pid": os.getpid(),
+            "pool": self.token,
+            "updated_at": time.time(),
+            "servers": [asdict(s) for s in self.snapshot()],
+        }
+        path = self.status_path
+        try:
+            await anyio.to_thread.run_sync(lambda: _write_json(path, payload))
+        except OSError as exc:  # only `switchyard pool` misses it
+            log.warning("opencode_pool.status_not_written", extra={"fields": {"path": str(path), "error": str(exc)}})
+
+
+# ---------------------------------------------------------------------------- status file
+
+
+def read_pool_status(root: Path) -> list[dict[str, Any]]:
+    """The status files of running pools under ``root`` (those of dead processes are skipped)."""
+    pools = []
+    for path in sorted(root.glob(f"{STATUS_PREFIX}*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(payload, dict) and _alive(int(payload.get("owner_pid", 0))):
+            pools.append(payload)
+    return pools
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+def _prepare_root(root: Path) -> None:
+    (root / "servers").mkdir(parents=True, exist_ok=True)
+    # Status files and sandboxes of pools whose process is gone.
+    for path in root.glob(f"{STATUS_PREFIX}*.json"):
+        owner = path.name.removeprefix(STATUS_PREFIX).split(".", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            path.unlink(missing_ok=True)
+    for sandbox in (root / "servers").iterdir():
+        owner = sandbox.name.split(".", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(sandbox, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def marked_processes(match: Callable[[str], bool]) -> dict[int, str]:
+    """Processes whose :data:`MARKER_ENV` value satisfies ``match``: pid -> marker."""
+    needle = f"{MARKER_ENV}=".encode()
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(needle):
+                marker = item[len(needle) :].decode(errors="replace")
+                if match(marker):
+                    found[int(entry.name)] = marker
+                break
+    return found
+
+
+def kill_marked(match: Callable[[str], bool]) -> list[int]:
+    """SIGKILL every marked process."""
+    pids = list(marked_processes(match))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def kill_orphans() -> list[int]:
+    """Kill what servers of pools whose owning process died left behind."""
+
+    def orphaned(marker: str) -> bool:
+        owner = marker.split(".", 1)[0]
+        return owner.isdigit() and not _alive(int(owner))
+
+    return kill_marked(orphaned)
+
+
+def tree_rss(tree: ProcessTree) -> int:
+    """Resident memory (bytes) of a live process tree."""
+    total = 0
+    for pid in tree.scan():
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _kill_server(server: OpencodeServer) -> None:
+    """SIGKILL what is left of a server: its tree, and marked processes that were reparented."""
+    if server.tree is not None:
+        server.tree.kill_now()
+    marker = server.marker
+    kill_marked(lambda m: m == marker)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start_failed(server: OpencodeServer, exc: Exception) -> None:
+    server.error = f"opencode server {server.key} could not start: {exc}"
+    log.warning("opencode_pool.start_failed", extra={"fields": {"server": server.key, "error": str(exc)}})
+
+
+async def _health(server: OpencodeServer) -> dict[str, Any] | None:
+    try:
+        body = await server.request("GET", "/global/health", http_timeout=HEALTH_TIMEOUT)
+    except (httpx.HTTPError, OpencodeServerError):
+        return None
+    return body if isinstance(body, dict) and body.get("healthy") else None
+
+
+async def _drain(stream: anyio.abc.ByteReceiveStream | None, tail: deque[str] | None) -> None:
+    if stream is None:
+        return
+    buffered = BufferedByteReceiveStream(stream)
+    while True:
+        try:
+            line = await buffered.receive_until(b"\n", MAX_LINE)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound, anyio.BrokenResourceError):
+            return
+        if tail is not None and line.strip():
+            tail.append(line.decode(errors="replace").strip())
+
+
+async def _read_all(stream: anyio.abc.ByteReceiveStream | None) -> list[str]:
+    lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    with anyio.move_on_after(2):
+        await _drain(stream, lines)
+    return list(lines)

@@ -1,0 +1,84 @@
+"""Benchmark: the per-turn diff (snapshot + capped diff) by repository size and changed files.
+
+Prints JSON: for each (repository files, changed files) the median, min and max milliseconds of
+``record_turn``'s git work (worktrees.git.snapshot + worktrees.diff.compute). Half of the
+changed files are edits of tracked files, half are new untracked files.
+Target (issue 5): <= 300 ms for 100 changed files in 20,000, growing with the changed files.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worktrees import git
+from worktrees.diff import Caps, compute
+from worktrees.settings import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TOTAL_BYTES
+
+REPO_SIZES = (1_000, 20_000)
+CHANGED = (1, 100, 1_000)
+RUNS = 7
+CAPS = Caps(DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TOTAL_BYTES)
+ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+
+
+def file_path(root: Path, i: int) -> Path:
+    return root / f"pkg{i % 50}" / f"mod{i % 7}" / f"file{i}.py"
+
+
+def make_repo(root: Path, files: int) -> Path:
+    repo = root / f"repo{files}"
+    for i in range(files):
+        path = file_path(repo, i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"def f{i}_{n}():\n    return {n}\n" for n in range(20)))
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "init"], cwd=repo, check=True, env={**ENV, "PATH": "/usr/bin:/bin"})
+    return repo
+
+
+def measure(repo: Path, worktree: Path, base: str, changed: int) -> dict[str, float]:
+    for i in range(changed):
+        if i % 2 == 0:
+            with file_path(worktree, i).open("a") as fh:
+                fh.write("# edited by the agent\n")
+        else:
+            (worktree / f"new{i}.py").write_text(f"NEW = {i}\n")
+    samples = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        snapshot = git.snapshot(worktree, base, "bench")
+        d = compute(repo, base, snapshot, CAPS)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert len(d.files) == changed, (len(d.files), changed)
+    git.run(worktree, ["checkout", "--", "."])
+    git.run(worktree, ["clean", "-q", "-f"])
+    return {
+        "median_ms": round(statistics.median(samples), 1),
+        "min_ms": round(min(samples), 1),
+        "max_ms": round(max(samples), 1),
+    }
+
+
+def main() -> None:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
+        for size in REPO_SIZES:
+            repo = make_repo(Path(tmp), size)
+            base = git.head_commit(repo)
+            worktree = Path(tmp) / f"wt{size}"
+            git.add_worktree(repo, worktree, "switchyard/bench", base)
+            for changed in CHANGED:
+                results.append({"repo_files": size, "changed_files": changed, **measure(repo, worktree, base, changed)})
+    json.dump({"benchmark": "worktree_diff", "runs": RUNS, "results": results}, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

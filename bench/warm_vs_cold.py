@@ -1,0 +1,152 @@
+"""Warm ``opencode serve`` vs a one-shot ``opencode acp``: INSERT -> first ``delta`` row.
+
+Both tracks run the pinned opencode against the fake model, through the real dispatcher (private
+PostgreSQL cluster, session worktrees of a real git repository):
+
+- ``warm``: agent ``opencode`` (the opencode_server track). Each session runs two turns; the
+  first opens the opencode session (and the worktree's instance) on the pool's already running
+  server, the second reuses both. The second turn is the one the issue measures.
+- ``cold``: agent ``opencode-acp``, which starts ``opencode acp`` for every turn.
+
+Latency is ``session_events.created_at`` of the turn's first ``delta`` minus ``tasks.created_at``
+(one clock: the database's). Prints JSON with p50/max in milliseconds and the cold/warm ratio
+of the medians (target: at least 5).
+
+    .venv/bin/python bench/warm_vs_cold.py [--sessions 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+
+from backends.acp import AcpBackend
+from backends.opencode_env import OpencodeSettings
+from backends.opencode_pool import OpencodePool, OpencodePoolSettings
+from backends.opencode_server import OpencodeServerBackend
+from backends.registry import PRESETS
+from orchestrator import db
+from orchestrator.config import DispatcherSettings
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.embedded_pg import EmbeddedPostgres, free_port
+from orchestrator.routing import Router
+from tests.fakes.fake_model import FakeModel
+from worktrees import WorktreeSettings
+from worktrees.manager import WorktreeManager
+
+TURN_TIMEOUT_S = 120
+POLL_S = 0.02
+PROMPT = "Say hello"
+
+INSERT_TASK = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, $3, $4) RETURNING id"
+FIRST_DELTA = """
+SELECT extract(epoch FROM e.created_at - t.created_at) * 1000 AS ms
+  FROM tasks t JOIN session_events e ON e.session_id = t.session_id
+ WHERE t.id = $1 AND e.type = 'delta' AND (e.payload->>'message_id')::bigint IN
+       (SELECT id FROM messages WHERE task_id = t.id AND role = 'assistant')
+ ORDER BY e.seq LIMIT 1
+"""
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    (path / "README.md").write_text("# bench\n")
+    subprocess.run(["git", "-C", str(path), *identity, "add", "."], check=True)
+    subprocess.run(["git", "-C", str(path), *identity, "commit", "-qm", "init"], check=True)
+    return path
+
+
+async def turn(pool: asyncpg.Pool, project: int, session: int | None, agent: str) -> tuple[int, float]:
+    """Submit one task, wait for it, return (its session, INSERT -> first delta in ms)."""
+    task_id = await pool.fetchval(INSERT_TASK, project, session, PROMPT, agent)
+    with anyio.fail_after(TURN_TIMEOUT_S):
+        while True:
+            row = await pool.fetchrow("SELECT state, session_id, error FROM tasks WHERE id = $1", task_id)
+            if row["state"] not in ("pending", "running"):
+                break
+            await anyio.sleep(POLL_S)
+    if row["state"] != "completed":
+        raise RuntimeError(f"{agent} task {task_id} ended {row['state']}: {row['error']}")
+    return row["session_id"], float(await pool.fetchval(FIRST_DELTA, task_id))
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(statistics.median(samples), 1), "max_ms": round(max(samples), 1), "n": len(samples)}
+
+
+async def run(url: str, work: Path, sessions: int) -> dict[str, Any]:
+    conn = await db.connect(url)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+    repo = await anyio.to_thread.run_sync(make_repo, work / "project")
+    async with FakeModel() as fm:
+        opencode = OpencodeSettings(base_url=fm.base_url, models=("fake-model",))
+        settings = OpencodePoolSettings(servers=1, min_servers=1)
+        async with OpencodePool(settings, opencode, work / "opencode-pool") as oc_pool:
+            router = Router(
+                agents={
+                    "opencode": partial(OpencodeServerBackend, oc_pool),
+                    "opencode-acp": partial(AcpBackend, PRESETS["opencode-acp"], opencode=opencode),
+                }
+            )
+            pool = await db.create_pool(url, size=4)
+            try:
+                worktrees = WorktreeManager(pool, WorktreeSettings(root=work / "worktrees"))
+                dispatcher = Dispatcher(url, DispatcherSettings(poll_interval=0.5), router, worktrees)
+                project = await pool.fetchval(
+                    "INSERT INTO projects (name, repo_path) VALUES ('bench', $1) RETURNING id", str(repo)
+                )
+                first_turns, second_turns, cold = [], [], []
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(dispatcher.run)
+                    for _ in range(sessions):
+                        session, first = await turn(pool, project, None, "opencode")
+                        _, second = await turn(pool, project, session, "opencode")
+                        first_turns.append(first)
+                        second_turns.append(second)
+                    for _ in range(sessions):
+                        cold.append((await turn(pool, project, None, "opencode-acp"))[1])
+                    dispatcher.request_shutdown()
+            finally:
+                await pool.close()
+    warm = stats(second_turns)
+    return {
+        "benchmark": "opencode_warm_vs_cold_insert_to_first_delta",
+        "warm_second_turn": warm,
+        "warm_first_turn": stats(first_turns),
+        "cold_acp_turn": stats(cold),
+        "cold_over_warm_p50": round(statistics.median(cold) / warm["p50_ms"], 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sessions", type=int, default=5)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
+    root.chmod(0o755)  # as root the cluster runs as `postgres`, which must enter it
+    cluster = EmbeddedPostgres.create(root / "cluster", free_port())
+    cluster.start()
+    try:
+        print(json.dumps(anyio.run(run, cluster.url(), root, args.sessions), indent=2))
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

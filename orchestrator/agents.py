@@ -1,0 +1,55 @@
+"""The configured external agents, probed and mirrored into ``available_agents``.
+
+At start the service probes every agent of the registry (presets plus ``[agents.*]``) and writes
+one row per agent, so SQL submitters and IDEs can see what a task may ask for and whether it
+would run here. Agents no longer configured are removed. ``switchyard agents`` shows the same
+probe without touching the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+import asyncpg
+
+from backends.registry import AgentProbe, AgentSpec, probe
+
+UPSERT_AVAILABLE_AGENT = """
+INSERT INTO available_agents (name, transport, command, version, available, detail, checked_at)
+VALUES ($1, $2, $3, $4, $5, $6, now())
+ON CONFLICT (name) DO UPDATE
+   SET transport = EXCLUDED.transport, command = EXCLUDED.command, version = EXCLUDED.version,
+       available = EXCLUDED.available, detail = EXCLUDED.detail, checked_at = EXCLUDED.checked_at
+"""
+DELETE_UNCONFIGURED_AGENTS = "DELETE FROM available_agents WHERE NOT (name = ANY($1::text[]))"
+LIST_AVAILABLE_AGENTS = """
+SELECT name, transport, command, version, available, detail, checked_at FROM available_agents ORDER BY name
+"""
+
+
+async def probe_agents(specs: Mapping[str, AgentSpec], *, opencode_binary: str | None = None) -> list[AgentProbe]:
+    """Every agent probed (concurrently, each in a worker thread), in name order."""
+    results: dict[str, AgentProbe] = {}
+
+    async def one(spec: AgentSpec) -> None:
+        results[spec.name] = await probe(spec, opencode_binary=opencode_binary)
+
+    async with anyio.create_task_group() as tg:
+        for spec in specs.values():
+            tg.start_soon(one, spec)
+    return [results[name] for name in sorted(results)]
+
+
+async def sync_available_agents(
+    conn: asyncpg.Connection, specs: Mapping[str, AgentSpec], *, opencode_binary: str | None = None
+) -> list[AgentProbe]:
+    """Probe the agents and make ``available_agents`` list exactly them; returns the probes."""
+    probes = await probe_agents(specs, opencode_binary=opencode_binary)
+    rows = [
+        (p.name, specs[p.name].transport, list(specs[p.name].command), p.version, p.available, p.detail) for p in probes
+    ]
+    async with conn.transaction():
+        await conn.executemany(UPSERT_AVAILABLE_AGENT, rows)
+        await conn.execute(DELETE_UNCONFIGURED_AGENTS, list(specs))
+    return probes

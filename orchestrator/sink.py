@@ -1,0 +1,338 @@
+"""Where a turn's backend events go: session frames and message rows, written in batches.
+
+``emit`` (the backend's callback) only buffers, so a backend never waits for the database.
+A flusher writes the buffer every ``coalesce_ms`` in one transaction: the assistant message
+(inserted with the user's message on the first write), its content and reasoning, upserted
+tool calls, and the frames, so a reader never sees a frame whose row is not there yet.
+Consecutive deltas in a batch become one frame; whatever is still buffered when the turn
+ends is written by finalize in the transaction that ends the task.
+
+Frames are written only when the task's session exists and belongs to its project; a bad
+row must not put frames into somebody else's session.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import asyncpg
+
+from backends.base import (
+    AgentCommands,
+    BackendEvent,
+    PermissionDecision,
+    Plan,
+    ReasoningDelta,
+    Status,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+from orchestrator import payloads
+from orchestrator.logs import get_logger
+from orchestrator.retry import Backoff, report
+from ws_gateway.eventlog import append_events
+from ws_gateway.frames import SessionFrame
+
+log = get_logger("sink")
+
+# tasks.output_summary keeps this much of the reply.
+SUMMARY_CHARS = 200
+FLUSH_RETRY = 0.05
+FLUSH_RETRY_MAX = 2.0
+
+# The user's message (unless an earlier attempt stored it) and the streaming assistant message,
+# in this order so ids follow the conversation.
+INSERT_MESSAGES = """
+INSERT INTO messages (session_id, task_id, role, content, reasoning, status, stop_reason,
+                      prompt_tokens, completion_tokens, finished_at)
+SELECT $1, $2, m.role, m.content, m.reasoning, m.status, m.stop_reason, m.prompt_tokens,
+       m.completion_tokens, CASE WHEN m.status = 'streaming' THEN NULL ELSE clock_timestamp() END
+  FROM (VALUES (1, 'user', $3::text, '', 'complete', NULL::text, NULL::int, NULL::int),
+               (2, 'assistant', $5::text, $6::text, $7::text, $8::text, $9::int, $10::int))
+       AS m(ord, role, content, reasoning, status, stop_reason, prompt_tokens, completion_tokens)
+ WHERE m.role = 'assistant'
+    OR $4::boolean
+    OR NOT EXISTS (SELECT 1 FROM messages WHERE session_id = $1 AND task_id = $2 AND role = 'user')
+ ORDER BY m.ord
+RETURNING id, role
+"""
+
+UPDATE_MESSAGE = """
+UPDATE messages
+   SET content = content || $2,
+       reasoning = reasoning || $3,
+       status = coalesce($4, status),
+       stop_reason = coalesce($5, stop_reason),
+       prompt_tokens = coalesce($6, prompt_tokens),
+       completion_tokens = coalesce($7, completion_tokens),
+       finished_at = CASE WHEN $4::text IS NULL THEN finished_at ELSE clock_timestamp() END
+ WHERE id = $1
+"""
+
+UPSERT_TOOL_CALL = """
+INSERT INTO message_parts (message_id, session_id, tool_call_id, name, kind, status, input, output, locations)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (message_id, tool_call_id) DO UPDATE
+   SET name = EXCLUDED.name, kind = EXCLUDED.kind, status = EXCLUDED.status, input = EXCLUDED.input,
+       output = EXCLUDED.output, locations = EXCLUDED.locations, updated_at = clock_timestamp()
+"""
+
+
+@dataclass(frozen=True)
+class MessageEnd:
+    status: str  # complete, failed or cancelled
+    stop_reason: str | None
+    usage: Usage | None
+    error: str | None
+
+
+@dataclass
+class _Frame:
+    type: str
+    payload: dict[str, Any]
+    # Gets the assistant message's id (unknown until the message is inserted) when written.
+    of_message: bool = True
+
+
+@dataclass
+class Batch:
+    frames: list[_Frame] = field(default_factory=list)
+    text: str = ""
+    reasoning: str = ""
+    tools: dict[str, ToolCall] = field(default_factory=dict)
+    end: MessageEnd | None = None
+    inserted_message: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.frames or self.text or self.reasoning or self.tools or self.end)
+
+
+class TurnSink:
+    def __init__(self, task_id: int, session_id: int | None, user_input: str, attempt: int) -> None:
+        self.task_id = task_id
+        # None: nothing may be written to any session (see the module docstring).
+        self.session_id = session_id
+        self._user_input = user_input
+        self._first_attempt = attempt == 1
+        self.message_id: int | None = None
+        self.message_opened = False
+        self.usage: Usage | None = None
+        self.reply_head = ""
+        self.last_activity = anyio.current_time()
+        self._buffer = Batch()
+        self._dirty = anyio.Event()
+
+    # ------------------------------------------------------------------ filling the buffer
+
+    def add_frame(self, frame: payloads.Frame) -> None:
+        """A frame that is not about the message (task_state)."""
+        self._push(_Frame(frame[0], frame[1], of_message=False))
+
+    def open_message(self) -> None:
+        self.message_opened = True
+        self._push(_Frame(SessionFrame.MESSAGE_STARTED, {"task_id": self.task_id, "role": "assistant"}))
+
+    def end_message(self, end: MessageEnd) -> None:
+        if not self.message_opened:
+            return
+        self._buffer.end = end
+        usage = end.usage
+        payload = payloads.message_complete_fields(
+            self.task_id,
+            end.status,
+            end.stop_reason,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+            end.error,
+        )
+        self._push(_Frame(SessionFrame.MESSAGE_COMPLETE, payload))
+
+    async def emit(self, event: BackendEvent) -> None:
+        """The ``emit`` a backend gets: buffers, never waits for the database."""
+        self.last_activity = anyio.current_time()
+        match event:
+            case TextDelta(text=text):
+                text = _clean(text)
+                self._buffer.text += text
+                if len(self.reply_head) < SUMMARY_CHARS:
+                    self.reply_head = (self.reply_head + text)[:SUMMARY_CHARS]
+                self._push_delta(SessionFrame.DELTA, text)
+            case ReasoningDelta(text=text):
+                text = _clean(text)
+                self._buffer.reasoning += text
+                self._push_delta(SessionFrame.REASONING_DELTA, text)
+            case ToolCall():
+                self._buffer.tools[event.tool_call_id] = event
+                self._push_tool_call(event)
+            case AgentCommands(commands=commands):
+                self._push(_Frame(SessionFrame.AGENT_COMMANDS, {"commands": _plain(list(commands))}))
+            case Plan(entries=entries):
+                self._push(_Frame(SessionFrame.PLAN, {"entries": _plain(list(entries))}))
+            case PermissionDecision():
+                payload = {
+                    "tool_call_id": event.tool_call_id,
+                    "permission": event.permission,
+                    "decision": event.decision,
+                    "reason": event.reason,
+                }
+                self._push(_Frame(SessionFrame.PERMISSION, payload))
+            case Status(state=state, detail=detail):
+                self._push(_Frame(SessionFrame.STATUS, {"state": state, "detail": detail}))
+            case Usage():
+                self.usage = event if self.usage is None else self.usage + event
+
+    def _push(self, frame: _Frame) -> None:
+        if self.session_id is None:
+            return
+        self._buffer.frames.append(frame)
+        self._dirty.set()
+
+    def _push_delta(self, type_: str, text: str) -> None:
+        if not text:
+            return
+        frames = self._buffer.frames
+        if frames and frames[-1].type == type_:
+            frames[-1].payload["text"] += text
+            return
+        self._push(_Frame(type_, {"text": text}))
+
+    def _push_tool_call(self, call: ToolCall) -> None:
+        payload = {
+            "tool_call_id": call.tool_call_id,
+            "name": call.name,
+            "kind": call.kind,
+            "status": call.status.value,
+            "input": _plain(call.input),
+            "output": _plain(call.output),
+            "locations": _plain(list(call.locations)),
+        }
+        frames = self._buffer.frames
+        # A newer snapshot of the same call replaces one that was not written yet.
+        last = frames[-1] if frames else None
+        if last and last.type == SessionFrame.TOOL_CALL and last.payload["tool_call_id"] == call.tool_call_id:
+            last.payload = payload
+            return
+        self._push(_Frame(SessionFrame.TOOL_CALL, payload))
+
+    # ------------------------------------------------------------------ writing
+
+    def take(self) -> Batch:
+        batch, self._buffer = self._buffer, Batch()
+        return batch
+
+    def put_back(self, batch: Batch) -> None:
+        """A batch whose transaction failed goes back in front of anything newer."""
+        if batch.inserted_message:
+            self.message_id = None
+            batch.inserted_message = False
+        newer = self._buffer
+        self._buffer = Batch(
+            frames=batch.frames + newer.frames,
+            text=batch.text + newer.text,
+            reasoning=batch.reasoning + newer.reasoning,
+            tools={**batch.tools, **newer.tools},
+            end=newer.end or batch.end,
+        )
+
+    async def write(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        """Write ``batch`` inside the caller's transaction."""
+        session_id = self.session_id
+        if session_id is None or batch.empty:
+            return
+        end = batch.end
+        if self.message_opened:
+            usage = end.usage if end else None
+            fields = (
+                batch.text,
+                batch.reasoning,
+                end.status if end else None,
+                end.stop_reason if end else None,
+                usage.prompt_tokens if usage else None,
+                usage.completion_tokens if usage else None,
+            )
+            if self.message_id is None:
+                rows = await conn.fetch(
+                    INSERT_MESSAGES,
+                    session_id,
+                    self.task_id,
+                    self._user_input,
+                    self._first_attempt,
+                    fields[0],
+                    fields[1],
+                    fields[2] or "streaming",
+                    *fields[3:],
+                )
+                self.message_id = next(row["id"] for row in rows if row["role"] == "assistant")
+                batch.inserted_message = True
+            elif any(f is not None and f != "" for f in fields):
+                await conn.execute(UPDATE_MESSAGE, self.message_id, *fields)
+            if batch.tools:
+                await conn.executemany(
+                    UPSERT_TOOL_CALL,
+                    [
+                        (
+                            self.message_id,
+                            session_id,
+                            call.tool_call_id,
+                            call.name,
+                            call.kind,
+                            call.status.value,
+                            _plain(call.input),
+                            _plain(call.output),
+                            _plain(list(call.locations)),
+                        )
+                        for call in batch.tools.values()
+                    ],
+                )
+        events = [
+            (f.type, {"message_id": self.message_id, **f.payload} if f.of_message else f.payload)
+            for f in batch.frames
+            if self.message_id is not None or not f.of_message
+        ]
+        await append_events(conn, session_id, events)
+
+    async def flush(self, pool: asyncpg.Pool) -> None:
+        batch = self.take()
+        if batch.empty:
+            return
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await self.write(conn, batch)
+        except BaseException:
+            self.put_back(batch)
+            raise
+
+    async def run_flusher(self, pool: asyncpg.Pool, coalesce: float, flush_limit: float) -> None:
+        """Write the buffer ``coalesce`` seconds after it stops being empty; cancel to stop."""
+        backoff = Backoff(FLUSH_RETRY, FLUSH_RETRY_MAX)
+        while True:
+            await self._dirty.wait()
+            await anyio.sleep(coalesce)
+            self._dirty = anyio.Event()
+            delay = 0.0
+            # A flush is never cut in half by the end of the turn; finalize waits for it.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(flush_limit):
+                try:
+                    await self.flush(pool)
+                    backoff.reset()
+                except Exception as exc:
+                    delay = backoff.next()
+                    report(log, "turn.flush_failed", exc, task_id=self.task_id, retry_in=delay)
+                    self._dirty.set()
+            if delay:
+                await anyio.sleep(delay)
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold NUL.
+    return text.replace("\x00", "")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of a backend's value (anything unknown becomes its string)."""
+    return json.loads(json.dumps(value, default=str).replace("\\u0000", ""))

@@ -1,0 +1,429 @@
+"""One turn of a session: prepare -> execute -> finalize.
+
+- **prepare** checks the claimed row (a bad row fails with a clear ``failure_reason``), routes
+  it to a backend, gives a session-less task its new session, ensures the worktree when the
+  backend edits files, and queues the ``task_state: running`` and ``message_started`` frames.
+  The claim already brought the session's history and the agent's upstream session along.
+  -> :class:`TurnContext`
+- **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
+  deadline, cancellation, shutdown), next to the sink's flusher and an inactivity watchdog.
+  -> :class:`TurnResult`
+- **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn:
+  records the worktree's diff, then in one transaction ends the assistant message, the task
+  (or sends it back to ``pending`` for a retry) and its ``task_attempts`` row, stores the
+  agent's upstream session, and appends the remaining frames. It retries while the database
+  is unreachable; the claim token makes it a no-op if another dispatcher recovered the task.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+import anyio
+import asyncpg
+
+from backends.base import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
+from orchestrator import payloads, queue
+from orchestrator.config import DispatcherSettings
+from orchestrator.errors import TaskRejected
+from orchestrator.logs import get_logger
+from orchestrator.queue import ClaimedTask
+from orchestrator.retry import CONNECTION_ERRORS, DATABASE_ERRORS, Backoff, exponential
+from orchestrator.routing import NATIVE, Router
+from orchestrator.sink import MessageEnd, TurnSink
+from worktrees.errors import WorktreeError
+from worktrees.manager import WorktreeManager
+
+log = get_logger("turn")
+
+SESSION_TITLE_CHARS = 80
+FINALIZE_RETRY = 0.1
+FINALIZE_RETRY_MAX = 2.0
+DIFF_ERRORS: tuple[type[Exception], ...] = (WorktreeError, *DATABASE_ERRORS)
+
+# Ends the attempt; nothing happens (no row) if the claim is no longer ours.
+FINISH_TURN = """
+WITH task AS (
+    UPDATE tasks
+       SET state = $3,
+           lease_expires_at = NULL,
+           ended_at = CASE WHEN $3 = 'pending' THEN NULL ELSE clock_timestamp() END,
+           not_before = CASE WHEN $3 = 'pending' THEN clock_timestamp() + make_interval(secs => $4) END,
+           failure_reason = $5,
+           error = $6,
+           output_summary = coalesce($7, output_summary),
+           cost_tokens = coalesce(cost_tokens, 0) + $8,
+           execution_path = coalesce($9, execution_path)
+     WHERE id = $1 AND claim_token = $2 AND state = 'running'
+ RETURNING id, attempt
+),
+attempt AS (
+    UPDATE task_attempts a
+       SET ended_at = clock_timestamp(), outcome = $10, failure_reason = $5, error = $6
+      FROM task
+     WHERE a.task_id = task.id AND a.attempt = task.attempt
+)
+SELECT id FROM task
+"""
+
+FAIL_MESSAGE = """
+UPDATE messages SET status = 'failed', stop_reason = $2, finished_at = clock_timestamp()
+ WHERE id = $1 AND status = 'streaming'
+"""
+
+UPSERT_AGENT_SESSION = """
+INSERT INTO agent_sessions (session_id, agent, upstream_session_id, config_hash, server_key, updated_at)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (session_id, agent) DO UPDATE
+   SET upstream_session_id = EXCLUDED.upstream_session_id, config_hash = EXCLUDED.config_hash,
+       server_key = EXCLUDED.server_key, updated_at = now()
+"""
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"  # back in the queue for another attempt
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StopReason(StrEnum):
+    """Why the dispatcher stopped a turn from outside the backend."""
+
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    INACTIVE = "inactive"
+    SHUTDOWN = "shutdown"
+    # Another dispatcher recovered the task: this turn may write nothing more.
+    LEASE_LOST = "lease_lost"
+
+
+class TurnHandle:
+    """A turn as the dispatcher holds it: the claimed task and the means to stop it."""
+
+    def __init__(self, task: ClaimedTask) -> None:
+        self.task = task
+        self.scope = anyio.CancelScope()
+        self.reason: StopReason | None = None
+        # Set once the turn is being finalized: it can no longer be stopped, and its row may
+        # leave 'running' (ending the lease) before the dispatcher forgets the handle.
+        self.finalizing = False
+
+    def abort(self, reason: StopReason) -> None:
+        """Stop the turn (works before it started, too); the first reason given wins."""
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    task: ClaimedTask
+    session_id: int
+    backend: Backend
+    turn: Turn
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    state: TaskState
+    # task_attempts.outcome: completed, failed, cancelled, retry or interrupted.
+    attempt_outcome: str
+    failure_reason: str | None = None
+    error: str | None = None
+    stop_reason: str | None = None
+    usage: Usage | None = None
+    retry_delay: float = 0.0
+    agent_session: AgentSession | None = None
+
+    @property
+    def message_status(self) -> str:
+        return {TaskState.COMPLETED: "complete", TaskState.CANCELLED: "cancelled"}.get(self.state, "failed")
+
+
+def failed(reason: str, error: str, usage: Usage | None = None) -> TurnResult:
+    return TurnResult(TaskState.FAILED, "failed", reason, error, stop_reason=reason, usage=usage)
+
+
+class _ClaimLost(Exception):
+    """The task is no longer ours (its lease lapsed and someone recovered it)."""
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: DispatcherSettings,
+        router: Router,
+        worktrees: WorktreeManager | None,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._router = router
+        self._worktrees = worktrees
+
+    async def run(self, handle: TurnHandle) -> TurnResult | None:
+        """Run the claimed task to its end; None when the claim was lost on the way."""
+        task = handle.task
+        sink = TurnSink(task.id, task.session_id if task.session_ok else None, task.input, task.attempt)
+        ctx: TurnContext | None = None
+        result: TurnResult | None = None
+        try:
+            with handle.scope:
+                if self._settings.turn_timeout > 0:
+                    handle.scope.deadline = anyio.current_time() + self._settings.turn_timeout
+                ctx = await self.prepare(task, sink)
+                result = await self.execute(ctx, sink, handle)
+        except TaskRejected as exc:
+            result = failed(exc.reason, exc.message)
+        except _ClaimLost:
+            handle.abort(StopReason.LEASE_LOST)
+        except CONNECTION_ERRORS as exc:
+            result = self._retry_or_fail("database_unavailable", f"database error while preparing: {exc}", task)
+        except Exception as exc:
+            log.exception("turn.crashed", task_id=task.id)
+            result = failed("dispatcher_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            # Also reached when the dispatcher itself is cancelled (result None, no reason).
+            result = self._settle(handle, result, sink)
+            handle.finalizing = True
+            if result is not None:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + self._settings.finalize_timeout
+                    result = await self.finalize(task, ctx, sink, result)
+                if scope.cancelled_caught:
+                    log.error("turn.finalize_timeout", task_id=task.id, timeout=self._settings.finalize_timeout)
+                    result = None
+        return result
+
+    # ------------------------------------------------------------------ prepare
+
+    async def prepare(self, task: ClaimedTask, sink: TurnSink) -> TurnContext:
+        project_id = _check_task(task)
+        backend = self._router.route(task.agent)
+        session_id = task.session_id
+        if session_id is None:
+            session_id = await queue.create_session(self._pool, task, _title(task.input))
+            if session_id is None:
+                raise _ClaimLost
+            sink.session_id = session_id
+        workdir = None
+        if backend.needs_worktree:
+            if self._worktrees is None:
+                raise TaskRejected(
+                    "agent_unavailable", f"agent {task.agent!r} edits files but this dispatcher has no worktrees"
+                )
+            try:
+                workdir = (await self._worktrees.ensure(session_id)).path
+            except WorktreeError as exc:
+                raise TaskRejected("worktree_error", f"cannot prepare the session's worktree: {exc}") from exc
+        turn = Turn(
+            task_id=task.id,
+            session_id=session_id,
+            project_id=project_id,
+            input=task.input,
+            agent=task.agent,
+            model=task.model,
+            mode_id=task.mode_id,
+            attempt=task.attempt,
+            workdir=workdir,
+            history=task.history,
+            agent_session=task.agent_session,
+        )
+        sink.add_frame(payloads.task_state(task.id, "running", task.attempt))
+        sink.open_message()
+        return TurnContext(task, session_id, backend, turn)
+
+    # ------------------------------------------------------------------ execute
+
+    async def execute(self, ctx: TurnContext, sink: TurnSink, handle: TurnHandle) -> TurnResult:
+        settings = self._settings
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sink.run_flusher, self._pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
+            if settings.inactivity_timeout > 0:
+                tg.start_soon(_watch_inactivity, sink, handle, settings.inactivity_timeout)
+            try:
+                outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
+            except Exception as exc:
+                log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
+                outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
+            tg.cancel_scope.cancel()
+        return self._from_outcome(ctx.task, outcome, sink)
+
+    def _from_outcome(self, task: ClaimedTask, outcome: TurnOutcome, sink: TurnSink) -> TurnResult:
+        usage = outcome.usage or sink.usage
+        if outcome.status is OutcomeStatus.COMPLETED:
+            return TurnResult(
+                TaskState.COMPLETED, "completed", stop_reason=outcome.stop_reason, usage=usage,
+                agent_session=outcome.agent_session,
+            )  # fmt: skip
+        if outcome.status is OutcomeStatus.CANCELLED:
+            return TurnResult(
+                TaskState.CANCELLED, "cancelled", "cancelled", outcome.error or "the backend cancelled the turn",
+                stop_reason=outcome.stop_reason, usage=usage, agent_session=outcome.agent_session,
+            )  # fmt: skip
+        reason = outcome.stop_reason or "backend_failed"
+        error = outcome.error or "the backend failed without saying why"
+        if outcome.transient:
+            delay = outcome.retry_after
+            result = self._retry_or_fail(reason, error, task, delay)
+        else:
+            result = failed(reason, error)
+        return replace(result, usage=usage, agent_session=outcome.agent_session)
+
+    def _retry_or_fail(self, reason: str, error: str, task: ClaimedTask, delay: float | None = None) -> TurnResult:
+        if task.attempt >= task.max_attempts:
+            return failed(reason, f"{error} (attempt {task.attempt} of {task.max_attempts})")
+        if delay is None:
+            delay = exponential(task.attempt, self._settings.retry_backoff, self._settings.retry_backoff_max)
+        return TurnResult(TaskState.PENDING, "retry", reason, error, stop_reason=reason, retry_delay=max(0.0, delay))
+
+    def _settle(self, handle: TurnHandle, result: TurnResult | None, sink: TurnSink) -> TurnResult | None:
+        """The result once stops from outside (cancel, timeout, shutdown, lost lease) are counted."""
+        stop = handle.reason
+        if stop is None and handle.scope.cancelled_caught:
+            stop = StopReason.TIMEOUT  # the only cancellation without a reason: the deadline
+        if stop is None and result is None:
+            stop = StopReason.SHUTDOWN  # the dispatcher was cancelled from outside
+        if stop is StopReason.LEASE_LOST:
+            return None
+        # A backend that finished before the stop landed keeps its result.
+        finished_first = (
+            result is not None and result.state is TaskState.COMPLETED and not handle.scope.cancelled_caught
+        )
+        if stop is None or finished_first:
+            return result
+        usage = sink.usage
+        settings = self._settings
+        match stop:
+            case StopReason.CANCELLED:
+                return TurnResult(
+                    TaskState.CANCELLED, "cancelled", "cancelled", "cancelled on request", "cancelled", usage
+                )
+            case StopReason.TIMEOUT:
+                return failed(
+                    "timeout", f"the turn ran longer than {settings.turn_timeout:g} s (dispatcher.turn_timeout)", usage
+                )
+            case StopReason.INACTIVE:
+                return failed(
+                    "inactive",
+                    f"no event from the backend for {settings.inactivity_timeout:g} s (dispatcher.inactivity_timeout)",
+                    usage,
+                )
+        # Shutdown: hand the task back (no backoff) if it may run again.
+        error = "the dispatcher shut down during the turn"
+        if handle.task.attempt < handle.task.max_attempts:
+            return TurnResult(TaskState.PENDING, "interrupted", "shutdown", error, stop_reason="shutdown", usage=usage)
+        return replace(failed("shutdown", error, usage), attempt_outcome="interrupted")
+
+    # ------------------------------------------------------------------ finalize
+
+    async def finalize(
+        self, task: ClaimedTask, ctx: TurnContext | None, sink: TurnSink, result: TurnResult
+    ) -> TurnResult | None:
+        """Write the end of the turn; returns what was written, None if the claim was lost."""
+        if ctx is not None and ctx.backend.needs_worktree and self._worktrees is not None:
+            result = await self._record_diff(ctx, sink, result)
+        sink.end_message(MessageEnd(result.message_status, result.stop_reason, result.usage, result.error))
+        sink.add_frame(payloads.task_state(task.id, result.state, task.attempt, result.failure_reason, result.error))
+        execution_path = ctx.backend.execution_path if ctx else None
+        backoff = Backoff(FINALIZE_RETRY, FINALIZE_RETRY_MAX)
+        refused = False
+        while True:
+            batch = sink.take()
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    finished = await conn.fetchval(
+                        FINISH_TURN,
+                        task.id,
+                        task.claim_token,
+                        result.state.value,
+                        result.retry_delay,
+                        result.failure_reason,
+                        result.error,
+                        sink.reply_head or None,
+                        result.usage.total if result.usage else 0,
+                        execution_path,
+                        result.attempt_outcome,
+                    )
+                    if finished is None:
+                        raise _ClaimLost
+                    await sink.write(conn, batch)
+                    if refused and sink.message_id is not None:
+                        await conn.execute(FAIL_MESSAGE, sink.message_id, result.failure_reason)
+                    if result.agent_session is not None and ctx is not None:
+                        s = result.agent_session
+                        await conn.execute(
+                            UPSERT_AGENT_SESSION,
+                            ctx.session_id,
+                            task.agent or NATIVE,
+                            s.upstream_session_id,
+                            s.config_hash,
+                            s.server_key,
+                        )
+                return result
+            except _ClaimLost:
+                log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
+                return None
+            except CONNECTION_ERRORS as exc:
+                sink.put_back(batch)
+                delay = backoff.next()
+                log.warning("turn.finalize_retry", task_id=task.id, error=exc, retry_in=delay)
+                await anyio.sleep(delay)
+            except asyncpg.PostgresError as exc:
+                if refused:
+                    raise
+                # The database refused the turn's output: end the task without it (and no frames).
+                log.exception("turn.output_refused", task_id=task.id)
+                result = failed("output_refused", f"the turn's output could not be stored: {exc}", result.usage)
+                refused = True
+                sink.session_id = None
+
+    async def _record_diff(self, ctx: TurnContext, sink: TurnSink, result: TurnResult) -> TurnResult:
+        """The worktree's diff becomes the session's pending change, before the task ends."""
+        assert self._worktrees is not None
+        try:
+            # Deltas first, so the pending_change frame follows the output that made it.
+            await sink.flush(self._pool)
+            await self._worktrees.record_turn(ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent)
+        except DIFF_ERRORS as exc:
+            log.error("turn.diff_failed", task_id=ctx.task.id, error=exc)
+            if result.state is TaskState.COMPLETED:
+                return failed("diff_failed", f"the turn's changes could not be recorded: {exc}", result.usage)
+        return result
+
+
+def _check_task(task: ClaimedTask) -> int:
+    """Refuse rows that cannot run, each with its own failure_reason; returns the project."""
+    if task.project_id is None or not task.project_exists:
+        raise TaskRejected("project_not_found", f"project {task.project_id} does not exist")
+    if task.session_id is not None:
+        if task.session_project_id is None:
+            raise TaskRejected("session_not_found", f"session {task.session_id} does not exist")
+        if task.session_project_id != task.project_id:
+            raise TaskRejected(
+                "session_project_mismatch",
+                f"session {task.session_id} belongs to another project than project {task.project_id}",
+            )
+        if task.session_status == "archived":
+            raise TaskRejected("session_archived", f"session {task.session_id} is archived")
+    if not task.input.strip():
+        raise TaskRejected("empty_input", "the task's input is empty")
+    if task.expired:
+        raise TaskRejected("expired", "the task was claimed after its expires_at")
+    return task.project_id
+
+
+def _title(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()[:SESSION_TITLE_CHARS]
+
+
+async def _watch_inactivity(sink: TurnSink, handle: TurnHandle, idle_limit: float) -> None:
+    while True:
+        remaining = sink.last_activity + idle_limit - anyio.current_time()
+        if remaining <= 0:
+            handle.abort(StopReason.INACTIVE)
+            return
+        await anyio.sleep(remaining)

@@ -1,0 +1,102 @@
+"""Client frames are parsed into typed requests or refused with a clear reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ws_gateway import InvalidFrame, MalformedFrame
+from ws_gateway.protocol import (
+    Cancel,
+    ClientFrame,
+    GetDiff,
+    Ping,
+    Review,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    encode_frame,
+    parse_client_frame,
+)
+
+
+@pytest.mark.parametrize(
+    ("frame", "parsed"),
+    [
+        ({"type": "subscribe", "session_ids": [3, 1, 3]}, Subscribe((3, 1), None)),
+        ({"type": "subscribe", "session_ids": [3], "since_seq": 0, "id": "a"}, Subscribe((3,), 0, "a")),
+        ({"type": "subscribe", "session_ids": [3, 4], "since_seq": {"4": 9}}, Subscribe((3, 4), {4: 9})),
+        ({"type": "subscribe", "session_ids": [3], "since_seq": None}, Subscribe((3,), None)),
+        ({"type": "unsubscribe", "session_ids": [3], "id": 5}, Unsubscribe((3,), 5)),
+        ({"type": "submit", "input": "hi", "project_id": 1}, Submit("hi", project_id=1)),
+        (
+            {"type": "submit", "input": "hi", "session_id": 2, "agent": "opencode", "priority": -3, "max_attempts": 1},
+            Submit("hi", session_id=2, agent="opencode", priority=-3, max_attempts=1),
+        ),
+        ({"type": "cancel", "task_id": 9}, Cancel(9)),
+        ({"type": "review", "change_id": 9, "action": "accept"}, Review(9, "accept")),
+        ({"type": "review", "change_id": 9, "action": "reject", "files": ["a.py"]}, Review(9, "reject", ("a.py",))),
+        ({"type": "get_diff", "change_id": 9}, GetDiff(9)),
+        ({"type": "ping", "id": "p"}, Ping("p")),
+    ],
+)
+def test_valid_frames(frame: dict[str, Any], parsed: ClientFrame) -> None:
+    assert parse_client_frame(json.dumps(frame)) == parsed
+
+
+def test_since_seq_per_session() -> None:
+    frame = parse_client_frame(json.dumps({"type": "subscribe", "session_ids": [3, 4], "since_seq": {"4": 9}}))
+    assert isinstance(frame, Subscribe)
+    assert (frame.since(3), frame.since(4)) == (None, 9)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ({}, "missing field 'type'"),
+        ({"type": 3}, "missing field 'type'"),
+        ({"type": "shutdown"}, "unknown frame type 'shutdown'"),
+        ({"type": "ping", "extra": 1}, "unknown field 'extra'"),
+        ({"type": "subscribe", "session_ids": []}, "non-empty list"),
+        ({"type": "subscribe", "session_ids": [0]}, "between 1"),
+        ({"type": "subscribe", "session_ids": [2**63]}, "between 1"),
+        ({"type": "subscribe", "session_ids": list(range(1, 102))}, "at most 100"),
+        ({"type": "subscribe", "session_ids": [1], "since_seq": "5"}, "must be an integer"),
+        ({"type": "subscribe", "session_ids": [1], "since_seq": {"x": 1}}, "keys must be session ids"),
+        ({"type": "subscribe", "session_ids": [1], "since_seq": {"2": 1}}, "not in 'session_ids'"),
+        ({"type": "submit"}, "missing field 'input'"),
+        ({"type": "submit", "input": ""}, "non-empty string"),
+        ({"type": "submit", "input": "x", "agent": 5}, "non-empty string"),
+        ({"type": "submit", "input": "x", "max_attempts": 0}, "between 1"),
+        ({"type": "submit", "input": "x", "model": "m" * 201}, "longer than 200"),
+        ({"type": "cancel"}, "missing field 'task_id'"),
+        ({"type": "cancel", "task_id": 1.5}, "must be an integer"),
+        ({"type": "review", "change_id": 1}, "missing field 'action'"),
+        ({"type": "review", "change_id": 1, "action": "accept", "files": []}, "list of 1 to"),
+        ({"type": "review", "change_id": 1, "action": "accept", "files": [""]}, "non-empty strings"),
+        ({"type": "ping", "id": True}, "'id' must be a string or an integer"),
+        ({"type": "ping", "id": "x" * 65}, "'id' is longer"),
+    ],
+)
+def test_invalid_frames(frame: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidFrame, match=reason.replace("(", r"\(")) as refused:
+        parse_client_frame(json.dumps(frame))
+    assert refused.value.code == "invalid_frame"
+
+
+def test_invalid_frame_keeps_the_request_id() -> None:
+    with pytest.raises(InvalidFrame) as refused:
+        parse_client_frame(json.dumps({"type": "cancel", "id": "c1"}))
+    assert refused.value.request_id == "c1"
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", "3", '"subscribe"', "null", "[" * 100_000])
+def test_malformed_frames(text: str) -> None:
+    with pytest.raises(MalformedFrame):
+        parse_client_frame(text)
+
+
+def test_encode_frame_is_compact_utf8() -> None:
+    assert encode_frame({"type": "delta", "text": "é"}) == '{"type":"delta","text":"é"}'.encode()

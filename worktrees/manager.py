@@ -1,0 +1,556 @@
+"""Session worktrees against the database: ensure, record a turn's diff, accept, reject, reap.
+
+The dispatcher's two calls::
+
+    manager = WorktreeManager(pool, settings, announce=...)
+    worktree = await manager.ensure(session_id)          # start of every turn -> Worktree (.path)
+    change = await manager.record_turn(session_id, task_id=task_id, agent=agent)  # after every turn
+
+``ensure`` costs one UPDATE and two stat calls when the worktree exists; otherwise it creates
+(or heals) ``<root>/<project_id>/<session_id>`` on branch ``switchyard/<session_id>`` under the
+project's advisory lock, so one repository is changed by one process at a time.
+
+``record_turn`` snapshots the worktree (see worktrees.git), diffs it against the session's
+base, and in one transaction supersedes the open change and inserts the new one (an empty
+diff inserts nothing; an unchanged worktree keeps the open change as it is). It returns the
+session's open change, or None.
+
+Review (orchestrator.review wraps these for the CLI and the WebSocket gateway): ``accept`` and
+``reject`` of a whole change or of some files, ``list_changes``, ``get_change``, ``get_diff``;
+``reap`` removes worktrees nobody needs any more. Every status change is passed to
+``announce(conn, change)`` inside the transaction that makes it.
+
+Git refs kept per session, all under ``refs/switchyard/<session_id>/``: ``base`` (the current
+base), ``snapshot`` (the open change's content) and ``rejected/<change_id>`` (what a reject
+discarded, so it can still be recovered); they also keep these commits from garbage collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+
+from worktrees import diff, git
+from worktrees import queries as q
+from worktrees.diff import Caps, Diff, FileChange
+from worktrees.errors import (
+    ApplyConflict,
+    ChangeNotFound,
+    ChangeNotPending,
+    GitCommandFailed,
+    NoWorktree,
+    SessionNotFound,
+    TurnRunning,
+    UnknownFile,
+    WorktreeBroken,
+    WorktreeDirty,
+    WorktreeError,
+)
+from worktrees.settings import WorktreeSettings
+
+log = logging.getLogger("switchyard.worktrees")
+
+# A turn that starts in an archived session touches its worktree; give it this long before reaping.
+ARCHIVED_GRACE_S = 60.0
+
+Announce = Callable[[asyncpg.Connection, "PendingChange"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Worktree:
+    session_id: int
+    project_id: int
+    path: Path
+    branch: str
+    base_commit: str
+    repo_path: Path
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """A pending_changes row without its diff text (``get_diff`` has that)."""
+
+    id: int
+    session_id: int
+    task_id: int | None
+    agent: str | None
+    base_commit: str
+    snapshot_commit: str | None
+    files: tuple[dict[str, Any], ...]
+    truncated: bool
+    status: str
+    created_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> PendingChange:
+        fields = dict(row)
+        fields["files"] = tuple(json.loads(row["files"]))
+        return cls(**fields)
+
+    def frame_payload(self) -> dict[str, Any]:
+        """Payload of the ``pending_change`` frame (ws_gateway.frames)."""
+        payload: dict[str, Any] = {
+            "change_id": self.id,
+            "task_id": self.task_id,
+            "status": self.status,
+            "base_commit": self.base_commit,
+            "files": list(self.files),
+            "truncated": self.truncated,
+        }
+        if self.error:
+            payload["error"] = self.error
+        return payload
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The outcome of accept/reject: the resolved (or conflicted) change and what stays pending."""
+
+    change: PendingChange
+    remainder: PendingChange | None = None
+    # Reject keeps what it discarded at this ref.
+    kept_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Reaped:
+    session_id: int
+    path: str
+    removed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Applied:
+    new_base: str
+    accepted: Diff | None  # only for a partial accept: what the resolved row keeps
+    remainder: Diff | None
+
+
+@dataclass(frozen=True)
+class _Restored:
+    kept_at: str | None
+    rejected: Diff | None
+    remainder: tuple[str, Diff] | None  # (snapshot, diff) of what stays pending
+
+
+def refs_prefix(session_id: int) -> str:
+    return f"refs/switchyard/{session_id}/"
+
+
+def select_files(change_id: int, entries: Sequence[FileChange], names: Sequence[str] | None) -> list[FileChange]:
+    """The entries a reviewer named (all when ``names`` is empty); unknown names are refused."""
+    if not names:
+        return list(entries)
+    wanted = {n.removeprefix("./") for n in names}
+    unknown = sorted(n for n in wanted if not any(n in e.names() for e in entries))
+    if unknown:
+        known = ", ".join(diff.display(e.path) for e in entries)
+        raise UnknownFile(f"change {change_id} has no file {', '.join(unknown)} (its files: {known})")
+    return [e for e in entries if wanted & e.names()]
+
+
+def restore_plan(entries: Sequence[FileChange]) -> git.RestorePlan:
+    restore = [e.old_path or e.path for e in entries if e.status != "added"]
+    delete = [e.path for e in entries if e.status in ("added", "renamed", "copied")]
+    return git.RestorePlan(tuple(restore), tuple(delete))
+
+
+class WorktreeManager:
+    def __init__(
+        self,
+        db: asyncpg.Pool | asyncpg.Connection,
+        settings: WorktreeSettings | None = None,
+        *,
+        announce: Announce | None = None,
+    ) -> None:
+        self.settings = settings or WorktreeSettings()
+        self.root = Path(os.path.abspath(self.settings.root))
+        self._db = db
+        self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
+        self._announce = announce
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn:
+                yield conn
+        else:
+            yield self._db
+
+    async def _notify(self, conn: asyncpg.Connection, change: PendingChange) -> None:
+        if self._announce is not None:
+            await self._announce(conn, change)
+
+    def _worktree(self, row: asyncpg.Record) -> Worktree:
+        return Worktree(
+            session_id=row["session_id"],
+            project_id=row["project_id"],
+            path=Path(row["path"]),
+            branch=row["branch"],
+            base_commit=row["base_commit"],
+            repo_path=Path(row["repo_path"]),
+        )
+
+    def _checked(self, wt: Worktree) -> Path:
+        """The worktree's real path; refuses one outside the root or that is not a worktree."""
+        real = git.inside_root(self.root, wt.path)
+        if not git.is_worktree(real):
+            raise WorktreeBroken(f"{wt.path} (session {wt.session_id}) is not a git worktree any more")
+        return real
+
+    # ------------------------------------------------------------------------ ensure
+
+    async def ensure(self, session_id: int) -> Worktree:
+        """The session's worktree, created or healed as needed (see the module docstring)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id)
+            if row is not None:
+                wt = self._worktree(row)
+                if await anyio.to_thread.run_sync(self._usable, wt):
+                    return wt
+            return await self._create(conn, session_id)
+
+    def _usable(self, wt: Worktree) -> bool:
+        return git.is_worktree(git.inside_root(self.root, wt.path))
+
+    async def _create(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
+        async with conn.transaction():
+            ctx = await conn.fetchrow(q.SESSION_PROJECT, session_id)
+            if ctx is None:
+                raise SessionNotFound(f"session {session_id} does not exist")
+            await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, ctx["project_id"])
+            row = await conn.fetchrow(q.WORKTREE, session_id)
+            # An active row heals from its stored base; a reaped session starts afresh from HEAD.
+            healing = row is not None and row["status"] == "active"
+            wt = Worktree(
+                session_id=session_id,
+                project_id=ctx["project_id"],
+                path=self.root / str(ctx["project_id"]) / str(session_id),
+                branch=f"switchyard/{session_id}",
+                base_commit=row["base_commit"] if healing else "",
+                repo_path=Path(ctx["repo_path"]),
+            )
+            base = await anyio.to_thread.run_sync(self._materialize, wt)
+            await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
+        log.info("worktree ready: session %s at %s (base %s)", session_id, wt.path, base)
+        return Worktree(wt.session_id, wt.project_id, wt.path, wt.branch, base, wt.repo_path)
+
+    def _materialize(self, wt: Worktree) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = git.inside_root(self.root, wt.path)
+        # A stored base survives a deleted directory; a new session starts at the project's HEAD,
+        # or adopts the branch a crashed earlier attempt left behind (nothing ran in it yet).
+        base = wt.base_commit or git.rev_parse(wt.repo_path, f"refs/heads/{wt.branch}") or git.head_commit(wt.repo_path)
+        git.add_worktree(wt.repo_path, path, wt.branch, base)
+        git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "base", base)
+        return base
+
+    # ------------------------------------------------------------------------ record a turn
+
+    async def record_turn(
+        self, session_id: int, *, task_id: int | None = None, agent: str | None = None
+    ) -> PendingChange | None:
+        """Diff the worktree into the session's open change (see the module docstring)."""
+        async with self._connection() as conn, conn.transaction():
+            wt = await self._lock_worktree(conn, session_id)
+            open_changes = [PendingChange.from_row(r) for r in await conn.fetch(q.OPEN_CHANGES, session_id)]
+            snapshot, new = await anyio.to_thread.run_sync(self._snapshot_diff, wt)
+            for change in open_changes:
+                if change.snapshot_commit == snapshot and change.base_commit == wt.base_commit:
+                    return change  # the turn changed nothing
+            for row in await conn.fetch(q.SUPERSEDE_OPEN, session_id):
+                await self._notify(conn, PendingChange.from_row(row))
+            if new.empty:
+                return None
+            return await self._insert(conn, session_id, task_id, agent, wt.base_commit, snapshot, new)
+
+    def _snapshot_diff(self, wt: Worktree) -> tuple[str, Diff]:
+        path = self._checked(wt)
+        snapshot = git.snapshot(path, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+        git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "snapshot", snapshot)
+        return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+
+    async def _insert(
+        self,
+        conn: asyncpg.Connection,
+        session_id: int,
+        task_id: int | None,
+        agent: str | None,
+        base: str,
+        snapshot: str,
+        new: Diff,
+    ) -> PendingChange:
+        row = await conn.fetchrow(
+            q.INSERT_CHANGE,
+            session_id,
+            task_id,
+            agent,
+            base,
+            snapshot,
+            new.text,
+            json.dumps(new.files_json()),
+            new.truncated,
+        )
+        change = PendingChange.from_row(row)
+        await self._notify(conn, change)
+        return change
+
+    async def _lock_worktree(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
+        row = await conn.fetchrow(q.LOCK_WORKTREE, session_id)
+        if row is None or row["status"] != "active":
+            raise NoWorktree(f"session {session_id} has no active worktree")
+        return self._worktree(row)
+
+    # ------------------------------------------------------------------------ review
+
+    async def list_changes(
+        self, *, session_id: int | None = None, status: str | None = None, limit: int = 50
+    ) -> list[PendingChange]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(q.LIST_CHANGES, session_id, status, limit)
+        return [PendingChange.from_row(r) for r in rows]
+
+    async def get_change(self, change_id: int) -> PendingChange:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(q.CHANGE, change_id)
+        if row is None:
+            raise ChangeNotFound(f"change {change_id} does not exist")
+        return PendingChange.from_row(row)
+
+    async def get_diff(self, change_id: int) -> str:
+        async with self._connection() as conn:
+            text: str | None = await conn.fetchval(q.CHANGE_DIFF, change_id)
+        if text is None:
+            raise ChangeNotFound(f"change {change_id} does not exist")
+        return text
+
+    async def _lock_open_change(
+        self, conn: asyncpg.Connection, change_id: int, *, lock_project: bool
+    ) -> tuple[PendingChange, Worktree]:
+        row = await conn.fetchrow(q.CHANGE, change_id)
+        if row is None:
+            raise ChangeNotFound(f"change {change_id} does not exist")
+        session_id = row["session_id"]
+        if lock_project:
+            ctx = await conn.fetchrow(q.SESSION_PROJECT, session_id)
+            await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, ctx["project_id"])
+        wt = await self._lock_worktree(conn, session_id)
+        change = PendingChange.from_row(await conn.fetchrow(q.LOCK_CHANGE, change_id))
+        if change.status not in q.OPEN_STATUSES:
+            raise ChangeNotPending(f"change {change_id} is {change.status}, not pending")
+        if change.snapshot_commit is None or change.base_commit != wt.base_commit:
+            raise ChangeNotPending(f"change {change_id} no longer matches session {session_id}'s base")
+        return change, wt
+
+    async def accept(
+        self, change_id: int, *, files: Sequence[str] | None = None, resolved_by: str | None = None
+    ) -> Resolution:
+        """Apply the change (or ``files`` of it) to the project checkout and advance the base.
+
+        A conflict with local edits marks the change ``conflict`` (it stays open: accept it
+        again after resolving, or reject it) and leaves the checkout untouched. What was not
+        accepted stays pending as a new change against the new base.
+        """
+        # Once git has written the checkout, the rows must follow: finish even if cancelled.
+        with anyio.CancelScope(shield=True):
+            async with self._connection() as conn, conn.transaction():
+                resolution = await self._accept_locked(conn, change_id, files, resolved_by)
+        return resolution
+
+    async def _accept_locked(
+        self, conn: asyncpg.Connection, change_id: int, files: Sequence[str] | None, resolved_by: str | None
+    ) -> Resolution:
+        change, wt = await self._lock_open_change(conn, change_id, lock_project=True)
+        running = await conn.fetchval(q.RUNNING_TASK, wt.session_id) is not None
+        try:
+            applied = await anyio.to_thread.run_sync(self._apply, wt, change, files, not running)
+        except ApplyConflict as exc:
+            row = await conn.fetchrow(q.MARK_CONFLICT, change_id, resolved_by, str(exc))
+            conflicted = PendingChange.from_row(row)
+            await self._notify(conn, conflicted)
+            return Resolution(conflicted)
+        await conn.execute(q.SET_BASE, wt.session_id, applied.new_base)
+        remainder = None
+        if applied.remainder is not None and change.snapshot_commit is not None:
+            remainder = (change.snapshot_commit, applied.new_base, applied.remainder)
+        return await self._resolve(conn, change, "accepted", resolved_by, applied.accepted, remainder)
+
+    def _apply(self, wt: Worktree, change: PendingChange, names: Sequence[str] | None, advance: bool) -> _Applied:
+        assert change.snapshot_commit is not None
+        repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
+        entries = diff.changes(repo, base, snapshot)
+        chosen = select_files(change.id, entries, names)
+        partial = len(chosen) < len(entries)
+        paths = tuple(p for e in chosen for p in e.paths)
+        patch = git.patch(repo, base, snapshot, paths if partial else ())
+        # The new base exists before the checkout is touched, so nothing can fail in between.
+        tree = git.tree_with_patch(repo, base, patch) if partial else f"{snapshot}^{{tree}}"
+        listing = "\n".join(f"{e.status} {diff.display(e.path)}" for e in chosen)
+        new_base = git.commit_tree(
+            repo, tree, base, f"switchyard: accept change {change.id} of session {wt.session_id}\n\n{listing}\n"
+        )
+        mode = git.apply_to_checkout(repo, patch, paths)
+        log.info("change %s applied to %s (%s)", change.id, repo, mode)
+        git.update_ref(repo, refs_prefix(wt.session_id) + "base", new_base)
+        if advance:
+            self._advance_branch(wt, new_base, paths)
+        if not partial:
+            return _Applied(new_base, None, None)
+        return _Applied(
+            new_base,
+            diff.compute(repo, base, snapshot, self._caps, paths),
+            diff.compute(repo, new_base, snapshot, self._caps),
+        )
+
+    def _advance_branch(self, wt: Worktree, new_base: str, paths: Sequence[str]) -> None:
+        """Move the session branch to the new base, if the agent has not moved it itself.
+
+        The worktree's own index follows for the accepted paths, so ``git status`` inside the
+        worktree shows only unaccepted work. Files are never touched; failures only log.
+        """
+        if not git.is_worktree(wt.path):
+            return
+        try:
+            if git.update_ref(wt.repo_path, f"refs/heads/{wt.branch}", new_base, wt.base_commit):
+                git.sync_index_paths(wt.path, paths)
+        except GitCommandFailed as exc:
+            log.warning("session %s: branch %s not advanced: %s", wt.session_id, wt.branch, exc)
+
+    async def reject(
+        self, change_id: int, *, files: Sequence[str] | None = None, resolved_by: str | None = None
+    ) -> Resolution:
+        """Put the change's files (or ``files`` of it) in the worktree back to the base.
+
+        Refused while a turn of the session runs. What is discarded stays recoverable at
+        ``refs/switchyard/<session>/rejected/<change>``; the rest stays pending.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._connection() as conn, conn.transaction():
+                # The worktree row lock also holds off the next turn's ensure() until we are done.
+                change, wt = await self._lock_open_change(conn, change_id, lock_project=False)
+                task = await conn.fetchval(q.RUNNING_TASK, wt.session_id)
+                if task is not None:
+                    raise TurnRunning(
+                        f"session {wt.session_id} is running a turn (task {task}); "
+                        f"reject change {change_id} after it ends"
+                    )
+                restored = await anyio.to_thread.run_sync(self._restore, wt, change, files)
+                remainder = None
+                if restored.remainder is not None:
+                    remainder = (restored.remainder[0], wt.base_commit, restored.remainder[1])
+                resolution = await self._resolve(conn, change, "rejected", resolved_by, restored.rejected, remainder)
+        return Resolution(resolution.change, resolution.remainder, restored.kept_at)
+
+    def _restore(self, wt: Worktree, change: PendingChange, names: Sequence[str] | None) -> _Restored:
+        assert change.snapshot_commit is not None
+        repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
+        entries = diff.changes(repo, base, snapshot)
+        chosen = select_files(change.id, entries, names)
+        kept_at = None
+        if os.path.lexists(wt.path):  # a deleted directory has nothing left to restore
+            path = self._checked(wt)
+            kept = git.snapshot(path, base, f"switchyard: worktree before rejecting change {change.id}")
+            kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
+            git.update_ref(repo, kept_at, kept)
+            git.restore_paths(path, base, restore_plan(chosen))
+        if len(chosen) == len(entries):
+            return _Restored(kept_at, None, None)
+        paths = tuple(p for e in chosen for p in e.paths)
+        tree = git.tree_with_patch(repo, snapshot, git.patch(repo, base, snapshot, paths), reverse=True)
+        rest = git.commit_tree(repo, tree, base, f"switchyard: snapshot of session {wt.session_id}", fixed_date=True)
+        git.update_ref(repo, refs_prefix(wt.session_id) + "snapshot", rest)
+        return _Restored(
+            kept_at,
+            diff.compute(repo, base, snapshot, self._caps, paths),
+            (rest, diff.compute(repo, base, rest, self._caps)),
+        )
+
+    async def _resolve(
+        self,
+        conn: asyncpg.Connection,
+        change: PendingChange,
+        status: str,
+        resolved_by: str | None,
+        narrowed: Diff | None,
+        remainder: tuple[str, str, Diff] | None,
+    ) -> Resolution:
+        """Mark ``change`` resolved (keeping only the resolved files) and open the remainder."""
+        row = await conn.fetchrow(
+            q.RESOLVE_CHANGE,
+            change.id,
+            status,
+            resolved_by,
+            narrowed.text if narrowed else None,
+            json.dumps(narrowed.files_json()) if narrowed else None,
+            narrowed.truncated if narrowed else None,
+        )
+        resolved = PendingChange.from_row(row)
+        await self._notify(conn, resolved)
+        rest = None
+        if remainder is not None:
+            snapshot, base, rest_diff = remainder
+            rest = await self._insert(conn, change.session_id, change.task_id, change.agent, base, snapshot, rest_diff)
+        return Resolution(resolved, rest)
+
+    # ------------------------------------------------------------------------ reaper
+
+    async def reap(self) -> list[Reaped]:
+        """Remove worktrees of idle or archived sessions that have nothing open or running."""
+        async with self._connection() as conn:
+            idle = self.settings.reap_idle_after
+            candidates = await conn.fetch(q.REAP_CANDIDATES, idle, ARCHIVED_GRACE_S)
+            return [await self._reap_one(conn, r["session_id"], r["project_id"]) for r in candidates]
+
+    async def run_reaper(self) -> None:
+        """Reap every ``reap_interval`` seconds until cancelled (run it in the service's task group)."""
+        while True:
+            try:
+                await self.reap()
+            except (OSError, asyncpg.PostgresError) as exc:  # the database is away; try next time
+                log.warning("reaper: %s", exc)
+            await anyio.sleep(self.settings.reap_interval)
+
+    async def _reap_one(self, conn: asyncpg.Connection, session_id: int, project_id: int) -> Reaped:
+        path = ""
+        try:
+            async with conn.transaction():
+                await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, project_id)
+                row = await conn.fetchrow(q.CLAIM_REAP, self.settings.reap_idle_after, ARCHIVED_GRACE_S, session_id)
+                if row is None:
+                    return Reaped(session_id, path, False, "in use again")
+                wt = self._worktree(row)
+                path = str(wt.path)
+                # An error rolls the row back to active: nothing is marked removed that is not.
+                await anyio.to_thread.run_sync(self._remove, wt)
+        except WorktreeError as exc:
+            log.warning("worktree of session %s not reaped: %s", session_id, exc)
+            return Reaped(session_id, path, False, str(exc))
+        log.info("worktree of session %s reaped: %s", session_id, path)
+        return Reaped(session_id, path, True, "removed")
+
+    def _remove(self, wt: Worktree) -> None:
+        real = git.inside_root(self.root, wt.path)
+        if os.path.lexists(real):
+            self._checked(wt)
+            snapshot = git.snapshot(real, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+            if diff.changes(wt.repo_path, wt.base_commit, snapshot):
+                raise WorktreeDirty(f"{wt.path} has changes that were never recorded as a pending change")
+        git.remove_worktree(wt.repo_path, real, wt.branch, refs_prefix(wt.session_id))
+        if real.parent != Path(os.path.realpath(self.root)):
+            with contextlib.suppress(OSError):
+                real.parent.rmdir()  # the project's directory, once its last worktree is gone

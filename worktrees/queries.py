@@ -1,0 +1,130 @@
+"""SQL of the worktrees package.
+
+Lock order, everywhere: the project's advisory lock (only where the repository itself changes:
+creating, reaping, accepting), then the session_worktrees row, then pending_changes rows.
+JSON goes in as text and comes out as text, so any connection works, with or without codecs.
+Statements are composed from the column lists below, never from values.
+"""
+
+from __future__ import annotations
+
+# Key space of the per-repository advisory lock: pg_advisory_xact_lock(LOCK_CLASS, project).
+LOCK_CLASS = 0x5357_5754  # "SWWT"
+
+LOCK_PROJECT = "SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int)"
+
+SESSION_PROJECT = """
+SELECT s.id AS session_id, s.project_id, p.repo_path
+  FROM sessions s JOIN projects p ON p.id = s.project_id
+ WHERE s.id = $1
+"""
+
+WORKTREE_COLUMNS = "w.session_id, w.project_id, w.path, w.branch, w.base_commit, w.status, p.repo_path"
+
+# ensure's fast path: one statement, no git. Its row lock orders it after a reaper or a
+# reject that holds the row, and it only succeeds for an active worktree.
+TOUCH_WORKTREE = f"""
+UPDATE session_worktrees w SET last_used_at = now()
+  FROM projects p
+ WHERE w.session_id = $1 AND w.status = 'active' AND p.id = w.project_id
+RETURNING {WORKTREE_COLUMNS}
+"""  # noqa: S608 - composed from constants only
+
+WORKTREE = f"""
+SELECT {WORKTREE_COLUMNS}
+  FROM session_worktrees w JOIN projects p ON p.id = w.project_id
+ WHERE w.session_id = $1
+"""  # noqa: S608 - composed from constants only
+
+LOCK_WORKTREE = WORKTREE + " FOR UPDATE OF w"
+
+UPSERT_WORKTREE = """
+INSERT INTO session_worktrees (session_id, project_id, path, branch, base_commit)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (session_id) DO UPDATE
+   SET path = EXCLUDED.path, branch = EXCLUDED.branch, base_commit = EXCLUDED.base_commit,
+       status = 'active', last_used_at = now()
+"""
+
+SET_BASE = "UPDATE session_worktrees SET base_commit = $2, last_used_at = now() WHERE session_id = $1"
+
+RUNNING_TASK = "SELECT id FROM tasks WHERE session_id = $1 AND state = 'running' LIMIT 1"
+
+# A change is open while it is pending or its last accept conflicted; a new diff supersedes both.
+OPEN_STATUSES = ("pending", "conflict")
+
+CHANGE_COLUMNS = """id, session_id, task_id, agent, base_commit, snapshot_commit, files::text AS files,
+       truncated, status, created_at, resolved_at, resolved_by, error"""
+
+OPEN_CHANGES = f"""
+SELECT {CHANGE_COLUMNS} FROM pending_changes
+ WHERE session_id = $1 AND status IN ('pending', 'conflict')
+ ORDER BY id
+   FOR UPDATE
+"""  # noqa: S608 - composed from constants only
+
+SUPERSEDE_OPEN = f"""
+UPDATE pending_changes SET status = 'superseded', resolved_at = now()
+ WHERE session_id = $1 AND status IN ('pending', 'conflict')
+RETURNING {CHANGE_COLUMNS}
+"""  # noqa: S608 - composed from constants only
+
+INSERT_CHANGE = f"""
+INSERT INTO pending_changes (session_id, task_id, agent, base_commit, snapshot_commit, diff, files, truncated)
+VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8)
+RETURNING {CHANGE_COLUMNS}
+"""  # noqa: S608 - composed from constants only
+
+CHANGE = f"SELECT {CHANGE_COLUMNS} FROM pending_changes WHERE id = $1"  # noqa: S608 - composed from constants only
+
+LOCK_CHANGE = CHANGE + " FOR UPDATE"
+
+CHANGE_DIFF = "SELECT diff FROM pending_changes WHERE id = $1"
+
+# Accepted/rejected rows keep only what was accepted/rejected ($4..$6 NULL: keep as is).
+RESOLVE_CHANGE = f"""
+UPDATE pending_changes
+   SET status = $2, resolved_at = now(), resolved_by = $3, error = NULL,
+       diff = coalesce($4, diff), files = coalesce($5::text::jsonb, files), truncated = coalesce($6, truncated)
+ WHERE id = $1
+RETURNING {CHANGE_COLUMNS}
+"""  # noqa: S608 - composed from constants only
+
+MARK_CONFLICT = f"""
+UPDATE pending_changes SET status = 'conflict', resolved_at = now(), resolved_by = $2, error = $3
+ WHERE id = $1
+RETURNING {CHANGE_COLUMNS}
+"""  # noqa: S608 - composed from constants only
+
+LIST_CHANGES = f"""
+SELECT {CHANGE_COLUMNS} FROM pending_changes
+ WHERE ($1::bigint IS NULL OR session_id = $1)
+   AND ($2::text IS NULL OR status = $2)
+ ORDER BY id DESC
+ LIMIT $3
+"""  # noqa: S608 - composed from constants only
+
+# Reapable: idle, or archived and unused for a short grace ($2: a turn that just started has
+# touched last_used_at), with no open change and no running turn. Re-checked on the row itself.
+REAPABLE = """
+      w.status = 'active'
+  AND (greatest(w.last_used_at, s.last_active_at) < now() - make_interval(secs => $1)
+       OR (s.status = 'archived' AND w.last_used_at < now() - make_interval(secs => $2)))
+  AND NOT EXISTS (SELECT 1 FROM pending_changes c
+                   WHERE c.session_id = w.session_id AND c.status IN ('pending', 'conflict'))
+  AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.session_id = w.session_id AND t.state = 'running')
+"""
+
+REAP_CANDIDATES = f"""
+SELECT w.session_id, w.project_id
+  FROM session_worktrees w JOIN sessions s ON s.id = w.session_id
+ WHERE {REAPABLE}
+ ORDER BY w.session_id
+"""  # noqa: S608 - composed from constants only
+
+CLAIM_REAP = f"""
+UPDATE session_worktrees w SET status = 'removed'
+  FROM sessions s, projects p
+ WHERE w.session_id = $3 AND s.id = w.session_id AND p.id = w.project_id AND {REAPABLE}
+RETURNING {WORKTREE_COLUMNS}
+"""  # noqa: S608 - composed from constants only

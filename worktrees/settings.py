@@ -1,0 +1,32 @@
+"""Worktree settings (config section ``[worktrees]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The orchestrator's configuration places a relative root under its data_dir.
+DEFAULT_ROOT = Path("worktrees")
+# A file whose patch is larger is listed but its patch text is replaced by a note.
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+# Patch text stored per change; files past it are listed but their patches are left out.
+DEFAULT_MAX_TOTAL_BYTES = 8 * 1024 * 1024
+# Worktrees of sessions unused this long (and without open changes or running turns) are reaped.
+DEFAULT_REAP_IDLE_AFTER = 7 * 24 * 3600.0
+# How often the service's reaper looks.
+DEFAULT_REAP_INTERVAL = 600.0
+
+
+@dataclass(frozen=True)
+class WorktreeSettings:
+    root: Path = DEFAULT_ROOT
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    reap_idle_after: float = DEFAULT_REAP_IDLE_AFTER
+    reap_interval: float = DEFAULT_REAP_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.max_file_bytes <= 0 or self.max_total_bytes <= 0:
+            raise ValueError("max_file_bytes and max_total_bytes must be positive")
+        if self.reap_idle_after <= 0 or self.reap_interval <= 0:
+            raise ValueError("reap_idle_after and reap_interval must be positive")

@@ -1,0 +1,106 @@
+"""API tokens and what a token may see.
+
+Only the sha256 of a token is stored (``api_tokens.token_hash``), so the table leaks nothing
+usable. A token with ``project_ids`` NULL sees every project (the operator's token); any other
+sees only the listed projects. Every session, task and pending change is checked through the
+project it belongs to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from ws_gateway.errors import UnknownProject
+
+TOKEN_PREFIX = "sy_"  # noqa: S105 - a marker, not a secret
+TOKEN_BYTES = 32
+
+INSERT_TOKEN = """
+INSERT INTO api_tokens (name, token_hash, project_ids) VALUES ($1, $2, $3)
+RETURNING id
+"""  # noqa: S105 - SQL, not a secret
+MISSING_PROJECTS = """
+SELECT p.id FROM unnest($1::bigint[]) AS p(id)
+ WHERE NOT EXISTS (SELECT 1 FROM projects WHERE projects.id = p.id)
+"""
+TOKEN_BY_HASH = """
+SELECT id, name, project_ids FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL
+"""  # noqa: S105 - SQL, not a secret
+PROJECT_EXISTS = "SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)"
+SESSION_PROJECT = "SELECT project_id FROM sessions WHERE id = $1"
+# A task may name no project (its session decides) or a bad one (the dispatcher fails it).
+TASK_PROJECT = """
+SELECT coalesce(t.project_id, s.project_id) AS project_id
+  FROM tasks t LEFT JOIN sessions s ON s.id = t.session_id
+ WHERE t.id = $1
+"""
+CHANGE_PROJECT = """
+SELECT s.project_id FROM pending_changes c JOIN sessions s ON s.id = c.session_id WHERE c.id = $1
+"""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenAccess:
+    token_id: int
+    name: str
+    # None: every project.
+    project_ids: frozenset[int] | None
+
+    def sees(self, project_id: int | None) -> bool:
+        if project_id is None:
+            return False
+        return self.project_ids is None or project_id in self.project_ids
+
+
+async def create_token(
+    conn: asyncpg.Connection | asyncpg.Pool, name: str, project_ids: Sequence[int] | None = None
+) -> str:
+    """Store a new token for ``project_ids`` (None: every project) and return its text, shown once."""
+    if project_ids is not None:
+        missing = await conn.fetch(MISSING_PROJECTS, list(project_ids))
+        if missing:
+            raise UnknownProject(f"no project with id {', '.join(str(r['id']) for r in missing)}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+    ids = None if project_ids is None else sorted(set(project_ids))
+    await conn.fetchval(INSERT_TOKEN, name, hash_token(token), ids)
+    return token
+
+
+async def verify_token(conn: asyncpg.Connection | asyncpg.Pool, token: str | None) -> TokenAccess | None:
+    """The token's access, or None when it is missing, unknown or revoked."""
+    if not token:
+        return None
+    row = await conn.fetchrow(TOKEN_BY_HASH, hash_token(token))
+    if row is None:
+        return None
+    ids = row["project_ids"]
+    return TokenAccess(row["id"], row["name"], None if ids is None else frozenset(ids))
+
+
+async def project_exists(conn: asyncpg.Connection | asyncpg.Pool, project_id: int) -> bool:
+    exists: bool = await conn.fetchval(PROJECT_EXISTS, project_id)
+    return exists
+
+
+async def session_project(conn: asyncpg.Connection | asyncpg.Pool, session_id: int) -> int | None:
+    project_id: int | None = await conn.fetchval(SESSION_PROJECT, session_id)
+    return project_id
+
+
+async def task_project(conn: asyncpg.Connection | asyncpg.Pool, task_id: int) -> int | None:
+    project_id: int | None = await conn.fetchval(TASK_PROJECT, task_id)
+    return project_id
+
+
+async def change_project(conn: asyncpg.Connection | asyncpg.Pool, change_id: int) -> int | None:
+    project_id: int | None = await conn.fetchval(CHANGE_PROJECT, change_id)
+    return project_id

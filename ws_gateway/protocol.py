@@ -1,0 +1,247 @@
+"""Client → server frames, validated fail-closed.
+
+A frame is a JSON object with a ``type`` and, optionally, an ``id`` (string or integer) that
+the server echoes in its ``ack``/``error``/``pong`` reply. Text that is not a JSON object
+raises MalformedFrame (the server closes with 1007); an unknown type, an unknown field, a
+missing field or a value of the wrong type or range raises InvalidFrame (an ``error`` frame).
+docs/PROTOCOL.md describes every frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ws_gateway.errors import InvalidFrame, MalformedFrame
+
+RequestId = str | int
+
+MAX_ID = 2**63 - 1  # bigint
+MAX_REQUEST_ID_CHARS = 64
+MAX_NAME_CHARS = 200
+MAX_SESSIONS_PER_FRAME = 100
+MAX_FILES = 1000
+MAX_PRIORITY = 2**31 - 1
+MAX_ATTEMPTS = 100
+# The frame size limit (gateway.max_frame_bytes) is what bounds a prompt.
+MAX_INPUT_CHARS = 2**31
+REVIEW_ACTIONS = ("accept", "reject")
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    session_ids: tuple[int, ...]
+    # None: start with a snapshot. An int applies to every session; a dict names each one
+    # (sessions missing from it start with a snapshot).
+    since_seq: int | dict[int, int] | None
+    id: RequestId | None = None
+
+    def since(self, session_id: int) -> int | None:
+        if isinstance(self.since_seq, dict):
+            return self.since_seq.get(session_id)
+        return self.since_seq
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    session_ids: tuple[int, ...]
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class Submit:
+    input: str
+    project_id: int | None = None
+    session_id: int | None = None
+    agent: str | None = None
+    model: str | None = None
+    mode_id: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    dispatch_key: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    task_id: int
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class Review:
+    change_id: int
+    action: str
+    files: tuple[str, ...] | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class GetDiff:
+    change_id: int
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: RequestId | None = None
+
+
+ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Review | GetDiff | Ping
+
+
+class _Fields:
+    """Takes fields out of a frame one by one; whatever is left over is an unknown field."""
+
+    def __init__(self, frame: dict[str, Any], request_id: RequestId | None) -> None:
+        self._frame = frame
+        self.request_id = request_id
+
+    def fail(self, message: str) -> InvalidFrame:
+        return InvalidFrame(message, self.request_id)
+
+    def _take(self, key: str, required: bool) -> Any:
+        if key not in self._frame or (self._frame[key] is None and not required):
+            if required:
+                raise self.fail(f"missing field {key!r}")
+            self._frame.pop(key, None)
+            return None
+        return self._frame.pop(key)
+
+    def integer(self, key: str, *, required: bool = True, minimum: int = 1, maximum: int = MAX_ID) -> int | None:
+        value = self._take(key, required)
+        if value is None:
+            return None
+        return _check_int(value, key, minimum, maximum, self)
+
+    def text(self, key: str, *, required: bool = False, max_chars: int = MAX_NAME_CHARS) -> str | None:
+        value = self._take(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"{key!r} must be a non-empty string")
+        if len(value) > max_chars:
+            raise self.fail(f"{key!r} is longer than {max_chars} characters")
+        return value
+
+    def ids(self, key: str) -> tuple[int, ...]:
+        value = self._take(key, True)
+        if not isinstance(value, list) or not value:
+            raise self.fail(f"{key!r} must be a non-empty list of ids")
+        if len(value) > MAX_SESSIONS_PER_FRAME:
+            raise self.fail(f"{key!r} may name at most {MAX_SESSIONS_PER_FRAME} sessions")
+        return tuple(dict.fromkeys(_check_int(v, key, 1, MAX_ID, self) for v in value))
+
+    def since_seq(self, key: str) -> int | dict[int, int] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            since: dict[int, int] = {}
+            for sid, seq in value.items():
+                if not sid.isdigit():
+                    raise self.fail(f"{key!r} keys must be session ids")
+                since[_check_int(int(sid), key, 1, MAX_ID, self)] = _check_int(seq, key, 0, MAX_ID, self)
+            return since
+        return _check_int(value, key, 0, MAX_ID, self)
+
+    def files(self, key: str) -> tuple[str, ...] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value or len(value) > MAX_FILES:
+            raise self.fail(f"{key!r} must be a list of 1 to {MAX_FILES} paths")
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.fail(f"{key!r} must hold non-empty strings")
+        return tuple(value)
+
+    def done(self) -> None:
+        if self._frame:
+            raise self.fail(f"unknown field {sorted(self._frame)[0]!r}")
+
+
+def _check_int(value: Any, key: str, minimum: int, maximum: int, fields: _Fields) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fields.fail(f"{key!r} must be an integer")
+    if not minimum <= value <= maximum:
+        raise fields.fail(f"{key!r} must be between {minimum} and {maximum}")
+    return value
+
+
+def _request_id(frame: dict[str, Any]) -> RequestId | None:
+    value = frame.pop("id", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidFrame("'id' must be a string or an integer")
+    if isinstance(value, str) and len(value) > MAX_REQUEST_ID_CHARS:
+        raise InvalidFrame(f"'id' is longer than {MAX_REQUEST_ID_CHARS} characters")
+    return value
+
+
+def _required(value: int | None) -> int:
+    assert value is not None  # _Fields.integer(required=True) never returns None
+    return value
+
+
+def _parse_fields(type_: str, f: _Fields) -> ClientFrame:
+    rid = f.request_id
+    if type_ == "subscribe":
+        session_ids = f.ids("session_ids")
+        since = f.since_seq("since_seq")
+        if isinstance(since, dict) and not since.keys() <= set(session_ids):
+            raise f.fail("'since_seq' names a session that is not in 'session_ids'")
+        return Subscribe(session_ids, since, rid)
+    if type_ == "unsubscribe":
+        return Unsubscribe(f.ids("session_ids"), rid)
+    if type_ == "submit":
+        input_ = f.text("input", required=True, max_chars=MAX_INPUT_CHARS)
+        assert input_ is not None
+        return Submit(
+            input=input_,
+            project_id=f.integer("project_id", required=False),
+            session_id=f.integer("session_id", required=False),
+            agent=f.text("agent"),
+            model=f.text("model"),
+            mode_id=f.text("mode_id"),
+            priority=f.integer("priority", required=False, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY) or 0,
+            max_attempts=f.integer("max_attempts", required=False, maximum=MAX_ATTEMPTS) or 3,
+            dispatch_key=f.text("dispatch_key"),
+            id=rid,
+        )
+    if type_ == "cancel":
+        return Cancel(_required(f.integer("task_id")), rid)
+    if type_ == "review":
+        change_id = _required(f.integer("change_id"))
+        action = f.text("action", required=True)
+        if action not in REVIEW_ACTIONS:
+            raise f.fail(f"'action' must be one of {', '.join(REVIEW_ACTIONS)}")
+        return Review(change_id, action, f.files("files"), rid)
+    if type_ == "get_diff":
+        return GetDiff(_required(f.integer("change_id")), rid)
+    if type_ == "ping":
+        return Ping(rid)
+    raise f.fail(f"unknown frame type {type_!r}")
+
+
+def parse_client_frame(text: str) -> ClientFrame:
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedFrame(f"not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise MalformedFrame("a frame must be a JSON object")
+    request_id = _request_id(frame)
+    type_ = frame.pop("type", None)
+    if not isinstance(type_, str):
+        raise InvalidFrame("missing field 'type'", request_id)
+    fields = _Fields(frame, request_id)
+    parsed = _parse_fields(type_, fields)
+    fields.done()
+    return parsed
+
+
+def encode_frame(frame: dict[str, Any]) -> bytes:
+    """The wire form of a server frame: compact JSON text, UTF-8 encoded once for every client."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str).encode()
