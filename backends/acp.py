@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
@@ -85,12 +85,10 @@ from backends.base import (
     Usage,
 )
 from backends.confine import read_text, write_text
-from backends.errors import AgentNotFoundError, BackendError, BadModelError
-from backends.launch import Launch, prepare
-from backends.opencode_env import OpencodeSettings
+from backends.errors import BackendError, BadModelError
+from backends.launch import Launch, OneShotBackend, prepare
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.processes import TERMINATE, ProcessTree
-from backends.registry import AgentSpec
 
 log = logging.getLogger("switchyard.backends.acp")
 
@@ -117,35 +115,14 @@ ALLOW_KINDS = ("allow_once", "allow_always")
 REJECT_KINDS = ("reject_once", "reject_always")
 
 
-class AcpBackend:
+class AcpBackend(OneShotBackend):
     execution_path = "acp"
-    needs_worktree = True
 
-    def __init__(
-        self,
-        spec: AgentSpec,
-        policy: PermissionPolicy | None = None,
-        *,
-        opencode: OpencodeSettings | None = None,
-        parent_env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.spec = spec
-        self.policy = policy or PermissionPolicy()
-        self.opencode = opencode or OpencodeSettings()
-        self.parent_env = parent_env
-
-    async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
-        if turn.workdir is None:
-            return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
-        root = Path(await anyio.to_thread.run_sync(turn.workdir.resolve))
+    async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
+        root = Path(await anyio.to_thread.run_sync(workdir.resolve))
         settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
-        try:
-            async with prepare(self.spec, turn.model, opencode=settings, parent_env=self.parent_env) as launch:
-                return await _AcpTurn(self, turn, root, launch, emit).run()
-        except AgentNotFoundError as exc:
-            return TurnOutcome.failed("agent_unavailable", str(exc))
-        except BadModelError as exc:
-            return TurnOutcome.failed("bad_input", str(exc))
+        async with prepare(self.spec, turn.model, opencode=settings, parent_env=self.parent_env) as launch:
+            return await _AcpTurn(self, turn, root, launch, emit).run()
 
 
 class _AcpTurn:

@@ -8,6 +8,7 @@ and, for the PTY track, its input on the command line.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import secrets
@@ -21,8 +22,10 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from backends.errors import BadModelError
+from backends.base import Emit, Turn, TurnOutcome
+from backends.errors import AgentNotFoundError, BadModelError
 from backends.opencode_env import OpencodeSettings, opencode_env
+from backends.permissions import PermissionPolicy
 from backends.processes import RUN_MARKER
 from backends.registry import AgentSpec, agent_env, executable
 
@@ -38,6 +41,39 @@ class Launch:
     run_id: str
     # The model to select through the ACP session's ``model`` config option (no model_flag).
     session_model: str | None = None
+
+
+class OneShotBackend(abc.ABC):
+    """An agent run once per turn in the session worktree: what the ACP and PTY tracks share."""
+
+    needs_worktree = True
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        policy: PermissionPolicy | None = None,
+        *,
+        opencode: OpencodeSettings | None = None,
+        parent_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.policy = policy or PermissionPolicy()
+        self.opencode = opencode or OpencodeSettings()
+        self.parent_env = parent_env
+
+    async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
+        if turn.workdir is None:
+            return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
+        try:
+            return await self.run_in(turn, turn.workdir, emit)
+        except AgentNotFoundError as exc:
+            return TurnOutcome.failed("agent_unavailable", str(exc))
+        except BadModelError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
+
+    @abc.abstractmethod
+    async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
+        """Run the turn in ``workdir``; a missing agent or a bad model may be raised."""
 
 
 def opencode_model(settings: OpencodeSettings, model: str | None) -> str:

@@ -40,6 +40,10 @@ OFFLINE_FLAGS = {
     "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
     "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
     "OPENCODE_DISABLE_CLAUDE_CODE": "1",
+    "OPENCODE_DISABLE_SHARE": "1",
+    # A repository's own opencode.json / .opencode/ could add plugins or MCP servers that run code
+    # outside our permission policy; only the configuration Switchyard passes applies.
+    "OPENCODE_DISABLE_PROJECT_CONFIG": "1",
     # opencode installs @opencode-ai/plugin into every config directory (npm, in the background) on
     # each start; offline mode makes that fail at once from the empty cache instead of going online.
     "npm_config_offline": "true",

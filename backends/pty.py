@@ -25,19 +25,16 @@ import os
 import re
 import struct
 import termios
-from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
 from anyio.abc import Process
 
 from backends.base import Emit, TextDelta, Turn, TurnOutcome
-from backends.errors import AgentNotFoundError, BadModelError
-from backends.launch import Launch, prepare
-from backends.opencode_env import OpencodeSettings
-from backends.permissions import PermissionPolicy, opencode_permission
+from backends.errors import BadModelError
+from backends.launch import Launch, OneShotBackend, prepare
+from backends.permissions import opencode_permission
 from backends.processes import INTERRUPT, SIGNAL_GRACE, TERMINATE, ProcessTree
-from backends.registry import AgentSpec
 
 READ_SIZE = 65536
 # While its terminal is silent, how often the reader checks whether the agent has exited.
@@ -109,38 +106,17 @@ class TerminalText:
         return data[:room].decode(errors="ignore") + TRUNCATED_NOTE.format(limit=self.limit)
 
 
-class PtyBackend:
+class PtyBackend(OneShotBackend):
     execution_path = "pty"
-    needs_worktree = True
 
-    def __init__(
-        self,
-        spec: AgentSpec,
-        policy: PermissionPolicy | None = None,
-        *,
-        opencode: OpencodeSettings | None = None,
-        parent_env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.spec = spec
-        self.policy = policy or PermissionPolicy()
-        self.opencode = opencode or OpencodeSettings()
-        self.parent_env = parent_env
-
-    async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
-        if turn.workdir is None:
-            return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
+    async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
         settings = dataclasses.replace(self.opencode, permission=opencode_permission(self.policy))
-        try:
-            async with prepare(
-                self.spec, turn.model, prompt=turn.input, opencode=settings, parent_env=self.parent_env
-            ) as launch:
-                if launch.session_model is not None:
-                    raise BadModelError(f"agent {self.spec.name!r} has no model_flag to pass model {turn.model!r}")
-                return await self._run(launch, turn.workdir, emit)
-        except AgentNotFoundError as exc:
-            return TurnOutcome.failed("agent_unavailable", str(exc))
-        except BadModelError as exc:
-            return TurnOutcome.failed("bad_input", str(exc))
+        async with prepare(
+            self.spec, turn.model, prompt=turn.input, opencode=settings, parent_env=self.parent_env
+        ) as launch:
+            if launch.session_model is not None:
+                raise BadModelError(f"agent {self.spec.name!r} has no model_flag to pass model {turn.model!r}")
+            return await self._run(launch, workdir, emit)
 
     async def _run(self, launch: Launch, workdir: Path, emit: Emit) -> TurnOutcome:
         master, slave = os.openpty()

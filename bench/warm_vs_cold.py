@@ -21,7 +21,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -41,6 +40,7 @@ from orchestrator.dispatcher import Dispatcher
 from orchestrator.embedded_pg import EmbeddedPostgres, free_port
 from orchestrator.routing import Router
 from tests.fakes.fake_model import FakeModel
+from tests.helpers import git_repo
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
 
@@ -56,16 +56,6 @@ SELECT extract(epoch FROM e.created_at - t.created_at) * 1000 AS ms
        (SELECT id FROM messages WHERE task_id = t.id AND role = 'assistant')
  ORDER BY e.seq LIMIT 1
 """
-
-
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
-    (path / "README.md").write_text("# bench\n")
-    subprocess.run(["git", "-C", str(path), *identity, "add", "."], check=True)
-    subprocess.run(["git", "-C", str(path), *identity, "commit", "-qm", "init"], check=True)
-    return path
 
 
 async def turn(pool: asyncpg.Pool, project: int, session: int | None, agent: str) -> tuple[int, float]:
@@ -92,7 +82,7 @@ async def run(url: str, work: Path, sessions: int) -> dict[str, Any]:
         await db.migrate(conn)
     finally:
         await conn.close()
-    repo = await anyio.to_thread.run_sync(make_repo, work / "project")
+    repo = await anyio.to_thread.run_sync(git_repo, work / "project")
     async with FakeModel() as fm:
         opencode = OpencodeSettings(base_url=fm.base_url, models=("fake-model",))
         settings = OpencodePoolSettings(servers=1, min_servers=1)

@@ -35,9 +35,10 @@ from orchestrator.errors import SwitchyardError
 from orchestrator.gateway_actions import OrchestratorActions
 from orchestrator.projects import LIST_PROJECTS, add_project, resolve_project
 from orchestrator.review import ReviewService, change_json, resolution_json
-from orchestrator.tasks import TaskSubmission, cancel_task, list_tasks, submit_task
+from orchestrator.tasks import cancel_task, list_tasks, submit_task
 from worktrees import Resolution, WorktreeError
 from ws_gateway import Gateway, GatewayError, create_token
+from ws_gateway.actions import TaskSubmission
 
 # Errors of the lower packages end as one line too.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (SwitchyardError, BackendError, GatewayError, WorktreeError)

@@ -15,9 +15,9 @@ import asyncpg
 
 from orchestrator.errors import NotFound
 from orchestrator.review import ReviewService, change_json, resolution_json
-from orchestrator.tasks import TaskSubmission, cancel_task, submit_task
+from orchestrator.tasks import cancel_task, submit_task
 from worktrees import ChangeNotFound, ChangeNotPending, RestoreRefused, TurnRunning, UnknownFile, WorktreeError
-from ws_gateway import ActionRejected, SubmitRequest
+from ws_gateway import ActionRejected, TaskSubmission
 
 REVIEW_ERROR_CODES: dict[type[WorktreeError], str] = {
     ChangeNotFound: "not_found",
@@ -37,21 +37,8 @@ class OrchestratorActions:
         self._pool = pool
         self._review = review
 
-    async def submit(self, request: SubmitRequest) -> dict[str, Any]:
-        submitted = await submit_task(
-            self._pool,
-            TaskSubmission(
-                project_id=request.project_id,
-                input=request.input,
-                session_id=request.session_id,
-                agent=request.agent,
-                model=request.model,
-                mode_id=request.mode_id,
-                priority=request.priority,
-                max_attempts=request.max_attempts,
-                dispatch_key=request.dispatch_key,
-            ),
-        )
+    async def submit(self, request: TaskSubmission) -> dict[str, Any]:
+        submitted = await submit_task(self._pool, request)
         return {"task_id": submitted.task_id, "created": submitted.created}
 
     async def cancel(self, task_id: int) -> dict[str, Any]:

@@ -11,12 +11,12 @@ a running one is aborted by its dispatcher, which the update's NOTIFY reaches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 
 from orchestrator.errors import NotFound
 from orchestrator.queue import end_pending_task
+from ws_gateway.actions import TaskSubmission
 
 SUBMIT_TASK = """
 INSERT INTO tasks (project_id, session_id, input, agent, model, mode_id, priority,
@@ -45,21 +45,6 @@ SELECT id, project_id, session_id, state, agent, model, attempt, created_at, end
  ORDER BY id DESC
  LIMIT $3
 """
-
-
-@dataclass(frozen=True)
-class TaskSubmission:
-    project_id: int
-    input: str
-    session_id: int | None = None
-    agent: str | None = None
-    model: str | None = None
-    mode_id: str | None = None
-    priority: int = 0
-    max_attempts: int = 3
-    expires_at: datetime | None = None
-    dispatch_key: str | None = None
-    parent_task_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,3 +19,14 @@ def reachable_tmp_dir() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def git_repo(path: Path) -> Path:
+    """A git repository with one commit holding README.md ("# demo")."""
+    path.mkdir(parents=True)
+    identity = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    (path / "README.md").write_text("# demo\n")
+    subprocess.run(["git", "-C", str(path), *identity, "add", "."], check=True)
+    subprocess.run(["git", "-C", str(path), *identity, "commit", "-qm", "init"], check=True)
+    return path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ws_gateway.actions import GatewayActions, SubmitRequest
+from ws_gateway.actions import GatewayActions, TaskSubmission
 from ws_gateway.auth import TokenAccess, create_token, hash_token, verify_token
 from ws_gateway.errors import ActionRejected, GatewayError, InvalidFrame, MalformedFrame, UnknownProject
 from ws_gateway.server import Gateway
@@ -16,7 +16,7 @@ __all__ = [
     "GatewaySettings",
     "InvalidFrame",
     "MalformedFrame",
-    "SubmitRequest",
+    "TaskSubmission",
     "TokenAccess",
     "UnknownProject",
     "create_token",

@@ -11,12 +11,15 @@ Results are JSON-ready dicts sent back in the ``ack`` frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
-class SubmitRequest:
-    """A task to insert; ``project_id`` is resolved and authorized by the gateway."""
+class TaskSubmission:
+    """A task to insert: the one description shared by the CLI, the gateway and
+    ``orchestrator.tasks.submit_task`` (which makes the same INSERT an SQL submitter does).
+    Over WebSocket the gateway resolves and authorizes ``project_id`` first."""
 
     project_id: int
     input: str
@@ -26,11 +29,13 @@ class SubmitRequest:
     mode_id: str | None = None
     priority: int = 0
     max_attempts: int = 3
+    expires_at: datetime | None = None
     dispatch_key: str | None = None
+    parent_task_id: int | None = None
 
 
 class GatewayActions(Protocol):
-    async def submit(self, request: SubmitRequest) -> dict[str, Any]:
+    async def submit(self, request: TaskSubmission) -> dict[str, Any]:
         """Insert the task; returns at least ``task_id`` and ``created`` (False: dispatch_key seen)."""
         ...
 

@@ -25,7 +25,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
 from ws_gateway import auth
-from ws_gateway.actions import GatewayActions, SubmitRequest
+from ws_gateway.actions import GatewayActions, TaskSubmission
 from ws_gateway.errors import ActionRejected, InvalidFrame, MalformedFrame
 from ws_gateway.frames import ServerFrame
 from ws_gateway.protocol import (
@@ -382,7 +382,7 @@ class ClientConnection:
             raise ActionRejected("invalid_frame", "submit needs 'project_id' or 'session_id'")
         visible = self.access.sees(project_id) and await auth.project_exists(self.pool, project_id)
         await self._authorize(project_id if visible else None, f"project {project_id}")
-        request = SubmitRequest(
+        request = TaskSubmission(
             project_id=project_id,
             input=frame.input,
             session_id=frame.session_id,

@@ -21,18 +21,9 @@ from backends.opencode_env import (
     project_root,
 )
 from tests.fakes.fake_model import FakeModel
+from tests.helpers import git_repo
 
 RUN_TIMEOUT = 120
-
-
-def git_repo(path: Path) -> Path:
-    path.mkdir()
-    identity = ["-c", "user.name=Test", "-c", "user.email=test@example.invalid"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
-    (path / "README.md").write_text("# demo\n")
-    subprocess.run(["git", "-C", str(path), *identity, "add", "."], check=True)
-    subprocess.run(["git", "-C", str(path), *identity, "commit", "-qm", "init"], check=True)
-    return path
 
 
 def opencode_run(fm: FakeModel, repo: Path, sandbox: Path, prompt: str) -> subprocess.CompletedProcess[str]:
@@ -78,6 +69,19 @@ def test_opencode_may_not_write_outside_its_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "escaped.txt").exists()
     assert requests[-1].last_role == "tool"
     assert "prevents you from using this specific tool call" in requests[-1].messages[-1]["content"]
+
+
+def test_a_repositorys_own_opencode_config_is_ignored(tmp_path: Path) -> None:
+    # A repository under review could otherwise add plugins, MCP servers or instructions.
+    repo = git_repo(tmp_path / "repo")
+    (repo / "INJECTED.md").write_text("MARKER-from-the-repository-config\n")
+    (repo / "opencode.json").write_text('{"instructions": ["INJECTED.md"]}')
+    with FakeModel(models=("fake-model",)) as fm:
+        result = opencode_run(fm, repo, tmp_path / "sandbox", "hello")
+        requests = fm.chat_requests
+    assert result.returncode == 0, result.stderr
+    assert requests
+    assert all("MARKER-from-the-repository-config" not in r.system_text for r in requests)
 
 
 def test_env_isolates_home_and_xdg_and_drops_other_variables(tmp_path: Path) -> None:
