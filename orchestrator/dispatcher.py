@@ -10,6 +10,8 @@ Tasks:
 - **maintenance**, every ``min(poll_interval, lease_seconds / 3)``: renews the leases of
   running turns (and learns about cancel requests and lost claims from the answer), recovers
   tasks whose lease lapsed, and ends pending tasks that expired or were cancelled;
+- the **flush scheduler** (orchestrator.sink) writing the turns' buffered output, and the
+  **inactivity watch** (orchestrator.turn) over all running turns;
 - **cancellations** of tasks that are not ours: a pending one is cancelled at once;
 - each **turn** (orchestrator.turn) in a task group of its own, so shutdown can drain it.
 
@@ -43,12 +45,14 @@ from orchestrator.logs import get_logger
 from orchestrator.queue import ClaimedTask
 from orchestrator.retry import DATABASE_ERRORS, Backoff, report
 from orchestrator.routing import Router
-from orchestrator.turn import StopReason, TaskState, TurnHandle, TurnRunner
+from orchestrator.sink import FlushScheduler
+from orchestrator.turn import StopReason, TaskState, TurnHandle, TurnRunner, watch_inactivity
 from worktrees.manager import WorktreeManager
 
 log = get_logger("dispatcher")
 
-# Connections besides one per turn: claim loop, maintenance, cancellations, one spare.
+# Pool connections besides one per turn: maintenance, cancellations, spares. (The claim loop and
+# the listener have connections of their own.)
 POOL_EXTRA = 4
 RETRY_BACKOFF = 0.1
 RETRY_BACKOFF_MAX = 5.0
@@ -142,12 +146,17 @@ class Dispatcher:
             return
         log.info("dispatcher.started", worker_id=self.worker_id, max_turns=self._settings.max_concurrent_turns)
         try:
-            runner = TurnRunner(pool, self._settings, self._router, self._worktrees)
+            settings = self._settings
+            flusher = FlushScheduler(pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
+            runner = TurnRunner(pool, settings, self._router, self._worktrees, flusher)
             async with anyio.create_task_group() as service:
                 self._service = service
                 service.start_soon(self.listener.run)
+                service.start_soon(flusher.run)
                 service.start_soon(self._maintain, pool)
                 service.start_soon(self._cancel_pending, pool, receive)
+                if settings.inactivity_timeout > 0:
+                    service.start_soon(watch_inactivity, self._running.values, settings.inactivity_timeout)
                 async with anyio.create_task_group() as turns:
                     await self._claim_loop(runner, turns)
                     await self._drain()

@@ -5,8 +5,8 @@ share a database. Guarantees, and what provides them:
 
 - One running turn per session: the claim only takes a session's oldest pending task
   (FIFO) and only when the session has no running task; the partial unique index
-  ``tasks_one_running_per_session`` refuses whatever a race would let through, and losing
-  that race is just an empty claim.
+  ``tasks_one_running_per_session`` refuses whatever a race would let through; the loser
+  simply claims again.
 - A task runs once per attempt: ``FOR UPDATE SKIP LOCKED`` hands each row to one claimer,
   and every later write of the turn checks ``claim_token``, so a turn whose lease was
   recovered by someone else can no longer change the task.

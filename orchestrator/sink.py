@@ -1,11 +1,15 @@
 """Where a turn's backend events go: session frames and message rows, written in batches.
 
 ``emit`` (the backend's callback) only buffers, so a backend never waits for the database.
-A flusher writes the buffer every ``coalesce_ms`` in one transaction: the assistant message
-(inserted with the user's message on the first write), its content and reasoning, upserted
-tool calls, and the frames, so a reader never sees a frame whose row is not there yet.
-Consecutive deltas in a batch become one frame; whatever is still buffered when the turn
-ends is written by finalize in the transaction that ends the task.
+One :class:`FlushScheduler` per dispatcher writes the buffer in a transaction per batch: at once
+when the sink was quiet for ``coalesce_ms`` (a model's first token is not held back), else
+``coalesce_ms`` after the output arrived. A batch holds the assistant message (inserted with the
+user's message on the first write), its content and reasoning, upserted tool calls, and the
+frames, so a reader never sees a frame whose row is not there yet. Consecutive deltas in a batch
+become one frame. Whatever is still buffered when the turn ends is written by finalize in the
+transaction that ends the task; a flush the scheduler had not started by then is dropped, so an
+instant turn usually costs no flush of its own. ``TurnSink.writing`` orders flushes and that
+last write.
 
 Frames are written only when the task's session exists and belongs to its project; a bad
 row must not put frames into somebody else's session.
@@ -14,6 +18,8 @@ row must not put frames into somebody else's session.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +39,7 @@ from backends.base import (
 )
 from orchestrator import payloads
 from orchestrator.logs import get_logger
-from orchestrator.retry import Backoff, report
+from orchestrator.retry import exponential, report
 from ws_gateway.eventlog import append_events
 from ws_gateway.frames import SessionFrame
 
@@ -113,7 +119,14 @@ class Batch:
 
 
 class TurnSink:
-    def __init__(self, task_id: int, session_id: int | None, user_input: str, attempt: int) -> None:
+    def __init__(
+        self,
+        task_id: int,
+        session_id: int | None,
+        user_input: str,
+        attempt: int,
+        on_output: Callable[[TurnSink], None] | None = None,
+    ) -> None:
         self.task_id = task_id
         # None: nothing may be written to any session (see the module docstring).
         self.session_id = session_id
@@ -124,8 +137,15 @@ class TurnSink:
         self.usage: Usage | None = None
         self.reply_head = ""
         self.last_activity = anyio.current_time()
+        # Held by whoever writes a batch, so batches reach the log in the order they were taken.
+        self.writing = anyio.Lock()
+        # Consecutive failed flushes (for the retry delay); closed once finalize has taken over.
+        self.flush_failures = 0
+        self.closed = False
+        # When the scheduler last started flushing this sink (leading-edge coalescing).
+        self.flushed_at = -math.inf
+        self._on_output = on_output
         self._buffer = Batch()
-        self._dirty = anyio.Event()
 
     # ------------------------------------------------------------------ filling the buffer
 
@@ -190,7 +210,8 @@ class TurnSink:
         if self.session_id is None:
             return
         self._buffer.frames.append(frame)
-        self._dirty.set()
+        if self._on_output is not None:
+            self._on_output(self)
 
     def _push_delta(self, type_: str, text: str) -> None:
         if not text:
@@ -296,36 +317,97 @@ class TurnSink:
         ]
         await append_events(conn, session_id, events)
 
-    async def flush(self, pool: asyncpg.Pool) -> None:
-        batch = self.take()
-        if batch.empty:
-            return
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                await self.write(conn, batch)
-        except BaseException:
-            self.put_back(batch)
-            raise
+    async def flush(self, pool: asyncpg.Pool, *, unless_closed: bool = False) -> None:
+        """Write what is buffered in a transaction of its own (put back if it fails).
 
-    async def run_flusher(self, pool: asyncpg.Pool, coalesce: float, flush_limit: float) -> None:
-        """Write the buffer ``coalesce`` seconds after it stops being empty; cancel to stop."""
-        backoff = Backoff(FLUSH_RETRY, FLUSH_RETRY_MAX)
-        while True:
-            await self._dirty.wait()
-            await anyio.sleep(coalesce)
-            self._dirty = anyio.Event()
-            delay = 0.0
-            # A flush is never cut in half by the end of the turn; finalize waits for it.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(flush_limit):
-                try:
-                    await self.flush(pool)
-                    backoff.reset()
-                except Exception as exc:
-                    delay = backoff.next()
-                    report(log, "turn.flush_failed", exc, task_id=self.task_id, retry_in=delay)
-                    self._dirty.set()
-            if delay:
-                await anyio.sleep(delay)
+        With ``unless_closed`` (the scheduler's flushes) nothing happens once finalize owns the
+        sink: a batch finalize put back after a failed attempt must go out with the task's end.
+        """
+        async with self.writing:
+            if unless_closed and self.closed:
+                return
+            batch = self.take()
+            if batch.empty:
+                return
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    await self.write(conn, batch)
+            except BaseException:
+                self.put_back(batch)
+                raise
+
+
+class FlushScheduler:
+    """One scheduler for every running turn's sink, flushing each in a task of its own.
+
+    Leading edge: a sink that has not been flushed for ``coalesce`` seconds is flushed at once,
+    so a turn's first output (a model's first token) reaches clients without waiting. Output
+    that follows within ``coalesce`` is batched and flushed by one timer. A failed flush is put
+    back and retried with backoff.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, coalesce: float, flush_limit: float) -> None:
+        self._pool = pool
+        self._coalesce = coalesce
+        self._flush_limit = flush_limit
+        self._now: dict[TurnSink, None] = {}
+        self._due: dict[TurnSink, None] = {}
+        self._timer_armed = False
+        self._wake = anyio.Event()
+
+    def schedule(self, sink: TurnSink) -> None:
+        """The sink's ``on_output``."""
+        if sink.closed or sink in self._now or sink in self._due:
+            return
+        if anyio.current_time() - sink.flushed_at >= self._coalesce:
+            self._now[sink] = None
+        else:
+            self._due[sink] = None
+        self._wake.set()
+
+    def forget(self, sink: TurnSink) -> None:
+        """Finalize writes the rest itself."""
+        sink.closed = True
+        self._now.pop(sink, None)
+        self._due.pop(sink, None)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                now, self._now = self._now, {}
+                for sink in now:
+                    tg.start_soon(self._flush, sink)
+                if self._due and not self._timer_armed:
+                    self._timer_armed = True
+                    tg.start_soon(self._flush_due_later, tg)
+
+    async def _flush_due_later(self, tg: anyio.abc.TaskGroup) -> None:
+        await anyio.sleep(self._coalesce)
+        self._timer_armed = False
+        due, self._due = self._due, {}
+        for sink in due:
+            tg.start_soon(self._flush, sink)
+
+    async def _flush(self, sink: TurnSink) -> None:
+        sink.flushed_at = anyio.current_time()
+        error: Exception | None = None
+        # Never cut in half by the end of the turn: finalize waits for it (TurnSink.writing).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._flush_limit) as deadline:
+            try:
+                await sink.flush(self._pool, unless_closed=True)
+            except Exception as exc:
+                error = exc
+        if error is None and not deadline.cancelled_caught:
+            sink.flush_failures = 0
+            return
+        sink.flush_failures += 1
+        delay = exponential(sink.flush_failures, FLUSH_RETRY, FLUSH_RETRY_MAX)
+        error = error or TimeoutError(f"no answer within {self._flush_limit:g} s")
+        report(log, "turn.flush_failed", error, task_id=sink.task_id, retry_in=delay)
+        await anyio.sleep(delay)
+        self.schedule(sink)
 
 
 def _clean(text: str) -> str:

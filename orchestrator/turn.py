@@ -6,10 +6,12 @@
   The claim already brought the session's history and the agent's upstream session along.
   -> :class:`TurnContext`
 - **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
-  deadline, cancellation, shutdown), next to the sink's flusher and an inactivity watchdog.
+  deadline, cancellation, shutdown; :func:`watch_inactivity` aborts it when the backend is
+  silent too long). Its output goes to the sink, which the dispatcher's FlushScheduler writes.
   -> :class:`TurnResult`
-- **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn:
-  records the worktree's diff, then in one transaction ends the assistant message, the task
+- **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn: for a
+  backend with a worktree it writes the reply and records the worktree's diff while the task
+  still holds the session; then, in one transaction, it ends the assistant message, the task
   (or sends it back to ``pending`` for a retry) and its ``task_attempts`` row, stores the
   agent's upstream session, and appends the remaining frames. It retries while the database
   is unreachable; the claim token makes it a no-op if another dispatcher recovered the task.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -32,7 +35,7 @@ from orchestrator.logs import get_logger
 from orchestrator.queue import ClaimedTask
 from orchestrator.retry import CONNECTION_ERRORS, DATABASE_ERRORS, Backoff, exponential
 from orchestrator.routing import NATIVE, Router
-from orchestrator.sink import MessageEnd, TurnSink
+from orchestrator.sink import Batch, FlushScheduler, MessageEnd, TurnSink
 from worktrees.errors import WorktreeError
 from worktrees.manager import WorktreeManager
 
@@ -41,6 +44,8 @@ log = get_logger("turn")
 SESSION_TITLE_CHARS = 80
 FINALIZE_RETRY = 0.1
 FINALIZE_RETRY_MAX = 2.0
+# The inactivity watch looks at least this often (seconds).
+INACTIVITY_CHECK_MAX = 1.0
 DIFF_ERRORS: tuple[type[Exception], ...] = (WorktreeError, *DATABASE_ERRORS)
 
 # Ends the attempt; nothing happens (no row) if the claim is no longer ours.
@@ -110,6 +115,8 @@ class TurnHandle:
         # Set once the turn is being finalized: it can no longer be stopped, and its row may
         # leave 'running' (ending the lease) before the dispatcher forgets the handle.
         self.finalizing = False
+        # The running backend's sink (for the inactivity watch); None outside execute.
+        self.sink: TurnSink | None = None
 
     def abort(self, reason: StopReason) -> None:
         """Stop the turn (works before it started, too); the first reason given wins."""
@@ -158,22 +165,27 @@ class TurnRunner:
         settings: DispatcherSettings,
         router: Router,
         worktrees: WorktreeManager | None,
+        flusher: FlushScheduler,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._router = router
         self._worktrees = worktrees
+        self._flusher = flusher
 
     async def run(self, handle: TurnHandle) -> TurnResult | None:
         """Run the claimed task to its end; None when the claim was lost on the way."""
         task = handle.task
-        sink = TurnSink(task.id, task.session_id if task.session_ok else None, task.input, task.attempt)
+        session = task.session_id if task.session_ok else None
+        sink = TurnSink(task.id, session, task.input, task.attempt, on_output=self._flusher.schedule)
         ctx: TurnContext | None = None
         result: TurnResult | None = None
         try:
             with handle.scope:
                 if self._settings.turn_timeout > 0:
                     handle.scope.deadline = anyio.current_time() + self._settings.turn_timeout
+                # A turn stopped before it started (cancelled while being claimed) ends here.
+                await anyio.lowlevel.checkpoint()
                 ctx = await self.prepare(task, sink)
                 result = await self.execute(ctx, sink, handle)
         except TaskRejected as exc:
@@ -239,17 +251,15 @@ class TurnRunner:
     # ------------------------------------------------------------------ execute
 
     async def execute(self, ctx: TurnContext, sink: TurnSink, handle: TurnHandle) -> TurnResult:
-        settings = self._settings
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sink.run_flusher, self._pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
-            if settings.inactivity_timeout > 0:
-                tg.start_soon(_watch_inactivity, sink, handle, settings.inactivity_timeout)
-            try:
-                outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
-            except Exception as exc:
-                log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
-                outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
-            tg.cancel_scope.cancel()
+        sink.last_activity = anyio.current_time()
+        handle.sink = sink
+        try:
+            outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
+        except Exception as exc:
+            log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
+            outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            handle.sink = None
         return self._from_outcome(ctx.task, outcome, sink)
 
     def _from_outcome(self, task: ClaimedTask, outcome: TurnOutcome, sink: TurnSink) -> TurnResult:
@@ -324,68 +334,84 @@ class TurnRunner:
         self, task: ClaimedTask, ctx: TurnContext | None, sink: TurnSink, result: TurnResult
     ) -> TurnResult | None:
         """Write the end of the turn; returns what was written, None if the claim was lost."""
+        self._flusher.forget(sink)
+        sink.end_message(MessageEnd(result.message_status, result.stop_reason, result.usage, result.error))
         if ctx is not None and ctx.backend.needs_worktree and self._worktrees is not None:
             result = await self._record_diff(ctx, sink, result)
-        sink.end_message(MessageEnd(result.message_status, result.stop_reason, result.usage, result.error))
         sink.add_frame(payloads.task_state(task.id, result.state, task.attempt, result.failure_reason, result.error))
-        execution_path = ctx.backend.execution_path if ctx else None
         backoff = Backoff(FINALIZE_RETRY, FINALIZE_RETRY_MAX)
         refused = False
         while True:
-            batch = sink.take()
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    finished = await conn.fetchval(
-                        FINISH_TURN,
-                        task.id,
-                        task.claim_token,
-                        result.state.value,
-                        result.retry_delay,
-                        result.failure_reason,
-                        result.error,
-                        sink.reply_head or None,
-                        result.usage.total if result.usage else 0,
-                        execution_path,
-                        result.attempt_outcome,
-                    )
-                    if finished is None:
-                        raise _ClaimLost
-                    await sink.write(conn, batch)
-                    if refused and sink.message_id is not None:
-                        await conn.execute(FAIL_MESSAGE, sink.message_id, result.failure_reason)
-                    if result.agent_session is not None and ctx is not None:
-                        s = result.agent_session
-                        await conn.execute(
-                            UPSERT_AGENT_SESSION,
-                            ctx.session_id,
-                            task.agent or NATIVE,
-                            s.upstream_session_id,
-                            s.config_hash,
-                            s.server_key,
-                        )
-                return result
-            except _ClaimLost:
-                log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
-                return None
-            except CONNECTION_ERRORS as exc:
-                sink.put_back(batch)
-                delay = backoff.next()
-                log.warning("turn.finalize_retry", task_id=task.id, error=exc, retry_in=delay)
-                await anyio.sleep(delay)
-            except asyncpg.PostgresError as exc:
-                if refused:
-                    raise
-                # The database refused the turn's output: end the task without it (and no frames).
-                log.exception("turn.output_refused", task_id=task.id)
-                result = failed("output_refused", f"the turn's output could not be stored: {exc}", result.usage)
-                refused = True
-                sink.session_id = None
+            delay = 0.0
+            async with sink.writing:
+                batch = sink.take()
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await self._write_end(conn, task, ctx, sink, batch, result, refused)
+                    return result
+                except _ClaimLost:
+                    log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
+                    return None
+                except CONNECTION_ERRORS as exc:
+                    sink.put_back(batch)  # the transaction did not happen
+                    delay = backoff.next()
+                    log.warning("turn.finalize_retry", task_id=task.id, error=exc, retry_in=delay)
+                except asyncpg.PostgresError as exc:
+                    if refused:
+                        raise
+                    # The database refused the turn's output: end the task without it (and no frames).
+                    log.exception("turn.output_refused", task_id=task.id)
+                    result = failed("output_refused", f"the turn's output could not be stored: {exc}", result.usage)
+                    refused = True
+                    sink.session_id = None
+            await anyio.sleep(delay)
+
+    async def _write_end(
+        self,
+        conn: asyncpg.Connection,
+        task: ClaimedTask,
+        ctx: TurnContext | None,
+        sink: TurnSink,
+        batch: Batch,
+        result: TurnResult,
+        refused: bool,
+    ) -> None:
+        """The task, its attempt, the rest of the output, the upstream session: one transaction."""
+        finished = await conn.fetchval(
+            FINISH_TURN,
+            task.id,
+            task.claim_token,
+            result.state.value,
+            result.retry_delay,
+            result.failure_reason,
+            result.error,
+            sink.reply_head or None,
+            result.usage.total if result.usage else 0,
+            ctx.backend.execution_path if ctx else None,
+            result.attempt_outcome,
+        )
+        if finished is None:
+            raise _ClaimLost
+        await sink.write(conn, batch)
+        if refused and sink.message_id is not None:
+            await conn.execute(FAIL_MESSAGE, sink.message_id, result.failure_reason)
+        if result.agent_session is not None and ctx is not None:
+            upstream = result.agent_session
+            await conn.execute(
+                UPSERT_AGENT_SESSION,
+                ctx.session_id,
+                task.agent or NATIVE,
+                upstream.upstream_session_id,
+                upstream.config_hash,
+                upstream.server_key,
+            )
 
     async def _record_diff(self, ctx: TurnContext, sink: TurnSink, result: TurnResult) -> TurnResult:
         """The worktree's diff becomes the session's pending change, before the task ends."""
         assert self._worktrees is not None
         try:
-            # Deltas first, so the pending_change frame follows the output that made it.
+            # The reply first (message_complete), so the pending_change frame follows the output
+            # that made it and precedes the task's final state.
             await sink.flush(self._pool)
             await self._worktrees.record_turn(ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent)
         except DIFF_ERRORS as exc:
@@ -420,10 +446,13 @@ def _title(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()[:SESSION_TITLE_CHARS]
 
 
-async def _watch_inactivity(sink: TurnSink, handle: TurnHandle, idle_limit: float) -> None:
+async def watch_inactivity(handles: Callable[[], Iterable[TurnHandle]], idle_limit: float) -> None:
+    """Abort every turn whose backend has sent no event for ``idle_limit`` seconds; one loop for
+    all turns of a dispatcher, checking a few times per limit."""
     while True:
-        remaining = sink.last_activity + idle_limit - anyio.current_time()
-        if remaining <= 0:
-            handle.abort(StopReason.INACTIVE)
-            return
-        await anyio.sleep(remaining)
+        await anyio.sleep(min(INACTIVITY_CHECK_MAX, idle_limit / 4))
+        now = anyio.current_time()
+        for handle in handles():
+            sink = handle.sink
+            if sink is not None and now - sink.last_activity >= idle_limit:
+                handle.abort(StopReason.INACTIVE)

@@ -18,6 +18,7 @@ import asyncpg
 from orchestrator.config import DispatcherSettings
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.routing import Router
+from worktrees.manager import WorktreeManager
 
 Db = asyncpg.Pool | asyncpg.Connection
 
@@ -77,10 +78,14 @@ async def events(pool: Db, session_id: int) -> list[tuple[str, dict[str, Any]]]:
 
 @asynccontextmanager
 async def running_dispatcher(
-    db_url: str, router: Router | None = None, settings: DispatcherSettings = FAST, **overrides: Any
+    db_url: str,
+    router: Router | None = None,
+    settings: DispatcherSettings = FAST,
+    worktrees: WorktreeManager | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Dispatcher]:
     """An in-process Dispatcher, shut down gracefully (and awaited) on exit."""
-    dispatcher = Dispatcher(db_url, replace(settings, **overrides), router or Router())
+    dispatcher = Dispatcher(db_url, replace(settings, **overrides), router or Router(), worktrees)
     async with anyio.create_task_group() as tg:
         tg.start_soon(dispatcher.run)
         await wait_for(holds(lambda: dispatcher.listener.connected), "the dispatcher to listen")

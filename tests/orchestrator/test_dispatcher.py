@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,10 +19,14 @@ from backends.base import (
     TextDelta,
     ToolCall,
     ToolStatus,
+    Turn,
     TurnOutcome,
     Usage,
 )
+from orchestrator.dispatcher import Dispatcher
 from orchestrator.embedded_pg import EmbeddedPostgres
+from orchestrator.errors import NotFound
+from orchestrator.review import ReviewService
 from orchestrator.routing import Router
 from orchestrator.tasks import TaskSubmission, cancel_task, submit_task
 from tests.fakes.scripted_backend import ScriptedBackend
@@ -35,6 +41,8 @@ from tests.orchestrator.dispatching import (
     wait_for,
     wait_state,
 )
+from tests.worktrees.conftest import make_repo
+from worktrees import WorktreeSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -178,6 +186,44 @@ async def test_session_less_task_gets_a_session_and_later_turns_get_history(db_u
         ("assistant", "answer"),
     ]
     assert backend.turns[1].input == "question two"
+
+
+async def test_worktree_turn_runs_in_the_session_worktree_and_leaves_a_pending_change(
+    db_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "project")
+    project = await pool.fetchval("INSERT INTO projects (name, repo_path) VALUES ('p', $1) RETURNING id", str(repo))
+    review = ReviewService(pool, WorktreeSettings(root=tmp_path / "worktrees"))
+
+    def edit(turn: Turn) -> None:
+        assert turn.workdir is not None
+        (turn.workdir / "new.txt").write_text("hello\n")
+
+    editor = ScriptedBackend(events=[TextDelta("edited")], needs_worktree=True, work=edit)
+    async with running_dispatcher(db_url, router(editor=editor), worktrees=review.worktrees):
+        task_id = await add_task(pool, project, "add a file", agent="editor")
+        row = await wait_state(pool, task_id, "completed")
+    workdir = editor.turns[0].workdir
+    assert workdir is not None and workdir.is_relative_to(tmp_path / "worktrees")
+    assert not (repo / "new.txt").exists()  # the project checkout is untouched until accepted
+    change = await pool.fetchrow("SELECT * FROM pending_changes")
+    assert (change["task_id"], change["status"], change["agent"]) == (task_id, "pending", "editor")
+    assert "new.txt" in change["diff"]
+    frames = await events(pool, row["session_id"])
+    types = [t for t, _ in frames]
+    # As docs/PROTOCOL.md shows a turn: the reply, then its change, then the task's end.
+    assert types[-3:] == ["message_complete", "pending_change", "task_state"]
+    assert frames[-2][1]["change_id"] == change["id"]
+
+
+async def test_worktree_backend_without_worktrees_is_unavailable(db_url: str, pool: asyncpg.Pool) -> None:
+    editor = ScriptedBackend(needs_worktree=True)
+    project = await add_project(pool)
+    async with running_dispatcher(db_url, router(editor=editor)):
+        task_id = await add_task(pool, project, "x", agent="editor")
+        row = await wait_state(pool, task_id, "failed")
+    assert row["failure_reason"] == "agent_unavailable" and "worktrees" in row["error"]
+    assert editor.turns == []
 
 
 # ---------------------------------------------------------------------------- bad rows
@@ -397,6 +443,17 @@ async def test_cancel_pending_and_running_tasks(db_url: str, pool: asyncpg.Pool)
     assert await attempts(pool, queued) == []
 
 
+async def test_cancel_of_a_finished_or_missing_task_changes_nothing(pool: asyncpg.Pool) -> None:
+    project = await add_project(pool)
+    done = await add_task(pool, project)
+    await pool.execute("UPDATE tasks SET state = 'completed', ended_at = now() WHERE id = $1", done)
+    async with pool.acquire() as conn:
+        assert await cancel_task(conn, done) == "completed"
+        with pytest.raises(NotFound, match="no task 99999"):
+            await cancel_task(conn, 99999)
+    assert (await task(pool, done))["cancel_requested_at"] is None
+
+
 async def test_cancel_by_plain_sql_update(db_url: str, pool: asyncpg.Pool) -> None:
     slow = ScriptedBackend(block=True)
     project = await add_project(pool)
@@ -528,7 +585,7 @@ async def test_listen_connection_terminated(db_url: str, pool: asyncpg.Pool) -> 
     assert dispatcher.listener.subscriptions >= 2
 
 
-def _listening_again(dispatcher: Any, pool: asyncpg.Pool, name: str) -> Any:
+def _listening_again(dispatcher: Dispatcher, pool: asyncpg.Pool, name: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         live = await pool.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'", name

@@ -9,11 +9,14 @@ import itertools
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 import anyio
 import asyncpg
 import pytest
 
+from orchestrator.embedded_pg import EmbeddedPostgres
+from orchestrator.retry import DATABASE_ERRORS
 from tests.orchestrator.dispatching import (
     add_project,
     add_session,
@@ -118,6 +121,84 @@ async def test_kill_9_mid_turn_is_recovered_and_the_session_goes_on(db_url: str,
     # The session's next turn started only after the interrupted one was ended.
     next_started = await pool.fetchval("SELECT started_at FROM task_attempts WHERE task_id = $1", following)
     assert outcomes[0]["ended_at"] <= next_started
+
+
+async def test_postgres_restart_while_the_dispatcher_runs(
+    db_url: str, pool: asyncpg.Pool, pg: EmbeddedPostgres
+) -> None:
+    project = await add_project(pool)
+    spanning = await add_task(pool, project, "sleep:1.5")
+    inserted: list[int] = []
+
+    async def keep_inserting(stop: anyio.Event) -> None:
+        # Through the restart: whatever INSERT committed must run.
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(db_url)
+                try:
+                    while not stop.is_set():
+                        inserted.append(await add_task(conn, project, f"task {len(inserted)}"))
+                        await anyio.sleep(0.02)
+                finally:
+                    conn.terminate()
+            except DATABASE_ERRORS:
+                await anyio.sleep(0.05)
+
+    with dispatcher_processes(db_url, "through-restart") as [proc]:
+        await proc.started()
+        await wait_state(pool, spanning, "running")
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_inserting, stop)
+            await anyio.sleep(0.2)
+            await anyio.to_thread.run_sync(pg.restart)
+            await anyio.sleep(0.5)
+            stop.set()
+        for task_id in [spanning, *inserted]:
+            await wait_state(pool, task_id, "completed")
+        await wait_for(_listening(pool, proc.worker_id), "LISTEN after the restart")
+        assert await proc.terminate() == 0, proc.stderr()
+    assert len(inserted) > 10
+
+
+async def test_listen_connection_terminated_in_a_running_dispatcher(db_url: str, pool: asyncpg.Pool) -> None:
+    project = await add_project(pool)
+    # A long poll: tasks run quickly only through LISTEN or the poll on resubscribe.
+    with dispatcher_processes(db_url, "listener-killed", poll_interval=60) as [proc]:
+        await proc.started()
+        await wait_for(_listening(pool, proc.worker_id), "LISTEN")
+        first_pid = await _listener_pid(pool, proc.worker_id)
+        await pool.execute("SELECT pg_terminate_backend($1)", first_pid)
+        during = await add_task(pool, project, "while LISTEN is down")
+        await wait_state(pool, during, "completed", timeout=15)
+
+        async def new_listener() -> bool:
+            pid = await _listener_pid(pool, proc.worker_id)
+            return pid is not None and pid != first_pid and await _listening(pool, proc.worker_id)()
+
+        await wait_for(new_listener, "a new LISTEN connection")
+        after = await add_task(pool, project, "after")
+        await wait_state(pool, after, "completed", timeout=15)
+        assert await proc.terminate() == 0
+
+
+def _listening(pool: asyncpg.Pool, worker_id: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = $1",
+                f"switchyard-listener {worker_id}",
+            )
+        )
+
+    return check
+
+
+async def _listener_pid(pool: asyncpg.Pool, worker_id: str) -> int | None:
+    pid: int | None = await pool.fetchval(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", f"switchyard-listener {worker_id}"
+    )
+    return pid
 
 
 async def test_cli_cancel_of_pending_and_running_tasks(db_url: str, pool: asyncpg.Pool) -> None:
