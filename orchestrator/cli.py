@@ -134,14 +134,9 @@ async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
-    from orchestrator.dispatcher import run_until_signalled
-    from orchestrator.service import dispatcher_runtime, migrate
+    from orchestrator.service import run_dispatcher_only
 
-    async with database_url(ctx.config) as url:
-        await migrate(url)
-        async with dispatcher_runtime(ctx.config, url) as runtime:
-            print(f"dispatcher {runtime.dispatcher.worker_id}: running", flush=True)
-            await run_until_signalled(runtime.dispatcher)
+    await run_dispatcher_only(ctx.config, out=sys.stdout)
     return 0
 
 

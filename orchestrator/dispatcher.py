@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 from collections import OrderedDict
 
@@ -354,22 +353,3 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """The pool's reset: nothing. The dispatcher leaves no session state behind (no SET, LISTEN or
     session advisory lock; asyncpg still rolls back an open transaction), so asyncpg's reset
     query would only cost a round trip per turn step."""
-
-
-async def run_until_signalled(dispatcher: Dispatcher) -> None:
-    """Run until SIGTERM or SIGINT asks for a graceful stop; a second signal cancels."""
-    async with anyio.create_task_group() as tg:
-
-        async def on_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    if dispatcher.shutdown_requested:
-                        log.warning("dispatcher.cancelled", signal=signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-                        return
-                    log.info("dispatcher.stopping", signal=signal.Signals(signum).name)
-                    dispatcher.request_shutdown()
-
-        tg.start_soon(on_signals)
-        await dispatcher.run()
-        tg.cancel_scope.cancel()

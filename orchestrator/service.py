@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -103,19 +103,32 @@ async def run_reaper(runtime: Runtime, interval: float) -> None:
         await anyio.sleep(interval)
 
 
-async def handle_signals(runtime: Runtime, tg: anyio.abc.TaskGroup) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if runtime.dispatcher.shutdown_requested:
-                log.warning("service.cancelled", signal=name)
-                tg.cancel_scope.cancel()
-                return
-            log.info(
-                "service.stopping",
-                signal=name,
-            )
-            runtime.dispatcher.request_shutdown()
+def stop_signals() -> AbstractContextManager[AsyncIterator[int]]:
+    """Opened first thing, so a signal during start-up is handled, not fatal to the cluster."""
+    return anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+
+
+async def handle_signals(signals: AsyncIterator[int], dispatcher: Dispatcher, tg: anyio.abc.TaskGroup) -> None:
+    """First signal: graceful stop of the dispatcher; second: cancel everything."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if dispatcher.shutdown_requested:
+            log.warning("service.cancelled", signal=name)
+            tg.cancel_scope.cancel()
+            return
+        log.info("service.stopping", signal=name)
+        dispatcher.request_shutdown()
+
+
+async def run_dispatcher_only(config: Config, out: TextIO) -> None:
+    """``switchyard dispatcher``: a dispatcher and its opencode pool, no gateway."""
+    with stop_signals() as signals:
+        async with database_url(config) as url:
+            await migrate(url)
+            async with dispatcher_runtime(config, url) as runtime, anyio.create_task_group() as tg:
+                tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
+                print(f"dispatcher {runtime.dispatcher.worker_id}: running", file=out, flush=True)
+                await run_dispatcher(runtime, tg)
 
 
 async def default_token(pool: asyncpg.Pool, data_dir: Path) -> str:
@@ -133,27 +146,30 @@ async def default_token(pool: asyncpg.Pool, data_dir: Path) -> str:
 
 
 async def run_service(config: Config, out: TextIO) -> None:
-    async with database_url(config, own_cluster=True) as url:
-        version = await migrate(url)
-        async with dispatcher_runtime(config, url) as runtime:
-            async with runtime.pool.acquire() as conn:
-                agents = await sync_available_agents(conn, config.agent_specs(), opencode_binary=config.opencode.binary)
-            token = await default_token(runtime.pool, config.data_dir)
-            actions = OrchestratorActions(runtime.pool, runtime.review)
-            async with anyio.create_task_group() as tg:
-                ws_url = await tg.start(Gateway(config.gateway, runtime.pool, actions).serve)
-                log.info(
-                    "service.start",
-                    database=redact(url),
-                    schema_version=version,
-                    gateway=ws_url,
-                    worker_id=runtime.dispatcher.worker_id,
-                    agents=",".join(a.name for a in agents if a.available),
-                )
-                print_banner(out, url, ws_url, token)
-                tg.start_soon(handle_signals, runtime, tg)
-                tg.start_soon(run_reaper, runtime, config.worktrees.reap_interval)
-                await run_dispatcher(runtime, tg)
+    with stop_signals() as signals:
+        async with database_url(config, own_cluster=True) as url:
+            version = await migrate(url)
+            async with dispatcher_runtime(config, url) as runtime:
+                async with runtime.pool.acquire() as conn:
+                    agents = await sync_available_agents(
+                        conn, config.agent_specs(), opencode_binary=config.opencode.binary
+                    )
+                token = await default_token(runtime.pool, config.data_dir)
+                actions = OrchestratorActions(runtime.pool, runtime.review)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
+                    ws_url = await tg.start(Gateway(config.gateway, runtime.pool, actions).serve)
+                    log.info(
+                        "service.start",
+                        database=redact(url),
+                        schema_version=version,
+                        gateway=ws_url,
+                        worker_id=runtime.dispatcher.worker_id,
+                        agents=",".join(a.name for a in agents if a.available),
+                    )
+                    print_banner(out, url, ws_url, token)
+                    tg.start_soon(run_reaper, runtime, config.worktrees.reap_interval)
+                    await run_dispatcher(runtime, tg)
     log.info("service.stop")
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.embedded_pg import free_port
 from tests.helpers import reachable_tmp_dir
+from tests.leftovers import no_leftovers
 
 SWITCHYARD = [sys.executable, "-m", "orchestrator.cli"]
 
@@ -81,6 +82,18 @@ def stop(proc: subprocess.Popen[str]) -> int:
 
 
 def test_up_psql_insert_tasks_and_restart(env: dict[str, str], repo: Path, home: Path) -> None:
+    with no_leftovers():  # the cluster and the warm opencode servers all stop with the service
+        first_token = up_insert_and_list(env, repo, home)
+    proc, second = start_up(env)
+    try:
+        assert second["token"] == first_token  # kept across restarts, not a new one each time
+        listed = run(["tasks", "--json"], env)
+        assert [t["input"] for t in json.loads(listed.stdout)] == ["from psql"]
+    finally:
+        assert stop(proc) == 0
+
+
+def up_insert_and_list(env: dict[str, str], repo: Path, home: Path) -> str:
     proc, banner = start_up(env)
     url = banner["database"]
     try:
@@ -105,20 +118,15 @@ def test_up_psql_insert_tasks_and_restart(env: dict[str, str], repo: Path, home:
         listed = run(["tasks", "--json"], env)
         assert listed.returncode == 0, listed.stderr
         assert [t["input"] for t in json.loads(listed.stdout)] == ["from psql"]
+        servers = json.loads(run(["pool", "--json"], env).stdout)
+        assert [s["state"] for s in servers] == ["ready"]  # a warm opencode server is up
     finally:
         assert stop(proc) == 0
     status = subprocess.run(
         ["pg_ctl", "status", "-D", str(home / "data" / "postgres")], capture_output=True, check=False
     )
     assert status.returncode != 0 or b"no server running" in status.stdout
-
-    proc, second = start_up(env)
-    try:
-        assert second["token"] == banner["token"]  # kept across restarts, not a new one each time
-        listed = run(["tasks", "--json"], env)
-        assert [t["input"] for t in json.loads(listed.stdout)] == ["from psql"]
-    finally:
-        assert stop(proc) == 0
+    return banner["token"]
 
 
 def test_submit_inserts_what_sql_would(env: dict[str, str], repo: Path) -> None:
