@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import asyncpg
+import git
 
 from orchestrator.errors import NotFound, SwitchyardError
 
@@ -34,16 +34,17 @@ def inspect_repo(path: Path) -> RepoInfo:
     path = path.expanduser().resolve()
     if not path.is_dir():
         raise InvalidProject(f"{path} is not a directory")
-
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise InvalidProject(f"{path}: {result.stderr.strip() or 'git failed'}")
-        return result.stdout.strip()
-
-    top = Path(git("rev-parse", "--show-toplevel"))
-    git("rev-parse", "--verify", "HEAD^{commit}")  # sessions branch from a commit
-    return RepoInfo(top, git("rev-parse", "--abbrev-ref", "HEAD"))
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise InvalidProject(f"{path} is not inside a git repository") from None
+    with repo:
+        if repo.bare or repo.working_tree_dir is None:
+            raise InvalidProject(f"{path} is a bare repository; a project needs a checkout")
+        if not repo.head.is_valid():
+            raise InvalidProject(f"{path} has no commit yet; sessions branch from a commit")
+        branch = "HEAD" if repo.head.is_detached else repo.active_branch.name
+        return RepoInfo(Path(repo.working_tree_dir), branch)
 
 
 async def add_project(conn: asyncpg.Connection, path: Path, name: str | None = None) -> int:
