@@ -31,7 +31,7 @@ from orchestrator import db, logs
 from orchestrator.agents import probe_agents
 from orchestrator.config import Config, load_config
 from orchestrator.database import database_url
-from orchestrator.errors import SwitchyardError
+from orchestrator.errors import NotFound, SwitchyardError
 from orchestrator.gateway_actions import OrchestratorActions
 from orchestrator.projects import LIST_PROJECTS, add_project, resolve_project
 from orchestrator.review import ReviewService, change_json, resolution_json
@@ -39,6 +39,7 @@ from orchestrator.tasks import cancel_task, list_tasks, submit_task
 from worktrees import Resolution, WorktreeError
 from ws_gateway import Gateway, GatewayError, create_token
 from ws_gateway.actions import TaskSubmission
+from ws_gateway.auth import list_tokens, revoke_token
 
 # Errors of the lower packages end as one line too.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (SwitchyardError, BackendError, GatewayError, WorktreeError)
@@ -254,6 +255,22 @@ async def cmd_token_create(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_token_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        rows = await list_tokens(conn)
+    print_table(rows, ("id", "name", "project_ids", "created_at", "revoked_at"), as_json=args.json)
+    return 0
+
+
+async def cmd_token_revoke(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        revoked = await revoke_token(conn, args.token_id)
+    if not revoked:
+        raise NotFound(f"no active token with id {args.token_id}")
+    print(f"token {args.token_id} revoked; connections using it are closed")
+    return 0
+
+
 # ---------------------------------------------------------------------------- output
 
 
@@ -357,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     token_create = _command(token_sub, "create", "create a WebSocket API token; it is printed once", cmd_token_create)
     token_create.add_argument("--project", action="append", help="a project id or name it may see (repeatable)")
     token_create.add_argument("--name", default="cli", help="a label for the token")
+    token_list = _command(token_sub, "list", "list tokens (their text is never stored)", cmd_token_list)
+    token_list.add_argument("--json", action="store_true", help="print JSON")
+    revoke = _command(token_sub, "revoke", "revoke a token; open connections using it are closed", cmd_token_revoke)
+    revoke.add_argument("token_id", type=int, help="the token's id (see `token list`)")
 
     models = _command(sub, "models", "list the models the native endpoint offers (GET {base_url}/models)", cmd_models)
     models.add_argument("--json", action="store_true", help="print JSON")

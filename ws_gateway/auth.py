@@ -31,6 +31,11 @@ SELECT p.id FROM unnest($1::bigint[]) AS p(id)
 TOKEN_BY_HASH = """
 SELECT id, name, project_ids FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL
 """  # noqa: S105 - SQL, not a secret
+LIST_TOKENS = "SELECT id, name, project_ids, created_at, revoked_at FROM api_tokens ORDER BY id"
+REVOKE_TOKEN = """
+UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id
+"""  # noqa: S105 - SQL, not a secret
+REVOKED_AMONG = "SELECT id FROM api_tokens WHERE id = ANY($1::bigint[]) AND revoked_at IS NOT NULL"
 PROJECT_EXISTS = "SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)"
 SESSION_PROJECT = "SELECT project_id FROM sessions WHERE id = $1"
 # A task may name no project (its session decides) or a bad one (the dispatcher fails it).
@@ -84,6 +89,24 @@ async def verify_token(conn: asyncpg.Connection | asyncpg.Pool, token: str | Non
         return None
     ids = row["project_ids"]
     return TokenAccess(row["id"], row["name"], None if ids is None else frozenset(ids))
+
+
+async def list_tokens(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every token's id, name, projects and dates (never its text, which is not stored)."""
+    rows: list[asyncpg.Record] = await conn.fetch(LIST_TOKENS)
+    return rows
+
+
+async def revoke_token(conn: asyncpg.Connection | asyncpg.Pool, token_id: int) -> bool:
+    """Revoke a token; False when there is no such token or it was revoked already. The
+    gateway closes connections that use it at its next check (``gateway.poll_interval``)."""
+    return await conn.fetchval(REVOKE_TOKEN, token_id) is not None
+
+
+async def revoked_among(conn: asyncpg.Connection | asyncpg.Pool, token_ids: Sequence[int]) -> set[int]:
+    """Which of these tokens have been revoked."""
+    rows = await conn.fetch(REVOKED_AMONG, list(token_ids))
+    return {row["id"] for row in rows}
 
 
 async def project_exists(conn: asyncpg.Connection | asyncpg.Pool, project_id: int) -> bool:

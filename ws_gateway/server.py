@@ -112,6 +112,7 @@ class Gateway:
         self.actions = actions
         self.hub = Hub(pool, settings)
         self.port = settings.port
+        self.clients: set[ClientConnection] = set()
 
     @property
     def url(self) -> str:
@@ -125,6 +126,7 @@ class Gateway:
             origins = [None, *(Origin(o) for o in settings.allowed_origins)]
         async with anyio.create_task_group() as tg:
             await tg.start(self.hub.run)
+            tg.start_soon(self._close_revoked)
             server = await serve(
                 self._handle,
                 settings.host,
@@ -148,6 +150,20 @@ class Gateway:
                     with anyio.move_on_after(settings.close_timeout + 1):
                         await server.wait_closed()
                 tg.cancel_scope.cancel()
+
+    async def _close_revoked(self) -> None:
+        """Every ``poll_interval``, one query for all live tokens; revoked ones lose their connections."""
+        while True:
+            await anyio.sleep(self.settings.poll_interval)
+            token_ids = sorted({client.access.token_id for client in self.clients})
+            if not token_ids:
+                continue
+            try:
+                revoked = await auth.revoked_among(self.pool, token_ids)
+            except DATABASE_ERRORS:
+                continue  # the database is away; clients are closed by their own loops then
+            for client in [c for c in self.clients if c.access.token_id in revoked]:
+                client.stop(CLOSE_UNAUTHORIZED, "token revoked")
 
     async def database_ok(self) -> bool:
         try:
@@ -178,7 +194,12 @@ class Gateway:
         if access is None:
             await ws.close(CLOSE_UNAUTHORIZED, "missing, unknown or revoked token")
             return
-        await ClientConnection(self, ws, access).run()
+        client = ClientConnection(self, ws, access)
+        self.clients.add(client)
+        try:
+            await client.run()
+        finally:
+            self.clients.discard(client)
 
 
 class ClientConnection:

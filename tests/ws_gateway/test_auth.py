@@ -9,7 +9,14 @@ import pytest
 
 from tests.ws_gateway.conftest import add_session
 from ws_gateway import UnknownProject, create_token, hash_token, verify_token
-from ws_gateway.auth import change_project, project_exists, session_project, task_project
+from ws_gateway.auth import (
+    change_project,
+    list_tokens,
+    project_exists,
+    revoke_token,
+    session_project,
+    task_project,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +70,14 @@ async def test_project_lookups(pool: asyncpg.Pool, projects: tuple[int, int]) ->
     assert await task_project(pool, 999) is None
     assert await change_project(pool, change) == projects[1]
     assert await change_project(pool, 999) is None
+
+
+async def test_list_and_revoke(pool: asyncpg.Pool, projects: tuple[int, int]) -> None:
+    token = await create_token(pool, "ide", [projects[0]])
+    [row] = await list_tokens(pool)
+    assert (row["name"], row["project_ids"], row["revoked_at"]) == ("ide", [projects[0]], None)
+    assert token not in str(dict(row))
+    assert await revoke_token(pool, row["id"]) is True
+    assert await verify_token(pool, token) is None
+    assert await revoke_token(pool, row["id"]) is False  # once
+    assert await revoke_token(pool, 999) is False

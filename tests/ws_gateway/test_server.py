@@ -23,6 +23,7 @@ from tests.ws_gateway.conftest import (
     with_settings,
 )
 from ws_gateway import Gateway, create_token
+from ws_gateway.auth import revoke_token
 from ws_gateway.eventlog import append_events
 
 pytestmark = pytest.mark.anyio
@@ -70,6 +71,21 @@ async def test_revoked_token_closes_4401(gateway: Gateway, pool: asyncpg.Pool, t
     await pool.execute("UPDATE api_tokens SET revoked_at = now()")
     async with open_client(gateway.url, token) as ws:
         assert await close_code(ws) == 4401
+
+
+async def test_revoking_closes_open_connections_of_that_token_only(pool: asyncpg.Pool, token: str) -> None:
+    other = await create_token(pool, "other")
+    async with (
+        running_gateway(pool, with_settings(poll_interval=0.2)) as gw,
+        open_client(gw.url, token) as revoked_ws,
+        open_client(gw.url, other) as kept_ws,
+    ):
+        assert (await recv(revoked_ws))["type"] == "hello"
+        assert (await recv(kept_ws))["type"] == "hello"
+        token_id = await pool.fetchval("SELECT id FROM api_tokens WHERE name = 'ide'")
+        assert await revoke_token(pool, token_id)
+        assert await close_code(revoked_ws) == 4401
+        assert (await request(kept_ws, {"type": "ping", "id": 1}))["type"] == "pong"
 
 
 async def test_snapshot_then_live_frames(gateway: Gateway, pool: asyncpg.Pool, token: str, session_id: int) -> None:
