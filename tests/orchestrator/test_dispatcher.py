@@ -28,7 +28,7 @@ from orchestrator.embedded_pg import EmbeddedPostgres
 from orchestrator.errors import NotFound
 from orchestrator.review import ReviewService
 from orchestrator.routing import Router
-from orchestrator.tasks import TaskSubmission, cancel_task, submit_task
+from orchestrator.tasks import cancel_task, submit_task
 from tests.fakes.scripted_backend import ScriptedBackend
 from tests.orchestrator.dispatching import (
     add_project,
@@ -43,6 +43,7 @@ from tests.orchestrator.dispatching import (
 )
 from tests.worktrees.conftest import make_repo
 from worktrees import WorktreeSettings
+from ws_gateway.actions import TaskSubmission
 
 pytestmark = pytest.mark.anyio
 
@@ -612,3 +613,22 @@ async def test_postgres_restart_while_running(db_url: str, pool: asyncpg.Pool, p
         await wait_for(holds(lambda: dispatcher.listener.subscriptions >= 2), "LISTEN after the restart")
     reply = await pool.fetchval("SELECT content FROM messages WHERE task_id = $1 AND role = 'assistant'", through)
     assert reply == "before"
+
+
+async def test_running_frame_is_written_before_the_backend_says_anything(db_url: str, pool: asyncpg.Pool) -> None:
+    # An agent may take seconds before its first output; clients must see the turn start at once.
+    project = await add_project(pool)
+    task_id = await add_task(pool, project, "sleep:30", agent="noop")
+    async with running_dispatcher(db_url):
+        row = await wait_state(pool, task_id, "running")
+
+        async def running_frame_written() -> bool:
+            return ("task_state", {"task_id": task_id, "state": "running", "attempt": 1}) in await events(
+                pool, row["session_id"]
+            )
+
+        await wait_for(running_frame_written, "the running frame", timeout=5)
+        assert (await task(pool, task_id))["state"] == "running"  # the backend is still sleeping
+        async with pool.acquire() as conn:
+            await cancel_task(conn, task_id)
+        await wait_state(pool, task_id, "cancelled")
