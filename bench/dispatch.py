@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import db  # noqa: E402
-from orchestrator.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
+from tests.helpers import embedded_cluster  # noqa: E402
 
 START_TIMEOUT_S = 60
 
@@ -60,19 +60,6 @@ INSERT INTO tasks (project_id, session_id, input, agent)
 SELECT $1, s, 'turn', 'noop' FROM unnest($2::bigint[]) AS s
 RETURNING id
 """
-
-
-@contextmanager
-def cluster() -> Iterator[EmbeddedPostgres]:
-    root = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    root.chmod(0o755)  # as root the cluster runs as `postgres`, which must reach it
-    pg = EmbeddedPostgres.create(root / "cluster", free_port())
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager
@@ -181,7 +168,7 @@ async def throughput(url: str, processes: int, turns: int) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    with cluster() as pg:
+    with embedded_cluster() as pg:
         url = pg.url()
         result: dict[str, Any] = {"cpus": os.cpu_count()}
         result["latency"] = await latency(url, args.samples, args.gap)

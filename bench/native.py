@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,9 +36,9 @@ from backends.native import NativeBackend, NativeSettings
 from orchestrator import db
 from orchestrator.config import DispatcherSettings
 from orchestrator.dispatcher import Dispatcher
-from orchestrator.embedded_pg import EmbeddedPostgres, free_port
 from orchestrator.routing import Router
 from tests.fakes.fake_model import FakeModel, Reply, Stall
+from tests.helpers import embedded_cluster
 
 # Paced like a real model: the first content chunk follows the role chunk after a pause (prompt
 # processing), then a chunk every 10 ms. The pauses also keep the fake's thread from holding the
@@ -175,15 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--turns", type=int, default=200)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="switchyard-bench-pg-"))
-    root.chmod(0o755)  # as root the cluster runs as `postgres`, which must enter it
-    cluster = EmbeddedPostgres.create(root / "cluster", free_port())
-    cluster.start()
-    try:
+    with embedded_cluster() as cluster:
         print(json.dumps(anyio.run(run, cluster.url(), args.turns), indent=2))
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

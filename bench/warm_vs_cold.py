@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,10 +35,9 @@ from backends.registry import PRESETS
 from orchestrator import db
 from orchestrator.config import DispatcherSettings
 from orchestrator.dispatcher import Dispatcher
-from orchestrator.embedded_pg import EmbeddedPostgres, free_port
 from orchestrator.routing import Router
 from tests.fakes.fake_model import FakeModel
-from tests.helpers import git_repo
+from tests.helpers import embedded_cluster, git_repo
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
 
@@ -127,15 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=5)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
-    root.chmod(0o755)  # as root the cluster runs as `postgres`, which must enter it
-    cluster = EmbeddedPostgres.create(root / "cluster", free_port())
-    cluster.start()
-    try:
-        print(json.dumps(anyio.run(run, cluster.url(), root, args.sessions), indent=2))
-    finally:
-        cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
+    with embedded_cluster() as cluster:
+        print(json.dumps(anyio.run(run, cluster.url(), cluster.directory.parent, args.sessions), indent=2))
 
 
 if __name__ == "__main__":

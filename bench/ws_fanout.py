@@ -21,14 +21,11 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +35,8 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from orchestrator import db
-from orchestrator.embedded_pg import EmbeddedPostgres, free_port
+from orchestrator.embedded_pg import free_port
+from tests.helpers import embedded_cluster
 from ws_gateway import create_token
 from ws_gateway.eventlog import append_event
 
@@ -220,18 +218,13 @@ def main() -> None:
     parser.add_argument("--rates", default="4,20,40", help="events per second to write, comma-separated")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
-    root = Path(tempfile.mkdtemp(prefix="switchyard-bench-pg-"))
-    root.chmod(0o755)  # as root the cluster runs as `postgres`, which must enter it
-    cluster = EmbeddedPostgres.create(root / "cluster", free_port())
-    cluster.start()
-    gateway = start_gateway(cluster.url())
-    try:
-        print(json.dumps(anyio.run(run, args, cluster.url(), gateway), indent=2))
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(START_TIMEOUT_S)
-        cluster.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
+    with embedded_cluster() as cluster:
+        gateway = start_gateway(cluster.url())
+        try:
+            print(json.dumps(anyio.run(run, args, cluster.url(), gateway), indent=2))
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(START_TIMEOUT_S)
 
 
 if __name__ == "__main__":

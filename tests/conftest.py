@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from orchestrator import db
-from orchestrator.embedded_pg import EmbeddedPostgres, free_port
-from tests.helpers import reachable_tmp_dir
+from orchestrator.embedded_pg import EmbeddedPostgres
+from tests.helpers import embedded_cluster
 
 TEMPLATE = "switchyard_template"
 _db_numbers = itertools.count(1)
@@ -30,14 +30,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[EmbeddedPostgres]:
-    with reachable_tmp_dir() as root:
-        cluster = EmbeddedPostgres.create(root / "cluster", free_port())
-        cluster.start()
-        try:
-            asyncio.run(_create_template(cluster))
-            yield cluster
-        finally:
-            cluster.stop("immediate")
+    with embedded_cluster() as cluster:
+        asyncio.run(_create_template(cluster))
+        yield cluster
 
 
 async def _create_template(cluster: EmbeddedPostgres) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from orchestrator.embedded_pg import EmbeddedPostgres, free_port
+
 
 @contextmanager
 def reachable_tmp_dir() -> Iterator[Path]:
@@ -19,6 +21,18 @@ def reachable_tmp_dir() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def embedded_cluster() -> Iterator[EmbeddedPostgres]:
+    """A new PostgreSQL cluster on a free port (the module `switchyard up` uses), removed after."""
+    with reachable_tmp_dir() as root:
+        cluster = EmbeddedPostgres.create(root / "cluster", free_port())
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop("immediate")
 
 
 def git_repo(path: Path) -> Path:

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.gateway_actions import OrchestratorActions
 from orchestrator.review import ReviewService
-from tests.worktrees.conftest import add_session, end_turn, make_repo, start_turn
+from tests.worktrees.conftest import add_session, finished_turn, make_repo
 from tests.ws_gateway.conftest import add_project, open_client, recv, request, running_gateway, session_frames
 from worktrees import WorktreeSettings
 from ws_gateway import Gateway, create_token
@@ -55,20 +55,6 @@ def review(pool: asyncpg.Pool, worktree_settings: WorktreeSettings) -> ReviewSer
 async def gateway(pool: asyncpg.Pool, review: ReviewService) -> AsyncIterator[Gateway]:
     async with running_gateway(pool, actions=OrchestratorActions(pool, review)) as gw:
         yield gw
-
-
-async def turn(review: ReviewService, pool: asyncpg.Pool, session: int, files: dict[str, str]) -> int:
-    """A finished turn that wrote ``files`` in the session's worktree; the id of its pending change."""
-    async with pool.acquire() as conn:
-        task = await start_turn(conn, session)
-    worktree = await review.worktrees.ensure(session)
-    for name, text in files.items():
-        (worktree.path / name).write_text(text)
-    change = await review.worktrees.record_turn(session, task_id=task, agent="fake")
-    async with pool.acquire() as conn:
-        await end_turn(conn, task)
-    assert change is not None
-    return change.id
 
 
 async def test_submit_inserts_the_row_the_cli_inserts(gateway: Gateway, pool: asyncpg.Pool, db_url: str) -> None:
@@ -127,8 +113,8 @@ async def test_review_over_websocket_matches_the_cli(
     by_cli = await add_session(pool, repo)
     project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", by_ws)
     token = await create_token(pool, "ide", [project])
-    ws_change = await turn(review, pool, by_ws, {"from_ws.txt": "ws\n"})
-    cli_change = await turn(review, pool, by_cli, {"from_cli.txt": "cli\n"})
+    ws_change = await finished_turn(review, pool, by_ws, {"from_ws.txt": "ws\n"})
+    cli_change = await finished_turn(review, pool, by_cli, {"from_cli.txt": "cli\n"})
 
     async with open_client(gateway.url, token) as ws:
         await recv(ws)
@@ -173,10 +159,10 @@ async def test_reject_over_websocket_restores_the_worktree(
     session = await add_session(pool, repo)
     project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", session)
     token = await create_token(pool, "ide", [project])
-    change = await turn(review, pool, session, {"keep.txt": "changed\n", "new.txt": "new\n"})
+    change = await finished_turn(review, pool, session, {"keep.txt": "changed\n", "new.txt": "new\n"})
     worktree = await review.worktrees.ensure(session)
     foreign = await add_session(pool, make_repo(tmp_path / "other"))
-    foreign_change = await turn(review, pool, foreign, {"x.txt": "x\n"})
+    foreign_change = await finished_turn(review, pool, foreign, {"x.txt": "x\n"})
     async with open_client(gateway.url, token) as ws:
         await recv(ws)
         forbidden = await request(ws, {"type": "review", "id": 1, "change_id": foreign_change, "action": "accept"})

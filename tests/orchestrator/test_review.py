@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from orchestrator.review import InvalidReviewAction, ReviewService
-from tests.worktrees.conftest import add_session, end_turn, make_repo, start_turn
+from tests.worktrees.conftest import add_session, finished_turn, make_repo, start_turn
 from worktrees import TurnRunning, WorktreeSettings
 from ws_gateway.eventlog import read_events
 
@@ -31,19 +31,6 @@ def settings(tmp_path: Path) -> WorktreeSettings:
     return WorktreeSettings(root=tmp_path / "worktrees")
 
 
-async def run_turn(review: ReviewService, pool: asyncpg.Pool, session: int, files: dict[str, str]) -> int:
-    async with pool.acquire() as conn:
-        task = await start_turn(conn, session)
-    wt = await review.worktrees.ensure(session)
-    for name, text in files.items():
-        (wt.path / name).write_text(text)
-    change = await review.worktrees.record_turn(session, task_id=task, agent="fake")
-    async with pool.acquire() as conn:
-        await end_turn(conn, task)
-    assert change is not None
-    return change.id
-
-
 async def frames(pool: asyncpg.Pool, session: int) -> list[tuple[Any, ...]]:
     events = await read_events(pool, session, 0)
     assert all(e.type == "pending_change" for e in events)
@@ -55,8 +42,8 @@ async def test_each_status_change_is_a_pending_change_frame(
 ) -> None:
     review = ReviewService(pool, settings)
     session = await add_session(pool, repo)
-    first = await run_turn(review, pool, session, {"x.txt": "x\n"})
-    second = await run_turn(review, pool, session, {"y.txt": "y\n"})
+    first = await finished_turn(review, pool, session, {"x.txt": "x\n"})
+    second = await finished_turn(review, pool, session, {"y.txt": "y\n"})
     done = await review.accept(second, files=["x.txt"], by="alice")
     assert done.remainder is not None
     await review.reject(done.remainder.id, by="alice")
@@ -87,7 +74,7 @@ async def test_list_diff_and_the_review_frame_share_the_service(
 ) -> None:
     review = ReviewService(pool, settings)
     session = await add_session(pool, repo)
-    change = await run_turn(review, pool, session, {"x.txt": "x\n"})
+    change = await finished_turn(review, pool, session, {"x.txt": "x\n"})
 
     [listed] = await review.list_changes(session_id=session, status="pending")
     assert listed.id == change and listed.files[0]["path"] == "x.txt"
@@ -102,7 +89,7 @@ async def test_list_diff_and_the_review_frame_share_the_service(
 async def test_a_refused_review_announces_nothing(pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings) -> None:
     review = ReviewService(pool, settings)
     session = await add_session(pool, repo)
-    change = await run_turn(review, pool, session, {"x.txt": "x\n"})
+    change = await finished_turn(review, pool, session, {"x.txt": "x\n"})
     async with pool.acquire() as conn:
         await start_turn(conn, session)
     with pytest.raises(TurnRunning):
@@ -129,7 +116,7 @@ async def test_the_cli_review_commands(
     config.write_text(f'[database]\nurl = "{db_url}"\n[worktrees]\nroot = "{settings.root}"\n')
     review = ReviewService(pool, settings)
     session = await add_session(pool, repo)
-    change = await run_turn(review, pool, session, {"x.txt": "x\n", "a.txt": "agent\n"})
+    change = await finished_turn(review, pool, session, {"x.txt": "x\n", "a.txt": "agent\n"})
 
     listed = await anyio.to_thread.run_sync(switchyard, config, "changes", "--json")
     assert [c["change_id"] for c in json.loads(listed.stdout)] == [change]

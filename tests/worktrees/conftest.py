@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from orchestrator.review import ReviewService
 from worktrees import WorktreeSettings
 
 GIT_ENV = {
@@ -83,3 +84,17 @@ async def start_turn(conn: asyncpg.Connection, session: int) -> int:
 
 async def end_turn(conn: asyncpg.Connection, task: int) -> None:
     await conn.execute("UPDATE tasks SET state = 'completed', ended_at = now() WHERE id = $1", task)
+
+
+async def finished_turn(review: ReviewService, pool: asyncpg.Pool, session: int, files: dict[str, str]) -> int:
+    """A finished turn that wrote ``files`` in the session's worktree; the id of its pending change."""
+    async with pool.acquire() as conn:
+        task = await start_turn(conn, session)
+    worktree = await review.worktrees.ensure(session)
+    for name, text in files.items():
+        (worktree.path / name).write_text(text)
+    change = await review.worktrees.record_turn(session, task_id=task, agent="fake")
+    async with pool.acquire() as conn:
+        await end_turn(conn, task)
+    assert change is not None
+    return change.id
