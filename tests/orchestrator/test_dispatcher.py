@@ -620,12 +620,13 @@ async def test_running_frame_is_written_before_the_backend_says_anything(db_url:
     project = await add_project(pool)
     task_id = await add_task(pool, project, "sleep:30", agent="noop")
     async with running_dispatcher(db_url):
-        row = await wait_state(pool, task_id, "running")
+        await wait_state(pool, task_id, "running")
 
         async def running_frame_written() -> bool:
-            return ("task_state", {"task_id": task_id, "state": "running", "attempt": 1}) in await events(
-                pool, row["session_id"]
-            )
+            # Read each time: a session-less task gets its session just after the claim.
+            session_id = (await task(pool, task_id))["session_id"]
+            running = ("task_state", {"task_id": task_id, "state": "running", "attempt": 1})
+            return session_id is not None and running in await events(pool, session_id)
 
         await wait_for(running_frame_written, "the running frame", timeout=5)
         assert (await task(pool, task_id))["state"] == "running"  # the backend is still sleeping
