@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import IO, Any
 
 import anyio
@@ -28,9 +29,10 @@ POLL_S = 0.02
 FAST = DispatcherSettings(poll_interval=0.5, lease_seconds=3.0, retry_backoff=0.05, retry_backoff_max=0.2)
 
 
-async def add_project(pool: Db, name: str = "p") -> int:
+async def add_project(pool: Db, name: str = "p", repo: Path | None = None) -> int:
+    """A project row; ``repo`` is a real checkout for turns that use worktrees."""
     project_id: int = await pool.fetchval(
-        "INSERT INTO projects (name, repo_path) VALUES ($1, $2) RETURNING id", name, f"/srv/{name}"
+        "INSERT INTO projects (name, repo_path) VALUES ($1, $2) RETURNING id", name, str(repo or f"/srv/{name}")
     )
     return project_id
 

@@ -23,6 +23,7 @@ from orchestrator.routing import build_router
 from orchestrator.tasks import cancel_task
 from tests.fakes.fake_model import FakeModel
 from tests.leftovers import no_leftovers
+from tests.orchestrator.dispatching import add_project
 from tests.worktrees.conftest import make_repo
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
@@ -48,11 +49,7 @@ def fake_model() -> Iterator[FakeModel]:
 
 @pytest.fixture
 async def project(pool: asyncpg.Pool, tmp_path: Path) -> int:
-    repo = make_repo(tmp_path / "project")
-    project_id: int = await pool.fetchval(
-        "INSERT INTO projects (name, repo_path) VALUES ('agents', $1) RETURNING id", str(repo)
-    )
-    return project_id
+    return await add_project(pool, "agents", make_repo(tmp_path / "project"))
 
 
 @pytest.fixture

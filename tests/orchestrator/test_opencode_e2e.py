@@ -21,6 +21,7 @@ from orchestrator.dispatcher import Dispatcher
 from orchestrator.routing import Router
 from orchestrator.tasks import cancel_task
 from tests.fakes.fake_model import FakeModel
+from tests.orchestrator.dispatching import add_project
 from tests.worktrees.conftest import make_repo
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
@@ -51,11 +52,7 @@ async def oc_pool(fake_model: FakeModel, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 async def project(pool: asyncpg.Pool, tmp_path: Path) -> int:
-    repo = make_repo(tmp_path / "project")
-    project_id: int = await pool.fetchval(
-        "INSERT INTO projects (name, repo_path) VALUES ('oc', $1) RETURNING id", str(repo)
-    )
-    return project_id
+    return await add_project(pool, "oc", make_repo(tmp_path / "project"))
 
 
 @pytest.fixture
