@@ -31,7 +31,6 @@ the state between turns.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
@@ -89,8 +88,9 @@ from backends.errors import BackendError, BadModelError
 from backends.launch import Launch, OneShotBackend, prepare
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.processes import TERMINATE, ProcessTree
+from kernel.logs import get_logger
 
-log = logging.getLogger("switchyard.backends.acp")
+log = get_logger("backends.acp")
 
 CLIENT_INFO = Implementation(name="switchyard", title="Switchyard", version="0.1.0")
 # Longest line accepted from the agent: ACP lines can be megabytes (file contents).
@@ -373,7 +373,7 @@ class NdjsonStdio:
             self.skipped += 1
             if self.skipped == 1:
                 fields = {"agent": self.agent, "bytes": len(line)}
-                log.warning("acp.non_json_stdout_line", extra={"fields": fields})
+                log.warning("acp.non_json_stdout_line", **fields)
 
     async def close(self) -> None:
         with suppress(Exception):

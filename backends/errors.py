@@ -1,10 +1,19 @@
-"""The backends package's exception tree; BackendError is its root."""
+"""The backends package's leaves of the exception tree; their branch is kernel.errors.BackendError."""
 
 from __future__ import annotations
 
+from kernel import BackendError, ConfigError
 
-class BackendError(Exception):
-    """Root of every error a backend raises on purpose."""
+__all__ = [
+    "AgentConfigError",
+    "AgentNotFoundError",
+    "BackendError",
+    "BadModelError",
+    "OpencodeNotFoundError",
+    "OpencodeServerError",
+    "PathEscapeError",
+    "ProtectedPathError",
+]
 
 
 class OpencodeNotFoundError(BackendError):
@@ -19,14 +28,8 @@ class AgentNotFoundError(BackendError):
     """An external agent's executable does not exist or is not executable."""
 
 
-class AgentConfigError(BackendError):
+class AgentConfigError(ConfigError):
     """An ``[agents.<name>]`` definition is incomplete or invalid; ``key`` names the setting."""
-
-    def __init__(self, key: str, value: object, reason: str) -> None:
-        self.key = key
-        self.value = value
-        self.reason = reason
-        super().__init__(f"{key}={value!r}: {reason}")
 
 
 class PathEscapeError(BackendError):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import os
 import ssl
@@ -49,6 +48,7 @@ from httpx_sse import aconnect_sse
 from backends.base import Emit, HistoryMessage, ToolStatus, Turn, TurnOutcome
 from backends.errors import BackendError
 from backends.openai_stream import ChatStream, MalformedChunk, error_message
+from kernel.logs import get_logger
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 # llama-server answers whatever the name; vLLM, Ollama and llama-swap need the served model's name.
@@ -80,7 +80,7 @@ INTERRUPTED = "model_stream_interrupted"
 BAD_RESPONSE = "model_bad_response"
 CONFIG_ERROR = "model_config_error"
 
-log = logging.getLogger("switchyard.backends.native")
+log = get_logger("backends.native")
 
 
 class NativeConfigError(BackendError):
@@ -182,7 +182,7 @@ class NativeBackend:
         model = turn.model or self.settings.model
         body = self.settings.request_body(model, chat_messages(turn.history, turn.input))
         stream = ChatStream()
-        log.debug("native.request", extra={"fields": {"task_id": turn.task_id, "model": model}})
+        log.debug("native.request", task_id=turn.task_id, model=model)
         with anyio.move_on_after(self.settings.request_timeout) as deadline:
             failure = await self._stream(body, headers, stream, emit)
         if deadline.cancelled_caught:
@@ -195,7 +195,9 @@ class NativeBackend:
         if outcome.error:
             log.warning(
                 "native.failed",
-                extra={"fields": {"task_id": turn.task_id, "reason": outcome.stop_reason, "error": outcome.error}},
+                task_id=turn.task_id,
+                reason=outcome.stop_reason,
+                error=outcome.error,
             )
         return outcome
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import re
 import secrets
@@ -51,8 +50,9 @@ from httpx_sse import EventSource, aconnect_sse
 from backends.errors import OpencodeServerError
 from backends.opencode_env import OpencodeSettings, find_opencode, opencode_env
 from backends.processes import ProcessTree
+from kernel.logs import get_logger
 
-log = logging.getLogger("switchyard.backends.opencode_pool")
+log = get_logger("backends.opencode_pool")
 
 DEFAULT_SERVERS = 2
 DEFAULT_MIN_SERVERS = 1
@@ -352,9 +352,7 @@ class OpencodePool:
                 try:
                     await server.request("POST", "/instance/dispose", directory=directory)
                 except (httpx.HTTPError, OpencodeServerError) as exc:
-                    log.warning(
-                        "opencode_pool.dispose_failed", extra={"fields": {"server": server.key, "error": str(exc)}}
-                    )
+                    log.warning("opencode_pool.dispose_failed", server=server.key, error=str(exc))
 
     async def check(self) -> None:
         """One maintenance pass: health, memory, age, idleness; then the status file."""
@@ -410,7 +408,7 @@ class OpencodePool:
             self._spawn()
 
     def _recycle(self, server: OpencodeServer, reason: str, *, force: bool = False, refill: bool = True) -> None:
-        log.info("opencode_pool.recycle", extra={"fields": {"server": server.key, "reason": reason}})
+        log.info("opencode_pool.recycle", server=server.key, reason=reason)
         if self._tg is None:
             return
         if force or not server.active_turns:
@@ -441,7 +439,7 @@ class OpencodePool:
             with anyio.CancelScope(shield=True):
                 await self._cleanup(server)
         if crashed and not self._closed:
-            log.warning("opencode_pool.crashed", extra={"fields": {"error": server.describe_exit()}})
+            log.warning("opencode_pool.crashed", error=server.describe_exit())
             if server.sessions or len(self._live()) < self.settings.min_servers:
                 self._spawn()
 
@@ -511,7 +509,7 @@ class OpencodePool:
                 server.state = ServerState.READY
             server.started_at = server.last_used = time.monotonic()
             server.ready.set()
-            log.info("opencode_pool.ready", extra={"fields": {"server": server.key, "url": server.url}})
+            log.info("opencode_pool.ready", server=server.key, url=server.url)
             await self._write_status()
             await process.wait()
         server.returncode = process.returncode
@@ -552,7 +550,9 @@ class OpencodePool:
         server.exited.set()
         log.info(
             "opencode_pool.exited",
-            extra={"fields": {"server": server.key, "returncode": server.returncode, "crashed": crashed}},
+            server=server.key,
+            returncode=server.returncode,
+            crashed=crashed,
         )
         if not self._closed:
             await self._write_status()
@@ -579,7 +579,7 @@ class OpencodePool:
         try:
             await anyio.to_thread.run_sync(lambda: _write_json(path, payload))
         except OSError as exc:  # only `switchyard pool` misses it
-            log.warning("opencode_pool.status_not_written", extra={"fields": {"path": str(path), "error": str(exc)}})
+            log.warning("opencode_pool.status_not_written", path=str(path), error=str(exc))
 
 
 # ---------------------------------------------------------------------------- status file
@@ -703,7 +703,7 @@ def _alive(pid: int) -> bool:
 
 def _start_failed(server: OpencodeServer, exc: Exception) -> None:
     server.error = f"opencode server {server.key} could not start: {exc}"
-    log.warning("opencode_pool.start_failed", extra={"fields": {"server": server.key, "error": str(exc)}})
+    log.warning("opencode_pool.start_failed", server=server.key, error=str(exc))
 
 
 async def _health(server: OpencodeServer) -> dict[str, Any] | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import logging
 import secrets
 import string
 import time
@@ -58,8 +57,9 @@ from backends.launch import opencode_model
 from backends.opencode_events import EarlyError, Idle, PermissionAsked, Retrying, SessionError, TurnTranslator
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer
 from backends.permissions import PermissionPolicy, PermissionRequest, decide
+from kernel.logs import get_logger
 
-log = logging.getLogger("switchyard.backends.opencode_server")
+log = get_logger("backends.opencode_server")
 
 DEFAULT_AGENT = "build"
 CONNECT_TIMEOUT = 10.0
@@ -199,7 +199,9 @@ class _TurnRun:
         self.session_id = str(created["id"])
         log.info(
             "opencode_server.session",
-            extra={"fields": {"task_id": self.turn.task_id, "session": self.session_id, "server": self.server.key}},
+            task_id=self.turn.task_id,
+            session=self.session_id,
+            server=self.server.key,
         )
         return True
 
@@ -234,7 +236,7 @@ class _TurnRun:
                 return await self._lost(self.server.describe_exit())
             if not self.prompted:
                 return await self._lost(f"opencode did not take the prompt: {problem}")
-            log.warning("opencode_server.reconnect", extra={"fields": {"session": self.session_id, "why": problem}})
+            log.warning("opencode_server.reconnect", session=self.session_id, why=problem)
         return await self._lost(f"lost the event stream of opencode session {self.session_id}: {problem}")
 
     async def _stream_once(self, prompt: dict[str, Any]) -> TurnOutcome | None:
@@ -399,7 +401,7 @@ class _TurnRun:
 
     async def _lost(self, error: str) -> TurnOutcome:
         """The server went away or stopped answering: this turn fails; the next one starts afresh."""
-        log.warning("opencode_server.lost", extra={"fields": {"task_id": self.turn.task_id, "error": error}})
+        log.warning("opencode_server.lost", task_id=self.turn.task_id, error=error)
         self.finished = True
         return TurnOutcome.failed("agent_crashed", error, transient=True, agent_session=self.agent_session)
 
@@ -411,7 +413,7 @@ class _TurnRun:
             )
         except (httpx.HTTPError, OpencodeServerError) as exc:
             fields = {"session": self.session_id, "error": str(exc)}
-            log.warning("opencode_server.abort_failed", extra={"fields": fields})
+            log.warning("opencode_server.abort_failed", **fields)
 
     # ----------------------------------------------------------------------------- permissions
 

@@ -31,7 +31,7 @@ def file_path(root: Path, i: int) -> Path:
     return root / f"pkg{i % 50}" / f"mod{i % 7}" / f"file{i}.py"
 
 
-def make_repo(root: Path, files: int) -> Path:
+def sample_repo(root: Path, files: int) -> Path:
     repo = root / f"repo{files}"
     for i in range(files):
         path = file_path(repo, i)
@@ -70,7 +70,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
         for size in REPO_SIZES:
-            repo = make_repo(Path(tmp), size)
+            repo = sample_repo(Path(tmp), size)
             base = git.head_commit(repo)
             worktree = Path(tmp) / f"wt{size}"
             git.add_worktree(repo, worktree, "switchyard/bench", base)

@@ -36,8 +36,10 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import db  # noqa: E402
-from tests.helpers import embedded_cluster  # noqa: E402
+from kernel.db import connect  # noqa: E402
+from orchestrator.db.migrate import migrate  # noqa: E402
+from testkit import SWITCHYARD  # noqa: E402
+from testkit.cluster import temporary_cluster  # noqa: E402
 
 START_TIMEOUT_S = 60
 
@@ -73,7 +75,7 @@ def dispatchers(url: str, count: int) -> Iterator[None]:
         for i in range(count):
             worker_env = {**env, "SWITCHYARD__DISPATCHER__WORKER_ID": f"bench-{i}"}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "dispatcher"],
+                [*SWITCHYARD, "dispatcher"],
                 cwd=ROOT,
                 env=worker_env,
                 stdout=subprocess.PIPE,
@@ -95,9 +97,9 @@ def dispatchers(url: str, count: int) -> Iterator[None]:
 
 
 async def setup(url: str, sessions: int) -> tuple[int, list[int]]:
-    conn = await db.connect(url)
+    conn = await connect(url)
     try:
-        await db.migrate(conn)
+        await migrate(conn)
         project = await conn.fetchval(
             "INSERT INTO projects (name, repo_path) VALUES ($1, $2) RETURNING id",
             f"bench{time.time_ns()}",
@@ -124,7 +126,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def latency(url: str, samples: int, gap: float) -> dict[str, Any]:
     project, sessions = await setup(url, 10)
-    conn = await db.connect(url)
+    conn = await connect(url)
     ids = []
     try:
         with dispatchers(url, 1):
@@ -150,7 +152,7 @@ async def latency(url: str, samples: int, gap: float) -> dict[str, Any]:
 
 async def throughput(url: str, processes: int, turns: int) -> dict[str, Any]:
     project, sessions = await setup(url, 100)
-    conn = await db.connect(url)
+    conn = await connect(url)
     try:
         with dispatchers(url, processes):
             ids = [r["id"] for r in await conn.fetch(INSERT_MANY, project, [sessions[i % 100] for i in range(turns)])]
@@ -168,7 +170,7 @@ async def throughput(url: str, processes: int, turns: int) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    with embedded_cluster() as pg:
+    with temporary_cluster() as pg:
         url = pg.url()
         result: dict[str, Any] = {"cpus": os.cpu_count()}
         result["latency"] = await latency(url, args.samples, args.gap)

@@ -33,12 +33,13 @@ import asyncpg
 
 from backends.base import BackendEvent, TextDelta, Turn
 from backends.native import NativeBackend, NativeSettings
-from orchestrator import db
-from orchestrator.config import DispatcherSettings
-from orchestrator.dispatcher import Dispatcher
-from orchestrator.routing import Router
-from tests.fakes.fake_model import FakeModel, Reply, Stall
-from tests.helpers import embedded_cluster
+from kernel.db import connect, create_pool
+from orchestrator.db.migrate import migrate
+from orchestrator.dispatch.dispatcher import Dispatcher
+from orchestrator.dispatch.routing import Router
+from orchestrator.dispatch.settings import DispatcherSettings
+from testkit.cluster import temporary_cluster
+from testkit.fake_model import FakeModel, Reply, Stall
 
 # Paced like a real model: the first content chunk follows the role chunk after a pause (prompt
 # processing), then a chunk every 10 ms. The pauses also keep the fake's thread from holding the
@@ -107,8 +108,8 @@ async def bench_dispatcher(
         session, seq = payload.split(":")
         notified[(int(session), int(seq))] = time.time()
 
-    pool = await db.create_pool(url, size=2)
-    listener = await db.connect(url)
+    pool = await create_pool(url, size=2)
+    listener = await connect(url)
     await listener.add_listener("session_events", on_notify)
     rows, notifies = [], []
     try:
@@ -152,9 +153,9 @@ async def wait_done(pool: asyncpg.Pool, task_id: int) -> asyncpg.Record:
 
 
 async def run(url: str, turns: int) -> dict[str, Any]:
-    conn = await db.connect(url)
+    conn = await connect(url)
     try:
-        await db.migrate(conn)
+        await migrate(conn)
     finally:
         await conn.close()
     first = FirstContent()
@@ -172,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--turns", type=int, default=200)
     args = parser.parse_args()
-    with embedded_cluster() as cluster:
+    with temporary_cluster() as cluster:
         print(json.dumps(anyio.run(run, cluster.url(), args.turns), indent=2))
 
 

@@ -32,12 +32,14 @@ from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings
 from backends.opencode_server import OpencodeServerBackend
 from backends.registry import PRESETS
-from orchestrator import db
-from orchestrator.config import DispatcherSettings
-from orchestrator.dispatcher import Dispatcher
-from orchestrator.routing import Router
-from tests.fakes.fake_model import FakeModel
-from tests.helpers import embedded_cluster, git_repo
+from kernel.db import connect, create_pool
+from orchestrator.db.migrate import migrate
+from orchestrator.dispatch.dispatcher import Dispatcher
+from orchestrator.dispatch.routing import Router
+from orchestrator.dispatch.settings import DispatcherSettings
+from testkit.cluster import temporary_cluster
+from testkit.fake_model import FakeModel
+from testkit.repos import git_repo
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
 
@@ -74,9 +76,9 @@ def stats(samples: list[float]) -> dict[str, float]:
 
 
 async def run(url: str, work: Path, sessions: int) -> dict[str, Any]:
-    conn = await db.connect(url)
+    conn = await connect(url)
     try:
-        await db.migrate(conn)
+        await migrate(conn)
     finally:
         await conn.close()
     repo = await anyio.to_thread.run_sync(git_repo, work / "project")
@@ -90,7 +92,7 @@ async def run(url: str, work: Path, sessions: int) -> dict[str, Any]:
                     "opencode-acp": partial(AcpBackend, PRESETS["opencode-acp"], opencode=opencode),
                 }
             )
-            pool = await db.create_pool(url, size=4)
+            pool = await create_pool(url, size=4)
             try:
                 worktrees = WorktreeManager(pool, WorktreeSettings(root=work / "worktrees"))
                 dispatcher = Dispatcher(url, DispatcherSettings(poll_interval=0.5), router, worktrees)
@@ -124,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=5)
     args = parser.parse_args()
-    with embedded_cluster() as cluster:
+    with temporary_cluster() as cluster:
         print(json.dumps(anyio.run(run, cluster.url(), cluster.directory.parent, args.sessions), indent=2))
 
 

@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +33,12 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from orchestrator import db
-from orchestrator.embedded_pg import free_port
-from tests.helpers import embedded_cluster
+from kernel.db import connect
+from kernel.eventlog import append_event
+from kernel.net import free_port
+from testkit import SWITCHYARD
+from testkit.cluster import temporary_cluster
 from ws_gateway import create_token
-from ws_gateway.eventlog import append_event
 
 CONNECT_CONCURRENCY = 50
 START_TIMEOUT_S = 60
@@ -132,7 +132,7 @@ def start_gateway(db_url: str) -> subprocess.Popen[str]:
     # The bench measures delay, not the slow-client cut-off.
     env["SWITCHYARD__GATEWAY__SEND_QUEUE_FRAMES"] = "10000"
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "gateway", "--port", str(free_port())],
+        [*SWITCHYARD, "gateway", "--port", str(free_port())],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -144,7 +144,7 @@ async def run(args: argparse.Namespace, db_url: str, gateway: subprocess.Popen[s
     with anyio.fail_after(START_TIMEOUT_S):
         line = await anyio.to_thread.run_sync(gateway.stdout.readline)
     url = line.removeprefix("gateway: ").strip()
-    writer = await db.connect(db_url)
+    writer = await connect(db_url)
     try:
         project = await writer.fetchval(
             "INSERT INTO projects (name, repo_path) VALUES ('bench', '/bench') RETURNING id"
@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--rates", default="4,20,40", help="events per second to write, comma-separated")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
-    with embedded_cluster() as cluster:
+    with temporary_cluster() as cluster:
         gateway = start_gateway(cluster.url())
         try:
             print(json.dumps(anyio.run(run, args, cluster.url(), gateway), indent=2))

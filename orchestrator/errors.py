@@ -1,49 +1,22 @@
-"""The orchestrator's exception tree.
+"""The orchestrator's own leaves of the exception tree (the root is kernel.errors).
 
-    SwitchyardError
-    ├── ConfigError               bad configuration: names the key and the bad value
-    ├── DatabaseError
-    │   ├── DatabaseUnavailable   cannot connect to the configured database
-    │   └── SchemaError           schema.sql missing, or the database is newer than this code
-    ├── EmbeddedPostgresError
-    │   ├── PostgresNotInstalled  no initdb/pg_ctl found
-    │   └── PortInUse             the embedded cluster's port is taken
-    ├── NotFound                  a project, session, task or change that does not exist
-    └── TaskRejected              a task that cannot run as submitted (reason -> failure_reason)
-
-The lower packages (backends, worktrees, ws_gateway) have roots of their own
-(BackendError, WorktreeError, GatewayError); the orchestrator turns those into task
-failure reasons or CLI messages at its boundary.
+SwitchyardError
+├── DatabaseError
+│   └── EmbeddedPostgresError
+│       ├── PostgresNotInstalled  no initdb/pg_ctl found
+│       └── PortInUse             the embedded cluster's port is taken
+├── NotFound                      a project, session, task or change that does not exist
+├── InvalidProject                a path that cannot be registered as a project
+├── InvalidReviewAction           a review action other than accept or reject
+└── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
 """
 
 from __future__ import annotations
 
-
-class SwitchyardError(Exception):
-    """Root of every error the orchestrator raises on purpose."""
+from kernel import DatabaseError, SwitchyardError
 
 
-class ConfigError(SwitchyardError):
-    def __init__(self, key: str, value: object, reason: str) -> None:
-        self.key = key
-        self.value = value
-        self.reason = reason
-        super().__init__(f"config {key}={value!r}: {reason}")
-
-
-class DatabaseError(SwitchyardError):
-    pass
-
-
-class DatabaseUnavailable(DatabaseError):
-    pass
-
-
-class SchemaError(DatabaseError):
-    pass
-
-
-class EmbeddedPostgresError(SwitchyardError):
+class EmbeddedPostgresError(DatabaseError):
     pass
 
 
@@ -56,6 +29,14 @@ class PortInUse(EmbeddedPostgresError):
 
 
 class NotFound(SwitchyardError):
+    pass
+
+
+class InvalidProject(SwitchyardError):
+    pass
+
+
+class InvalidReviewAction(SwitchyardError):
     pass
 
 

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from orchestrator import db
-from orchestrator.embedded_pg import EmbeddedPostgres
-from tests.helpers import embedded_cluster
+from kernel.db import connect, create_pool
+from orchestrator.db.embedded import EmbeddedPostgres
+from orchestrator.db.migrate import migrate
+from testkit.cluster import temporary_cluster
 
 TEMPLATE = "switchyard_template"
 _db_numbers = itertools.count(1)
@@ -30,20 +31,20 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[EmbeddedPostgres]:
-    with embedded_cluster() as cluster:
+    with temporary_cluster() as cluster:
         asyncio.run(_create_template(cluster))
         yield cluster
 
 
 async def _create_template(cluster: EmbeddedPostgres) -> None:
-    conn = await db.connect(cluster.url("postgres"))
+    conn = await connect(cluster.url("postgres"))
     try:
         await conn.execute(f"CREATE DATABASE {TEMPLATE}")
     finally:
         await conn.close()
-    conn = await db.connect(cluster.url(TEMPLATE))
+    conn = await connect(cluster.url(TEMPLATE))
     try:
-        await db.migrate(conn)
+        await migrate(conn)
     finally:
         await conn.close()
 
@@ -69,7 +70,7 @@ def db_url(pg: EmbeddedPostgres) -> Iterator[str]:
 
 @pytest.fixture
 async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(db_url, size=10)
+    pool = await create_pool(db_url, size=10)
     try:
         yield pool
     finally:

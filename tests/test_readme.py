@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.config import load_config
+from orchestrator.app.config import load_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

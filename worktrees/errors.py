@@ -1,4 +1,4 @@
-"""The worktrees package's exception tree; WorktreeError is its root.
+"""The worktrees package's leaves of the exception tree; their branch is kernel.errors.WorktreeError.
 
 WorktreeError
 ├── GitCommandFailed     a git command exited non-zero (command and stderr in the message)
@@ -17,9 +17,23 @@ WorktreeError
 
 from __future__ import annotations
 
+from kernel import WorktreeError
 
-class WorktreeError(Exception):
-    """Root of every error the worktrees package raises on purpose."""
+__all__ = [
+    "ApplyConflict",
+    "ChangeNotFound",
+    "ChangeNotPending",
+    "GitCommandFailed",
+    "NoWorktree",
+    "PathOutsideRoot",
+    "RestoreRefused",
+    "SessionNotFound",
+    "TurnRunning",
+    "UnknownFile",
+    "WorktreeBroken",
+    "WorktreeDirty",
+    "WorktreeError",
+]
 
 
 class GitCommandFailed(WorktreeError):

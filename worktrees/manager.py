@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -41,6 +40,7 @@ from typing import Any
 import anyio
 import asyncpg
 
+from kernel.logs import get_logger
 from worktrees import diff, git
 from worktrees import queries as q
 from worktrees.diff import Caps, Diff, FileChange
@@ -59,7 +59,7 @@ from worktrees.errors import (
 )
 from worktrees.settings import WorktreeSettings
 
-log = logging.getLogger("switchyard.worktrees")
+log = get_logger("worktrees")
 
 # A turn that starts in an archived session touches its worktree; give it this long before reaping.
 ARCHIVED_GRACE_S = 60.0
@@ -230,7 +230,7 @@ class WorktreeManager:
 
     async def _create(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
         async with conn.transaction():
-            ctx = await conn.fetchrow(q.SESSION_PROJECT, session_id)
+            ctx = await conn.fetchrow(q.SESSION_REPOSITORY, session_id)
             if ctx is None:
                 raise SessionNotFound(f"session {session_id} does not exist")
             await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, ctx["project_id"])
@@ -247,7 +247,7 @@ class WorktreeManager:
             )
             base = await anyio.to_thread.run_sync(self._materialize, wt)
             await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
-        log.info("worktree ready: session %s at %s (base %s)", session_id, wt.path, base)
+        log.info("worktree.ready", session_id=session_id, path=wt.path, base=base)
         return Worktree(wt.session_id, wt.project_id, wt.path, wt.branch, base, wt.repo_path)
 
     def _materialize(self, wt: Worktree) -> str:
@@ -347,7 +347,7 @@ class WorktreeManager:
             raise ChangeNotFound(f"change {change_id} does not exist")
         session_id = row["session_id"]
         if lock_project:
-            ctx = await conn.fetchrow(q.SESSION_PROJECT, session_id)
+            ctx = await conn.fetchrow(q.SESSION_REPOSITORY, session_id)
             await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, ctx["project_id"])
         wt = await self._lock_worktree(conn, session_id)
         change = PendingChange.from_row(await conn.fetchrow(q.LOCK_CHANGE, change_id))
@@ -405,7 +405,7 @@ class WorktreeManager:
             repo, tree, base, f"switchyard: accept change {change.id} of session {wt.session_id}\n\n{listing}\n"
         )
         mode = git.apply_to_checkout(repo, patch, paths)
-        log.info("change %s applied to %s (%s)", change.id, repo, mode)
+        log.info("change.applied", change_id=change.id, repo=repo, mode=mode)
         git.update_ref(repo, refs_prefix(wt.session_id) + "base", new_base)
         if advance:
             self._advance_branch(wt, new_base, paths)
@@ -429,7 +429,7 @@ class WorktreeManager:
             if git.update_ref(wt.repo_path, f"refs/heads/{wt.branch}", new_base, wt.base_commit):
                 git.sync_index_paths(wt.path, paths)
         except GitCommandFailed as exc:
-            log.warning("session %s: branch %s not advanced: %s", wt.session_id, wt.branch, exc)
+            log.warning("worktree.branch_not_advanced", session_id=wt.session_id, branch=wt.branch, error=exc)
 
     async def reject(
         self, change_id: int, *, files: Sequence[str] | None = None, resolved_by: str | None = None
@@ -516,15 +516,6 @@ class WorktreeManager:
             candidates = await conn.fetch(q.REAP_CANDIDATES, idle, ARCHIVED_GRACE_S)
             return [await self._reap_one(conn, r["session_id"], r["project_id"]) for r in candidates]
 
-    async def run_reaper(self) -> None:
-        """Reap every ``reap_interval`` seconds until cancelled (run it in the service's task group)."""
-        while True:
-            try:
-                await self.reap()
-            except (OSError, asyncpg.PostgresError) as exc:  # the database is away; try next time
-                log.warning("reaper: %s", exc)
-            await anyio.sleep(self.settings.reap_interval)
-
     async def _reap_one(self, conn: asyncpg.Connection, session_id: int, project_id: int) -> Reaped:
         path = ""
         try:
@@ -538,9 +529,9 @@ class WorktreeManager:
                 # An error rolls the row back to active: nothing is marked removed that is not.
                 await anyio.to_thread.run_sync(self._remove, wt)
         except WorktreeError as exc:
-            log.warning("worktree of session %s not reaped: %s", session_id, exc)
+            log.warning("worktree.not_reaped", session_id=session_id, reason=exc)
             return Reaped(session_id, path, False, str(exc))
-        log.info("worktree of session %s reaped: %s", session_id, path)
+        log.info("worktree.reaped", session_id=session_id, path=path)
         return Reaped(session_id, path, True, "removed")
 
     def _remove(self, wt: Worktree) -> None:

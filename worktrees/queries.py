@@ -13,7 +13,7 @@ LOCK_CLASS = 0x5357_5754  # "SWWT"
 
 LOCK_PROJECT = "SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int)"
 
-SESSION_PROJECT = """
+SESSION_REPOSITORY = """
 SELECT s.id AS session_id, s.project_id, p.repo_path
   FROM sessions s JOIN projects p ON p.id = s.project_id
  WHERE s.id = $1
@@ -28,13 +28,13 @@ UPDATE session_worktrees w SET last_used_at = now()
   FROM projects p
  WHERE w.session_id = $1 AND w.status = 'active' AND p.id = w.project_id
 RETURNING {WORKTREE_COLUMNS}
-"""  # noqa: S608 - composed from constants only
+"""
 
 WORKTREE = f"""
 SELECT {WORKTREE_COLUMNS}
   FROM session_worktrees w JOIN projects p ON p.id = w.project_id
  WHERE w.session_id = $1
-"""  # noqa: S608 - composed from constants only
+"""
 
 LOCK_WORKTREE = WORKTREE + " FOR UPDATE OF w"
 
@@ -61,21 +61,21 @@ SELECT {CHANGE_COLUMNS} FROM pending_changes
  WHERE session_id = $1 AND status IN ('pending', 'conflict')
  ORDER BY id
    FOR UPDATE
-"""  # noqa: S608 - composed from constants only
+"""
 
 SUPERSEDE_OPEN = f"""
 UPDATE pending_changes SET status = 'superseded', resolved_at = now()
  WHERE session_id = $1 AND status IN ('pending', 'conflict')
 RETURNING {CHANGE_COLUMNS}
-"""  # noqa: S608 - composed from constants only
+"""
 
 INSERT_CHANGE = f"""
 INSERT INTO pending_changes (session_id, task_id, agent, base_commit, snapshot_commit, diff, files, truncated)
 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8)
 RETURNING {CHANGE_COLUMNS}
-"""  # noqa: S608 - composed from constants only
+"""
 
-CHANGE = f"SELECT {CHANGE_COLUMNS} FROM pending_changes WHERE id = $1"  # noqa: S608 - composed from constants only
+CHANGE = f"SELECT {CHANGE_COLUMNS} FROM pending_changes WHERE id = $1"
 
 LOCK_CHANGE = CHANGE + " FOR UPDATE"
 
@@ -88,13 +88,13 @@ UPDATE pending_changes
        diff = coalesce($4, diff), files = coalesce($5::text::jsonb, files), truncated = coalesce($6, truncated)
  WHERE id = $1
 RETURNING {CHANGE_COLUMNS}
-"""  # noqa: S608 - composed from constants only
+"""
 
 MARK_CONFLICT = f"""
 UPDATE pending_changes SET status = 'conflict', resolved_at = now(), resolved_by = $2, error = $3
  WHERE id = $1
 RETURNING {CHANGE_COLUMNS}
-"""  # noqa: S608 - composed from constants only
+"""
 
 LIST_CHANGES = f"""
 SELECT {CHANGE_COLUMNS} FROM pending_changes
@@ -102,7 +102,7 @@ SELECT {CHANGE_COLUMNS} FROM pending_changes
    AND ($2::text IS NULL OR status = $2)
  ORDER BY id DESC
  LIMIT $3
-"""  # noqa: S608 - composed from constants only
+"""
 
 # Reapable: idle, or archived and unused for a short grace ($2: a turn that just started has
 # touched last_used_at), with no open change and no running turn. Re-checked on the row itself.
@@ -120,11 +120,11 @@ SELECT w.session_id, w.project_id
   FROM session_worktrees w JOIN sessions s ON s.id = w.session_id
  WHERE {REAPABLE}
  ORDER BY w.session_id
-"""  # noqa: S608 - composed from constants only
+"""
 
 CLAIM_REAP = f"""
 UPDATE session_worktrees w SET status = 'removed'
   FROM sessions s, projects p
  WHERE w.session_id = $3 AND s.id = w.session_id AND p.id = w.project_id AND {REAPABLE}
 RETURNING {WORKTREE_COLUMNS}
-"""  # noqa: S608 - composed from constants only
+"""

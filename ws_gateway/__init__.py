@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ws_gateway.actions import GatewayActions, TaskSubmission
-from ws_gateway.auth import TokenAccess, create_token, hash_token, verify_token
+from ws_gateway.actions import REVIEW_ACTIONS, GatewayActions, ReviewAction, TaskSubmission
+from ws_gateway.auth import TokenAccess, create_token, hash_token, list_tokens, revoke_token, verify_token
 from ws_gateway.errors import ActionRejected, GatewayError, InvalidFrame, MalformedFrame, UnknownProject
 from ws_gateway.server import Gateway
 from ws_gateway.settings import GatewaySettings
 
 __all__ = [
+    "REVIEW_ACTIONS",
     "ActionRejected",
     "Gateway",
     "GatewayActions",
@@ -16,10 +17,13 @@ __all__ = [
     "GatewaySettings",
     "InvalidFrame",
     "MalformedFrame",
+    "ReviewAction",
     "TaskSubmission",
     "TokenAccess",
     "UnknownProject",
     "create_token",
     "hash_token",
+    "list_tokens",
+    "revoke_token",
     "verify_token",
 ]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+ReviewAction = Literal["accept", "reject"]
+REVIEW_ACTIONS: tuple[ReviewAction, ...] = ("accept", "reject")
 
 
 @dataclass(frozen=True)

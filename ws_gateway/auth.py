@@ -15,38 +15,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from ws_gateway import queries as q
 from ws_gateway.errors import UnknownProject
 
 TOKEN_PREFIX = "sy_"  # noqa: S105 - a marker, not a secret
 TOKEN_BYTES = 32
-
-INSERT_TOKEN = """
-INSERT INTO api_tokens (name, token_hash, project_ids) VALUES ($1, $2, $3)
-RETURNING id
-"""  # noqa: S105 - SQL, not a secret
-MISSING_PROJECTS = """
-SELECT p.id FROM unnest($1::bigint[]) AS p(id)
- WHERE NOT EXISTS (SELECT 1 FROM projects WHERE projects.id = p.id)
-"""
-TOKEN_BY_HASH = """
-SELECT id, name, project_ids FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL
-"""  # noqa: S105 - SQL, not a secret
-LIST_TOKENS = "SELECT id, name, project_ids, created_at, revoked_at FROM api_tokens ORDER BY id"
-REVOKE_TOKEN = """
-UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id
-"""  # noqa: S105 - SQL, not a secret
-REVOKED_AMONG = "SELECT id FROM api_tokens WHERE id = ANY($1::bigint[]) AND revoked_at IS NOT NULL"
-PROJECT_EXISTS = "SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)"
-SESSION_PROJECT = "SELECT project_id FROM sessions WHERE id = $1"
-# A task may name no project (its session decides) or a bad one (the dispatcher fails it).
-TASK_PROJECT = """
-SELECT coalesce(t.project_id, s.project_id) AS project_id
-  FROM tasks t LEFT JOIN sessions s ON s.id = t.session_id
- WHERE t.id = $1
-"""
-CHANGE_PROJECT = """
-SELECT s.project_id FROM pending_changes c JOIN sessions s ON s.id = c.session_id WHERE c.id = $1
-"""
 
 
 def hash_token(token: str) -> str:
@@ -71,12 +44,12 @@ async def create_token(
 ) -> str:
     """Store a new token for ``project_ids`` (None: every project) and return its text, shown once."""
     if project_ids is not None:
-        missing = await conn.fetch(MISSING_PROJECTS, list(project_ids))
+        missing = await conn.fetch(q.MISSING_PROJECTS, list(project_ids))
         if missing:
             raise UnknownProject(f"no project with id {', '.join(str(r['id']) for r in missing)}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
     ids = None if project_ids is None else sorted(set(project_ids))
-    await conn.fetchval(INSERT_TOKEN, name, hash_token(token), ids)
+    await conn.fetchval(q.INSERT_TOKEN, name, hash_token(token), ids)
     return token
 
 
@@ -84,7 +57,7 @@ async def verify_token(conn: asyncpg.Connection | asyncpg.Pool, token: str | Non
     """The token's access, or None when it is missing, unknown or revoked."""
     if not token:
         return None
-    row = await conn.fetchrow(TOKEN_BY_HASH, hash_token(token))
+    row = await conn.fetchrow(q.TOKEN_BY_HASH, hash_token(token))
     if row is None:
         return None
     ids = row["project_ids"]
@@ -93,37 +66,37 @@ async def verify_token(conn: asyncpg.Connection | asyncpg.Pool, token: str | Non
 
 async def list_tokens(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
     """Every token's id, name, projects and dates (never its text, which is not stored)."""
-    rows: list[asyncpg.Record] = await conn.fetch(LIST_TOKENS)
+    rows: list[asyncpg.Record] = await conn.fetch(q.LIST_TOKENS)
     return rows
 
 
 async def revoke_token(conn: asyncpg.Connection | asyncpg.Pool, token_id: int) -> bool:
     """Revoke a token; False when there is no such token or it was revoked already. The
     gateway closes connections that use it at its next check (``gateway.poll_interval``)."""
-    return await conn.fetchval(REVOKE_TOKEN, token_id) is not None
+    return await conn.fetchval(q.REVOKE_TOKEN, token_id) is not None
 
 
 async def revoked_among(conn: asyncpg.Connection | asyncpg.Pool, token_ids: Sequence[int]) -> set[int]:
     """Which of these tokens have been revoked."""
-    rows = await conn.fetch(REVOKED_AMONG, list(token_ids))
+    rows = await conn.fetch(q.REVOKED_AMONG, list(token_ids))
     return {row["id"] for row in rows}
 
 
 async def project_exists(conn: asyncpg.Connection | asyncpg.Pool, project_id: int) -> bool:
-    exists: bool = await conn.fetchval(PROJECT_EXISTS, project_id)
+    exists: bool = await conn.fetchval(q.PROJECT_EXISTS, project_id)
     return exists
 
 
 async def session_project(conn: asyncpg.Connection | asyncpg.Pool, session_id: int) -> int | None:
-    project_id: int | None = await conn.fetchval(SESSION_PROJECT, session_id)
+    project_id: int | None = await conn.fetchval(q.PROJECT_OF_SESSION, session_id)
     return project_id
 
 
 async def task_project(conn: asyncpg.Connection | asyncpg.Pool, task_id: int) -> int | None:
-    project_id: int | None = await conn.fetchval(TASK_PROJECT, task_id)
+    project_id: int | None = await conn.fetchval(q.PROJECT_OF_TASK, task_id)
     return project_id
 
 
 async def change_project(conn: asyncpg.Connection | asyncpg.Pool, change_id: int) -> int | None:
-    project_id: int | None = await conn.fetchval(CHANGE_PROJECT, change_id)
+    project_id: int | None = await conn.fetchval(q.PROJECT_OF_CHANGE, change_id)
     return project_id

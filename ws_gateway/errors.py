@@ -1,4 +1,4 @@
-"""The ws_gateway package's exception tree.
+"""The ws_gateway package's leaves of the exception tree; their branch is kernel.errors.GatewayError.
 
 GatewayError
 ├── UnknownProject     a token was asked for a project that does not exist
@@ -9,9 +9,9 @@ GatewayError
 
 from __future__ import annotations
 
+from kernel import GatewayError
 
-class GatewayError(Exception):
-    """Root of every error the gateway raises on purpose."""
+__all__ = ["ActionRejected", "GatewayError", "InvalidFrame", "MalformedFrame", "UnknownProject"]
 
 
 class UnknownProject(GatewayError):

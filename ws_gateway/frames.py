@@ -1,44 +1,17 @@
-"""Frame types of the WebSocket protocol (docs/PROTOCOL.md describes each one).
+"""Server → client frames of the WebSocket protocol (docs/PROTOCOL.md describes each one).
 
-Session frames are stored in ``session_events`` (``type`` + ``payload``) and sent to clients
-as ``{"type": ..., "session_id": ..., "seq": ..., **payload}``. Connection frames (hello,
-snapshot, error, pong, ...) are sent directly and never stored.
-
-Session frame payloads (besides type, session_id, seq):
-
-    task_state        {task_id, state, attempt, failure_reason?, error?}
-    message_started   {message_id, task_id, role: "assistant"}
-    delta             {message_id, text}
-    reasoning_delta   {message_id, text}
-    tool_call         {message_id, tool_call_id, name, kind, status, input, output, locations}
-    agent_commands    {message_id, commands: [{name, description, input?}]}
-    plan              {message_id, entries: [{content, priority, status}]}
-    permission        {message_id, tool_call_id, permission, decision: allowed|denied|cancelled, reason}
-    status            {message_id, state, detail}
-    message_complete  {message_id, task_id, status, stop_reason, prompt_tokens, completion_tokens, error?}
-    pending_change    {change_id, task_id, status, base_commit, files, truncated, error?}
+Session frames are the rows of the durable event log (kernel.eventlog: their types and payload
+shapes) sent as ``{"type": ..., "session_id": ..., "seq": ..., **payload}``. Connection frames
+(hello, snapshot, ack, error, pong) are about one connection, sent directly and never stored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
-
-class SessionFrame(StrEnum):
-    """Frames of a session, durable in session_events, replayable from any seq."""
-
-    TASK_STATE = "task_state"
-    MESSAGE_STARTED = "message_started"
-    DELTA = "delta"
-    REASONING_DELTA = "reasoning_delta"
-    TOOL_CALL = "tool_call"
-    AGENT_COMMANDS = "agent_commands"
-    PLAN = "plan"
-    PERMISSION = "permission"
-    STATUS = "status"
-    MESSAGE_COMPLETE = "message_complete"
-    PENDING_CHANGE = "pending_change"
+from ws_gateway.protocol import RequestId
 
 
 class ServerFrame(StrEnum):
@@ -51,6 +24,47 @@ class ServerFrame(StrEnum):
     ACK = "ack"
 
 
-def session_frame(session_id: int, seq: int, type_: str, payload: dict[str, Any]) -> dict[str, Any]:
+class TokenInfo(TypedDict):
+    name: str
+    project_ids: list[int] | None
+
+
+class Limits(TypedDict):
+    max_frame_bytes: int
+    send_queue_frames: int
+    max_subscriptions: int
+    requests_per_second: float
+
+
+class HelloFrame(TypedDict):
+    type: str
+    protocol: int
+    token: TokenInfo
+    limits: Limits
+
+
+class SnapshotFrame(TypedDict):
+    type: str
+    session_id: int
+    last_seq: int
+    session: dict[str, Any]
+    messages: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+    pending_change: dict[str, Any] | None
+
+
+class ErrorFrame(TypedDict):
+    type: str
+    id: RequestId | None
+    code: str
+    message: str
+
+
+class PongFrame(TypedDict):
+    type: str
+    id: RequestId | None
+
+
+def session_frame(session_id: int, seq: int, type_: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """The wire form of one stored session event."""
     return {**payload, "type": type_, "session_id": session_id, "seq": seq}

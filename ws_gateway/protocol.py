@@ -10,9 +10,11 @@ docs/PROTOCOL.md describes every frame.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ws_gateway.actions import REVIEW_ACTIONS
 from ws_gateway.errors import InvalidFrame, MalformedFrame
 
 RequestId = str | int
@@ -26,7 +28,6 @@ MAX_PRIORITY = 2**31 - 1
 MAX_ATTEMPTS = 100
 # The frame size limit (gateway.max_frame_bytes) is what bounds a prompt.
 MAX_INPUT_CHARS = 2**31
-REVIEW_ACTIONS = ("accept", "reject")
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,6 @@ def parse_client_frame(text: str) -> ClientFrame:
     return parsed
 
 
-def encode_frame(frame: dict[str, Any]) -> bytes:
+def encode_frame(frame: Mapping[str, Any]) -> bytes:
     """The wire form of a server frame: compact JSON text, UTF-8 encoded once for every client."""
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, default=str).encode()

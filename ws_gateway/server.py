@@ -9,9 +9,9 @@ send queue to the socket. The frame protocol is documented in docs/PROTOCOL.md.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,10 +24,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
+from kernel import DATABASE_ERRORS, VALUE_REFUSED, connect, get_logger
 from ws_gateway import auth
+from ws_gateway import queries as q
 from ws_gateway.actions import GatewayActions, TaskSubmission
 from ws_gateway.errors import ActionRejected, InvalidFrame, MalformedFrame
-from ws_gateway.frames import ServerFrame
+from ws_gateway.frames import ServerFrame, SnapshotFrame
 from ws_gateway.protocol import (
     Cancel,
     ClientFrame,
@@ -43,11 +45,12 @@ from ws_gateway.protocol import (
 )
 from ws_gateway.settings import GatewaySettings
 from ws_gateway.snapshot import read_snapshot
-from ws_gateway.subscriptions import SESSION_HEADS, ClientFeed, Hub
+from ws_gateway.subscriptions import ClientFeed, Hub
 
-log = logging.getLogger("switchyard.gateway")
+log = get_logger("gateway")
 
 PROTOCOL_VERSION = 1
+LISTEN_SETTINGS = {"application_name": "switchyard-gateway-listen"}
 WS_PATH = "/ws"
 HEALTH_PATH = "/health"
 HEALTH_TIMEOUT_S = 2.0
@@ -59,15 +62,6 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHORIZED = 4401
 MAX_CLOSE_REASON_BYTES = 123
-
-# A bad value or a violated constraint: the client's request, not the database, is at fault.
-REFUSED_BY_DATABASE: tuple[type[Exception], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-DATABASE_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
 
 
 def request_token(request: Request) -> str | None:
@@ -86,31 +80,33 @@ class RequestBudget:
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)
-        self._tokens = float(burst)
+        self._allowance = float(burst)
         self._stamp = time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._allowance = min(self._burst, self._allowance + (now - self._stamp) * self._rate)
         self._stamp = now
-        if self._tokens < 1:
+        if self._allowance < 1:
             return False
-        self._tokens -= 1
+        self._allowance -= 1
         return True
 
 
 class Gateway:
     """The WebSocket server of one process; state-changing actions come from ``actions``.
 
-    ``pool`` connections must decode json/jsonb to Python objects (orchestrator.db.create_pool
-    does); one of them is held for LISTEN.
+    ``pool`` connections must decode json/jsonb to Python objects (kernel.create_pool does);
+    the LISTEN connection is a connection of its own to ``database_url``.
     """
 
-    def __init__(self, settings: GatewaySettings, pool: asyncpg.Pool, actions: GatewayActions) -> None:
+    def __init__(
+        self, settings: GatewaySettings, pool: asyncpg.Pool, actions: GatewayActions, database_url: str
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.actions = actions
-        self.hub = Hub(pool, settings)
+        self.hub = Hub(pool, settings, partial(connect, database_url, server_settings=LISTEN_SETTINGS))
         self.port = settings.port
         self.clients: set[ClientConnection] = set()
 
@@ -141,7 +137,7 @@ class Gateway:
             )
             try:
                 self.port = server.sockets[0].getsockname()[1]
-                log.info("gateway.listening", extra={"fields": {"url": self.url}})
+                log.info("gateway.listening", url=self.url)
                 task_status.started(self.url)
                 await anyio.sleep_forever()
             finally:
@@ -188,7 +184,7 @@ class Gateway:
         try:
             access = await auth.verify_token(self.pool, token)
         except DATABASE_ERRORS as exc:
-            log.warning("gateway.auth_unavailable", extra={"fields": {"error": str(exc)}})
+            log.warning("gateway.auth_unavailable", error=exc)
             await ws.close(CLOSE_TRY_AGAIN_LATER, "database unavailable")
             return
         if access is None:
@@ -222,18 +218,17 @@ class ClientConnection:
             self._close = (code, reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore"))
         self._scope.cancel()
 
-    def _log(self, level: int, event: str, exc_info: bool = False, **fields: Any) -> None:
+    def _fields(self, **fields: Any) -> dict[str, Any]:
         # The client is named by its token's name, never the token (the log format would mask a
         # key that mentions "token" anyway).
-        fields = {"client": self.access.name, "remote": self.ws.remote_address, **fields}
-        log.log(level, event, exc_info=exc_info, extra={"fields": fields})
+        return {"client": self.access.name, "remote": self.ws.remote_address, **fields}
 
     def _on_overflow(self) -> None:
-        self._log(logging.INFO, "gateway.slow_client")
+        log.info("gateway.slow_client", **self._fields())
         self.stop(CLOSE_TRY_AGAIN_LATER, "send queue full; reconnect with since_seq")
 
     async def run(self) -> None:
-        self._log(logging.INFO, "gateway.connected")
+        log.info("gateway.connected", **self._fields())
         projects = None if self.access.project_ids is None else sorted(self.access.project_ids)
         self.outbox.offer(
             encode_frame(
@@ -260,7 +255,7 @@ class ClientConnection:
             self.feed.close()
         if self._close is not None:
             code, reason = self._close
-            self._log(logging.INFO, "gateway.closing", code=code, reason=reason)
+            log.info("gateway.closing", **self._fields(code=code, reason=reason))
             with anyio.CancelScope(shield=True):
                 await self.ws.close(code, reason)
 
@@ -271,7 +266,7 @@ class ClientConnection:
         except ConnectionClosed:
             pass
         except DATABASE_ERRORS as exc:
-            self._log(logging.WARNING, "gateway.database_error", error=str(exc))
+            log.warning("gateway.database_error", **self._fields(error=exc))
             self.stop(CLOSE_INTERNAL_ERROR, "database unavailable; reconnect with since_seq")
         self._scope.cancel()
 
@@ -299,17 +294,17 @@ class ClientConnection:
                 await self._dispatch(frame)
             except ActionRejected as exc:
                 await self._error(frame.id, exc.code, exc.message)
-            except REFUSED_BY_DATABASE as exc:
+            except VALUE_REFUSED as exc:
                 await self._error(frame.id, "rejected", f"the database refused it: {exc}")
             except DATABASE_ERRORS as exc:
-                self._log(logging.WARNING, "gateway.action_failed", frame=type(frame).__name__, error=str(exc))
+                log.warning("gateway.action_failed", **self._fields(frame=type(frame).__name__, error=exc))
                 await self._error(frame.id, "unavailable", "the database did not answer; try again")
             except Exception as exc:
                 # A bug in one action must not take the client's subscriptions down with it.
-                self._log(logging.ERROR, "gateway.action_crashed", exc_info=True, frame=type(frame).__name__)
+                log.exception("gateway.action_crashed", **self._fields(frame=type(frame).__name__))
                 await self._error(frame.id, "internal", f"the action failed: {type(exc).__name__}")
 
-    async def _reply(self, frame: dict[str, Any]) -> None:
+    async def _reply(self, frame: Mapping[str, Any]) -> None:
         await self.outbox.put(encode_frame(frame))
 
     async def _error(self, request_id: RequestId | None, code: str, message: str) -> None:
@@ -357,7 +352,7 @@ class ClientConnection:
             raise ActionRejected(
                 "too_many_subscriptions", f"at most {self.settings.max_subscriptions} sessions per connection"
             )
-        rows = {row["id"]: row for row in await self.pool.fetch(SESSION_HEADS, list(frame.session_ids))}
+        rows = {row["id"]: row for row in await self.pool.fetch(q.SESSION_HEADS, list(frame.session_ids))}
         for session_id in frame.session_ids:
             row = rows.get(session_id)
             await self._authorize(None if row is None else row["project_id"], f"session {session_id}")
@@ -368,7 +363,7 @@ class ClientConnection:
                     "bad_seq", f"since_seq {since} is ahead of session {session_id}'s last seq {row['last_seq']}"
                 )
         starts: dict[int, int] = {}
-        snapshots: list[dict[str, Any]] = []
+        snapshots: list[SnapshotFrame] = []
         for session_id in frame.session_ids:
             since = frame.since(session_id)
             if since is None:

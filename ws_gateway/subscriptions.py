@@ -28,8 +28,6 @@ session that is most of the cost of a frame.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -39,30 +37,19 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.connection import Connection, broadcast
 from websockets.protocol import State
 
-from ws_gateway.eventlog import read_events
+from kernel import get_logger, read_events
+from kernel.listen import Connect, Listener
+from ws_gateway import queries as q
 from ws_gateway.frames import session_frame
 from ws_gateway.protocol import encode_frame
 from ws_gateway.settings import GatewaySettings
 
-log = logging.getLogger("switchyard.gateway.subscriptions")
+log = get_logger("gateway.subscriptions")
 
 CHANNEL = "session_events"
-RECONNECT_BACKOFF_S = 0.5
-RECONNECT_BACKOFF_MAX_S = 10.0
-UNLISTEN_TIMEOUT_S = 2.0
 # Bytes waiting in a client's socket buffer above which live frames go through its queue
 # (websockets' own write limit, where its sender starts waiting for the socket).
 DIRECT_WRITE_LIMIT = 2**15
-
-SESSION_HEADS = "SELECT id, project_id, last_seq FROM sessions WHERE id = ANY($1::bigint[])"
-# Events of several sessions, each in the range (after_seq, upto_seq], in one round trip.
-READ_NEW_EVENTS = """
-SELECT e.session_id, e.seq, e.type, e.payload
-  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS r(session_id, after_seq, upto_seq)
-  JOIN session_events e
-    ON e.session_id = r.session_id AND e.seq > r.after_seq AND e.seq <= r.upto_seq
- ORDER BY e.session_id, e.seq
-"""
 
 
 class Outbox:
@@ -247,7 +234,7 @@ class ClientFeed:
 class Hub:
     """The process's LISTEN connection and the fan-out of new events to subscriptions."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: GatewaySettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: GatewaySettings, connect: Connect) -> None:
         self._pool = pool
         self._settings = settings
         self._subs: dict[int, set[Subscription]] = {}
@@ -255,8 +242,18 @@ class Hub:
         self._pending: dict[int, int] = {}
         self._resync = True
         self._wake = anyio.Event()
-        # The backend pid of the LISTEN connection while there is one.
-        self.listen_pid: int | None = None
+        self.listener = Listener(
+            connect,
+            {CHANNEL: self._on_notify},
+            name="gateway",
+            health_interval=settings.poll_interval,
+            while_subscribed=self._deliver_loop,
+        )
+
+    @property
+    def listen_pid(self) -> int | None:
+        """The backend pid of the LISTEN connection while there is one."""
+        return self.listener.backend_pid
 
     def add(self, sub: Subscription) -> None:
         self._subs.setdefault(sub.session_id, set()).add(sub)
@@ -271,74 +268,38 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subs.values())
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, payload: str) -> None:
         session_text, _, seq_text = payload.partition(":")
         try:
             session_id, seq = int(session_text), int(seq_text)
         except ValueError:
-            log.warning("gateway.bad_notification", extra={"fields": {"payload": payload}})
+            log.warning("gateway.bad_notification", payload=payload)
             return
         if session_id in self._subs and seq > self._pending.get(session_id, 0):
             self._pending[session_id] = seq
             self._wake.set()
 
-    def _request_resync(self) -> None:
-        self._resync = True
-        self._wake.set()
-
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen and fan out forever, reconnecting with backoff; started once listening."""
-        started = False
-        backoff = RECONNECT_BACKOFF_S
-        while True:
-            try:
-                async with self._pool.acquire() as conn:
-                    await conn.add_listener(CHANNEL, self._on_notify)
-                    try:
-                        self.listen_pid = conn.get_server_pid()
-                        self._request_resync()  # whatever was committed while nobody listened
-                        if not started:
-                            started = True
-                            task_status.started()
-                        backoff = RECONNECT_BACKOFF_S
-                        async with anyio.create_task_group() as tg:
-                            tg.start_soon(self._poll_timer)
-                            await self._deliver_loop(conn)
-                    finally:
-                        await self._unlisten(conn)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("gateway.listen_lost", extra={"fields": {"error": str(exc), "retry_in": backoff}})
-            finally:
-                self.listen_pid = None
-            await anyio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_S)
-
-    async def _unlisten(self, conn: asyncpg.Connection) -> None:
-        """Hand the connection back to the pool clean, also when we are being cancelled."""
-        if conn.is_closed():
-            return
-        # A broken connection cannot UNLISTEN; the pool discards it anyway.
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(UNLISTEN_TIMEOUT_S),
-            contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
-        ):
-            await conn.remove_listener(CHANNEL, self._on_notify)
-
-    async def _poll_timer(self) -> None:
-        while True:
-            await anyio.sleep(self._settings.poll_interval)
-            self._request_resync()
+        await self.listener.run(task_status=task_status)
 
     async def _deliver_loop(self, conn: asyncpg.Connection) -> None:
+        """While subscribed: deliver notified events, and every ``poll_interval`` re-read the heads
+        (whatever was committed while nobody listened; also proves the connection is alive)."""
+        self._resync = True
+        self._wake.set()
+        next_resync = anyio.current_time() + self._settings.poll_interval
         while True:
-            await self._wake.wait()
+            with anyio.move_on_at(next_resync):
+                await self._wake.wait()
+            if anyio.current_time() >= next_resync:
+                self._resync = True
+                next_resync = anyio.current_time() + self._settings.poll_interval
             self._wake = anyio.Event()
             batch, self._pending = self._pending, {}
             if self._resync:
                 self._resync = False
-                # Also proves the connection is alive: a dead one raises and we reconnect.
-                rows = await conn.fetch(SESSION_HEADS, list(self._subs))
+                rows = await conn.fetch(q.SESSION_HEADS, list(self._subs))
                 for row in rows:
                     batch[row["id"]] = max(batch.get(row["id"], 0), row["last_seq"])
             if batch:
@@ -364,7 +325,7 @@ class Hub:
                 heads.append(head)
         if not sessions:
             return
-        rows = await conn.fetch(READ_NEW_EVENTS, sessions, afters, heads)
+        rows = await conn.fetch(q.READ_NEW_EVENTS, sessions, afters, heads)
         frames: dict[int, list[tuple[int, bytes]]] = {}
         for row in rows:
             session_id, seq = row["session_id"], row["seq"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import git_repo
+from testkit.repos import git_repo
 from tests.leftovers import no_leftovers
 
 

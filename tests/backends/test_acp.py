@@ -29,9 +29,9 @@ from backends.opencode_env import OpencodeSettings
 from backends.permissions import PermissionPolicy
 from backends.processes import descendants, process_table
 from backends.registry import PRESETS, AgentSpec
+from testkit import fake_acp_agent_command
+from testkit.fake_model import FakeModel
 from tests.backends.recorder import Recorder
-from tests.fakes import fake_acp_agent_command
-from tests.fakes.fake_model import FakeModel
 
 pytestmark = pytest.mark.anyio
 

@@ -31,9 +31,9 @@ from backends.native import (
     list_models,
     retry_after_seconds,
 )
-from orchestrator.embedded_pg import free_port
-from tests.fakes import fake_model as fake
-from tests.fakes.fake_model import FakeModel, Hang, HttpError, Reply, Stall
+from kernel.net import free_port
+from testkit import fake_model as fake
+from testkit.fake_model import FakeModel, Hang, HttpError, Reply, Stall
 
 TURN = Turn(task_id=1, session_id=1, project_id=1, input="hello")
 

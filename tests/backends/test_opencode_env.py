@@ -20,8 +20,8 @@ from backends.opencode_env import (
     permission_rules,
     project_root,
 )
-from tests.fakes.fake_model import FakeModel
-from tests.helpers import git_repo
+from testkit.fake_model import FakeModel
+from testkit.repos import git_repo
 
 RUN_TIMEOUT = 120
 

@@ -14,8 +14,8 @@ from backends.permissions import PermissionPolicy
 from backends.processes import process_table
 from backends.pty import PtyBackend, TerminalText, plain_text
 from backends.registry import PRESETS, AgentSpec
+from testkit.fake_model import FakeModel, Reply, ToolCall
 from tests.backends.recorder import Recorder
-from tests.fakes.fake_model import FakeModel, Reply, ToolCall
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.worktrees.conftest import BINARY, LINES, git
+from testkit.repos import BINARY, LINES, git
 from worktrees import git as wgit
 from worktrees.diff import Caps, compute, parse_changes
 

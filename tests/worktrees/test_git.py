@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worktrees.conftest import LINES, git
+from testkit.repos import LINES, git
 from worktrees import ApplyConflict, PathOutsideRoot, RestoreRefused, WorktreeBroken
 from worktrees import git as wgit
 

@@ -9,7 +9,8 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.worktrees.conftest import LINES, add_session, end_turn, git, make_repo, start_turn
+from testkit.repos import LINES, git, sample_repo
+from testkit.rows import add_repo_session, end_turn, make_idle, start_turn
 from worktrees import (
     ChangeNotPending,
     NoWorktree,
@@ -54,7 +55,7 @@ async def test_ensure_creates_once_and_then_only_touches_the_row(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", session)
     assert wt.path == settings.root.resolve() / str(project) / str(session)
@@ -73,7 +74,7 @@ async def test_ensure_heals_a_deleted_directory_from_the_stored_base(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     (repo / "later.txt").write_text("the project moved on\n")
     git(repo, "add", "later.txt")
@@ -90,7 +91,7 @@ async def test_concurrent_ensures_in_one_repository_all_succeed(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    sessions = [await add_session(pool, repo) for _ in range(4)]
+    sessions = [await add_repo_session(pool, repo) for _ in range(4)]
     results: dict[int, Path] = {}
 
     async def one(session: int) -> None:
@@ -106,7 +107,7 @@ async def test_concurrent_ensures_in_one_repository_all_succeed(
 async def test_record_turn_without_a_worktree_is_refused(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     with pytest.raises(NoWorktree):
         await WorktreeManager(pool, settings).record_turn(session)
 
@@ -118,7 +119,7 @@ async def test_three_turns_leave_one_pending_cumulative_change(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     await turn(manager, pool, session, {"one.txt": "1\n"})
     await turn(manager, pool, session, {"two.txt": "2\n"})
     last = await turn(manager, pool, session, {"a.txt": LINES + "more\n"})
@@ -134,7 +135,7 @@ async def test_a_turn_that_changes_nothing_keeps_the_open_change(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     first = await turn(manager, pool, session, {"one.txt": "1\n"})
     again = await turn(manager, pool, session, {})
     assert again == first
@@ -145,7 +146,7 @@ async def test_an_empty_diff_adds_no_row_and_retires_a_stale_one(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     assert await turn(manager, pool, session, {"ignored.log": "x\n"}) is None
     assert await statuses(pool, session) == []
     await turn(manager, pool, session, {"one.txt": "1\n"})
@@ -160,7 +161,7 @@ async def test_accept_applies_to_the_project_and_advances_the_base(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"new.txt": "new\n", "gone.txt": None, "a.txt": "rewritten\n"})
     assert change is not None
 
@@ -185,7 +186,7 @@ async def test_accepting_some_files_leaves_the_rest_pending(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "x\n", "y.txt": "y\n", "src/main.py": "print('bye')\n"})
     assert change is not None
 
@@ -209,7 +210,7 @@ async def test_a_conflicting_local_edit_marks_conflict_and_leaves_the_project_al
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"a.txt": LINES.replace("line 2\n", "agent\n"), "new.txt": "new\n"})
     assert change is not None
     (repo / "a.txt").write_text(LINES.replace("line 2\n", "developer\n"))
@@ -235,7 +236,7 @@ async def test_accept_uses_what_was_reviewed_not_what_the_worktree_holds_now(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "reviewed\n"})
     assert change is not None
     wt = await manager.ensure(session)
@@ -251,7 +252,7 @@ async def test_reject_restores_the_worktree_and_keeps_what_it_discarded(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(
         manager, pool, session, {"new.txt": "new\n", "gone.txt": None, "a.txt": "rewritten\n", "x.log": "log\n"}
     )
@@ -276,7 +277,7 @@ async def test_rejecting_some_files_leaves_the_rest_pending(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "x\n", "y.txt": "y\n"})
     assert change is not None
     wt = await manager.ensure(session)
@@ -291,7 +292,7 @@ async def test_reject_during_a_running_turn_is_refused(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "x\n"})
     assert change is not None
     async with pool.acquire() as conn:
@@ -306,16 +307,9 @@ async def test_reject_during_a_running_turn_is_refused(
 # ---------------------------------------------------------------------------- reaper
 
 
-async def make_idle(pool: asyncpg.Pool, session: int) -> None:
-    await pool.execute(
-        """UPDATE session_worktrees SET last_used_at = now() - interval '2 days' WHERE session_id = $1;""", session
-    )
-    await pool.execute("UPDATE sessions SET last_active_at = now() - interval '2 days' WHERE id = $1", session)
-
-
 async def test_the_reaper_removes_only_what_it_may(pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings) -> None:
     manager = WorktreeManager(pool, WorktreeSettings(root=settings.root, reap_idle_after=3600))
-    idle, archived, pending, running, dirty, fresh = [await add_session(pool, repo) for _ in range(6)]
+    idle, archived, pending, running, dirty, fresh = [await add_repo_session(pool, repo) for _ in range(6)]
     paths = {s: (await manager.ensure(s)).path for s in (idle, archived, pending, running, dirty, fresh)}
     await turn(manager, pool, pending, {"x.txt": "x\n"})
     async with pool.acquire() as conn:
@@ -355,8 +349,8 @@ async def test_the_reaper_refuses_a_path_outside_the_root(
     pool: asyncpg.Pool, tmp_path: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, WorktreeSettings(root=settings.root, reap_idle_after=3600))
-    repo = make_repo(tmp_path / "other")
-    session = await add_session(pool, repo)
+    repo = sample_repo(tmp_path / "other")
+    session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     outside = tmp_path / "outside"
     shutil.copytree(wt.path, outside, symlinks=True)
@@ -369,28 +363,11 @@ async def test_the_reaper_refuses_a_path_outside_the_root(
     assert await pool.fetchval("SELECT status FROM session_worktrees WHERE session_id = $1", session) == "active"
 
 
-async def test_the_reaper_loop_reaps_until_cancelled(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
-) -> None:
-    manager = WorktreeManager(pool, WorktreeSettings(root=settings.root, reap_idle_after=3600, reap_interval=0.05))
-    session = await add_session(pool, repo)
-    path = (await manager.ensure(session)).path
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(manager.run_reaper)
-        await anyio.sleep(0.2)
-        assert path.exists()  # not idle yet
-        await make_idle(pool, session)
-        with anyio.fail_after(10):
-            while path.exists():
-                await anyio.sleep(0.05)
-        tg.cancel_scope.cancel()
-
-
 async def test_renames_binary_files_and_odd_names_survive_accept_and_reject(
     pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, settings)
-    session = await add_session(pool, repo)
+    session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     (wt.path / "old_name.txt").rename(wt.path / "renamed.txt")
     (wt.path / "image.bin").write_bytes(bytes(range(255, -1, -1)) * 8)

@@ -7,7 +7,7 @@ import hashlib
 import asyncpg
 import pytest
 
-from tests.ws_gateway.conftest import add_session
+from testkit.rows import add_session
 from ws_gateway import UnknownProject, create_token, hash_token, verify_token
 from ws_gateway.auth import (
     change_project,

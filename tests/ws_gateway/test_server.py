@@ -13,18 +13,12 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.ws_gateway.conftest import (
-    add_session,
-    open_client,
-    recv,
-    request,
-    running_gateway,
-    session_frames,
-    with_settings,
-)
+from kernel.eventlog import append_events
+from testkit.clients import open_client, recv, request, session_frames
+from testkit.rows import add_session
+from tests.ws_gateway.conftest import running_gateway, with_settings
 from ws_gateway import Gateway, create_token
 from ws_gateway.auth import revoke_token
-from ws_gateway.eventlog import append_events
 
 pytestmark = pytest.mark.anyio
 
@@ -73,10 +67,10 @@ async def test_revoked_token_closes_4401(gateway: Gateway, pool: asyncpg.Pool, t
         assert await close_code(ws) == 4401
 
 
-async def test_revoking_closes_open_connections_of_that_token_only(pool: asyncpg.Pool, token: str) -> None:
+async def test_revoking_closes_open_connections_of_that_token_only(pool: asyncpg.Pool, db_url: str, token: str) -> None:
     other = await create_token(pool, "other")
     async with (
-        running_gateway(pool, with_settings(poll_interval=0.2)) as gw,
+        running_gateway(pool, db_url, with_settings(poll_interval=0.2)) as gw,
         open_client(gw.url, token) as revoked_ws,
         open_client(gw.url, other) as kept_ws,
     ):
@@ -293,10 +287,10 @@ async def test_protocol_violations_close_but_others_keep_being_served(
 
 
 async def test_subscribe_flood_is_rate_limited_and_others_keep_being_served(
-    pool: asyncpg.Pool, token: str, session_id: int
+    pool: asyncpg.Pool, db_url: str, token: str, session_id: int
 ) -> None:
     settings = with_settings(requests_per_second=20.0, request_burst=10)
-    async with running_gateway(pool, settings) as gateway, open_client(gateway.url, token) as watcher:
+    async with running_gateway(pool, db_url, settings) as gateway, open_client(gateway.url, token) as watcher:
         await recv(watcher)
         await subscribe(watcher, session_id, since_seq=0)
         async with open_client(gateway.url, token) as flooder:
@@ -318,10 +312,10 @@ async def test_subscribe_flood_is_rate_limited_and_others_keep_being_served(
         assert replies["ack"] >= 10
 
 
-async def test_too_many_subscriptions(pool: asyncpg.Pool, token: str, projects: tuple[int, int]) -> None:
+async def test_too_many_subscriptions(pool: asyncpg.Pool, db_url: str, token: str, projects: tuple[int, int]) -> None:
     sessions = [await add_session(pool, projects[0]) for _ in range(3)]
     settings = with_settings(max_subscriptions=2)
-    async with running_gateway(pool, settings) as gateway, open_client(gateway.url, token) as ws:
+    async with running_gateway(pool, db_url, settings) as gateway, open_client(gateway.url, token) as ws:
         await recv(ws)
         await request(ws, {"type": "subscribe", "id": 1, "session_ids": sessions[:2], "since_seq": 0})
         error = await request(ws, {"type": "subscribe", "id": 2, "session_ids": sessions[2:], "since_seq": 0})
@@ -331,9 +325,11 @@ async def test_too_many_subscriptions(pool: asyncpg.Pool, token: str, projects: 
         assert again["type"] == "ack"
 
 
-async def test_slow_client_is_dropped_with_1013_and_resumes(pool: asyncpg.Pool, token: str, session_id: int) -> None:
+async def test_slow_client_is_dropped_with_1013_and_resumes(
+    pool: asyncpg.Pool, db_url: str, token: str, session_id: int
+) -> None:
     settings = with_settings(send_queue_frames=4)
-    async with running_gateway(pool, settings) as gateway:
+    async with running_gateway(pool, db_url, settings) as gateway:
         async with open_client(gateway.url, token, max_queue=1) as slow:
             await recv(slow)
             await subscribe(slow, session_id, since_seq=0)
@@ -360,9 +356,9 @@ async def test_slow_client_is_dropped_with_1013_and_resumes(pool: asyncpg.Pool, 
         assert [f["seq"] for f in rest] == list(range(len(seqs) + 1, written + 1))
 
 
-async def test_origin_allow_list(pool: asyncpg.Pool, token: str) -> None:
+async def test_origin_allow_list(pool: asyncpg.Pool, db_url: str, token: str) -> None:
     settings = with_settings(allowed_origins=("https://ide.example",))
-    async with running_gateway(pool, settings) as gateway:
+    async with running_gateway(pool, db_url, settings) as gateway:
         async with open_client(gateway.url, token, origin="https://ide.example") as ws:
             assert (await recv(ws))["type"] == "hello"
         async with open_client(gateway.url, token) as ws:  # not a browser: no Origin

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.errors import ConfigError
+from kernel.errors import ConfigError
+from orchestrator.app.config import load_config
 from ws_gateway import GatewaySettings
 
 

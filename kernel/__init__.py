@@ -1,0 +1,57 @@
+"""The shared kernel: what every Switchyard package may import, and which imports none of them.
+
+The exception root and its branches, database connections and the classification of their
+errors, backoff, the reconnecting LISTEN helper, the one logger style, local ports, and the
+durable session event log that the dispatcher writes and the gateway reads.
+"""
+
+from __future__ import annotations
+
+from kernel.db import CONNECTION_LOST, DATABASE_ERRORS, VALUE_REFUSED, close_quietly, connect, create_pool, report
+from kernel.errors import (
+    BackendError,
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailable,
+    GatewayError,
+    SchemaError,
+    SwitchyardError,
+    WorktreeError,
+)
+from kernel.eventlog import SessionFrame, StoredEvent, append_event, append_events, read_events
+from kernel.listen import Listener
+from kernel.logs import EventLogger, configure_logging, get_logger, redact
+from kernel.net import free_port, port_is_free
+from kernel.retry import Backoff, exponential
+
+__all__ = [
+    "CONNECTION_LOST",
+    "DATABASE_ERRORS",
+    "VALUE_REFUSED",
+    "BackendError",
+    "Backoff",
+    "ConfigError",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "EventLogger",
+    "GatewayError",
+    "Listener",
+    "SchemaError",
+    "SessionFrame",
+    "StoredEvent",
+    "SwitchyardError",
+    "WorktreeError",
+    "append_event",
+    "append_events",
+    "close_quietly",
+    "configure_logging",
+    "connect",
+    "create_pool",
+    "exponential",
+    "free_port",
+    "get_logger",
+    "port_is_free",
+    "read_events",
+    "redact",
+    "report",
+]

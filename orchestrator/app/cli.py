@@ -1,0 +1,411 @@
+"""The ``switchyard`` command line.
+
+Each command is an async handler ``(ctx, args) -> exit code`` registered in
+:func:`build_parser`. Handlers get the database through ``ctx.connect()``, which starts the
+embedded cluster for the duration of the command when no service is running. Every error
+Switchyard raises on purpose ends as one line on stderr and a non-zero exit, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+
+from backends import POOL_DIR, list_models, read_pool_status
+from kernel import SwitchyardError, configure_logging, connect, create_pool
+from orchestrator.app.config import Config, load_config
+from orchestrator.app.service import run_dispatcher_only, run_service
+from orchestrator.db import database_url, migrate, schema_version
+from orchestrator.errors import NotFound
+from orchestrator.services import (
+    OrchestratorActions,
+    ReviewService,
+    add_project,
+    cancel_task,
+    change_json,
+    list_projects,
+    list_tasks,
+    probe_agents,
+    resolution_json,
+    resolve_project,
+    submit_task,
+)
+from worktrees import Resolution
+from ws_gateway import Gateway, TaskSubmission, create_token, list_tokens, revoke_token
+
+
+@dataclass
+class CliContext:
+    config: Config
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection to a migrated database."""
+        async with database_url(self.config.database, self.config.data_dir) as url:
+            conn = await connect(url)
+            try:
+                await migrate(conn)
+                yield conn
+            finally:
+                await conn.close()
+
+
+Handler = Callable[[CliContext, argparse.Namespace], Awaitable[int]]
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+async def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
+    await run_service(ctx.config, out=sys.stdout)
+    return 0
+
+
+async def cmd_migrate(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        version = await schema_version(conn)
+    print(f"schema version {version}")
+    return 0
+
+
+async def cmd_project_add(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        project_id = await add_project(conn, Path(args.path), args.name)
+    print(project_id)
+    return 0
+
+
+async def cmd_project_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        rows = await list_projects(conn)
+    print_table(rows, ("id", "name", "repo_path", "default_branch"), as_json=args.json)
+    return 0
+
+
+async def cmd_submit(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        project_id = await resolve_project(conn, args.project)
+        submitted = await submit_task(
+            conn,
+            TaskSubmission(
+                project_id=project_id,
+                input=args.input,
+                session_id=args.session,
+                agent=args.agent,
+                model=args.model,
+                mode_id=args.mode,
+                priority=args.priority,
+                max_attempts=args.max_attempts,
+                dispatch_key=args.dispatch_key,
+            ),
+        )
+    print(submitted.task_id if submitted.created else f"{submitted.task_id} (dispatch_key seen before; nothing added)")
+    return 0
+
+
+async def cmd_tasks(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        rows = await list_tasks(conn, session_id=args.session, state=args.state, limit=args.limit)
+    columns = ("id", "project_id", "session_id", "state", "agent", "attempt", "failure_reason", "input")
+    print_table(rows, columns, as_json=args.json)
+    return 0
+
+
+async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        state = await cancel_task(conn, args.task_id)
+    if state == "running":
+        print(f"task {args.task_id}: cancel requested; its dispatcher is aborting the turn")
+    else:
+        print(f"task {args.task_id}: {state}")
+    return 0
+
+
+async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
+    await run_dispatcher_only(ctx.config, out=sys.stdout)
+    return 0
+
+
+async def cmd_changes(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        changes = await ReviewService(conn, ctx.config.worktrees).list_changes(
+            session_id=args.session, status=args.status, limit=args.limit
+        )
+    if args.json:
+        print(json.dumps([change_json(c) for c in changes], indent=2))
+        return 0
+    rows = [{**change_json(c), "files": len(c.files), "id": c.id} for c in changes]
+    print_table(rows, ("id", "session_id", "task_id", "status", "files", "truncated", "created_at", "error"))
+    return 0
+
+
+async def cmd_diff(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        text = await ReviewService(conn, ctx.config.worktrees).get_diff(args.change_id)
+    sys.stdout.write(text)
+    return 0
+
+
+async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        resolution = await ReviewService(conn, ctx.config.worktrees).accept(args.change_id, files=args.file, by=args.by)
+    return _print_resolution(resolution, as_json=args.json)
+
+
+async def cmd_reject(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        resolution = await ReviewService(conn, ctx.config.worktrees).reject(args.change_id, files=args.file, by=args.by)
+    return _print_resolution(resolution, as_json=args.json)
+
+
+def _print_resolution(resolution: Resolution, *, as_json: bool) -> int:
+    change = resolution.change
+    if as_json:
+        print(json.dumps(resolution_json(resolution), indent=2))
+    elif change.status == "conflict":
+        print(f"change {change.id}: conflict, the project was not changed: {change.error}", file=sys.stderr)
+    else:
+        print(f"change {change.id} {change.status}: {', '.join(f['path'] for f in change.files)}")
+        if resolution.remainder is not None:
+            print(f"the other files stay pending as change {resolution.remainder.id}")
+        if resolution.kept_at is not None:
+            print(f"the discarded content is kept at {resolution.kept_at}")
+    return 1 if change.status == "conflict" else 0
+
+
+async def cmd_models(ctx: CliContext, args: argparse.Namespace) -> int:
+    models = await list_models(ctx.config.native)
+    if args.json:
+        print(json.dumps(models))
+        return 0
+    for model in models:
+        print(f"{model}  (default)" if model == ctx.config.native.model else model)
+    return 0
+
+
+async def cmd_agents(ctx: CliContext, args: argparse.Namespace) -> int:
+    specs = ctx.config.agent_specs()
+    probes = await probe_agents(specs, opencode_binary=ctx.config.opencode.binary)
+    rows = [
+        {
+            "name": p.name,
+            "transport": specs[p.name].transport,
+            "available": p.available,
+            "version": p.version,
+            "command": " ".join(specs[p.name].command),
+            "detail": p.detail,
+        }
+        for p in probes
+    ]
+    print_table(rows, ("name", "transport", "available", "version", "command", "detail"), as_json=args.json)
+    return 0
+
+
+async def cmd_pool(ctx: CliContext, args: argparse.Namespace) -> int:
+    pools = await anyio.to_thread.run_sync(read_pool_status, ctx.config.data_dir / POOL_DIR)
+    rows = [{**server, "pool_pid": pool["owner_pid"]} for pool in pools for server in pool["servers"]]
+    columns = ("pool_pid", "key", "state", "pid", "url", "age_seconds", "rss_mb", "active_turns", "sessions")
+    if not rows and not args.json:
+        print("no opencode server is running (the pool lives in `switchyard up` / `switchyard dispatcher`)")
+    else:
+        print_table(rows, columns, as_json=args.json)
+    return 0
+
+
+async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
+    settings = ctx.config.gateway if args.port is None else replace(ctx.config.gateway, port=args.port)
+    async with database_url(ctx.config.database, ctx.config.data_dir) as url:
+        pool = await create_pool(url, ctx.config.database.pool_size)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            async with anyio.create_task_group() as tg:
+                actions = OrchestratorActions(pool, ReviewService(pool, ctx.config.worktrees))
+                ws_url = await tg.start(Gateway(settings, pool, actions, url).serve)
+                print(f"gateway: {ws_url}", flush=True)
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        break
+                tg.cancel_scope.cancel()
+        finally:
+            await pool.close()
+    return 0
+
+
+async def cmd_token_create(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        projects = [await resolve_project(conn, ref) for ref in args.project] if args.project else None
+        token = await create_token(conn, args.name, projects)
+    print(token)
+    return 0
+
+
+async def cmd_token_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        rows = await list_tokens(conn)
+    print_table(rows, ("id", "name", "project_ids", "created_at", "revoked_at"), as_json=args.json)
+    return 0
+
+
+async def cmd_token_revoke(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        revoked = await revoke_token(conn, args.token_id)
+    if not revoked:
+        raise NotFound(f"no active token with id {args.token_id}")
+    print(f"token {args.token_id} revoked; connections using it are closed")
+    return 0
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value).replace("\n", " ")
+
+
+def print_table(
+    rows: Sequence[asyncpg.Record | dict[str, Any]], columns: Sequence[str], *, as_json: bool = False
+) -> None:
+    if as_json:
+        print(json.dumps([{c: row[c] for c in columns} for row in rows], default=str, indent=2))
+        return
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str, handler: Handler
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_, description=help_)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchyard",
+        description="Runs coding agents for web IDEs: tasks in PostgreSQL, frames over WebSocket, reviewable diffs.",
+    )
+    parser.add_argument("--config", help="TOML configuration file (default: $SWITCHYARD_CONFIG)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _command(sub, "up", "start the service (embedded PostgreSQL when no database URL is set)", cmd_up)
+    _command(sub, "migrate", "apply schema.sql to the database", cmd_migrate)
+
+    project = sub.add_parser("project", help="manage projects", description="manage projects")
+    project_sub = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+    add = _command(project_sub, "add", "register a git repository as a project", cmd_project_add)
+    add.add_argument("path", help="path inside the repository")
+    add.add_argument("--name", help="project name (default: the repository's directory name)")
+    plist = _command(project_sub, "list", "list projects", cmd_project_list)
+    plist.add_argument("--json", action="store_true", help="print JSON")
+
+    submit = _command(sub, "submit", "queue a task (the same INSERT an SQL submitter makes)", cmd_submit)
+    submit.add_argument("input", help="the prompt")
+    submit.add_argument("--project", required=True, help="project id or name")
+    submit.add_argument("--session", type=int, help="continue this session (default: a new session)")
+    submit.add_argument("--agent", help="agent name (default: native inference)")
+    submit.add_argument("--model", help="model override")
+    submit.add_argument("--mode", help="agent mode id")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first across sessions")
+    submit.add_argument("--max-attempts", type=int, default=3, help="attempts for transient failures")
+    submit.add_argument("--dispatch-key", help="idempotency key: a repeat submits nothing")
+
+    tasks = _command(sub, "tasks", "list recent tasks", cmd_tasks)
+    tasks.add_argument("--session", type=int, help="only this session")
+    tasks.add_argument("--state", choices=("pending", "running", "completed", "failed", "cancelled"))
+    tasks.add_argument("--limit", type=int, default=20)
+    tasks.add_argument("--json", action="store_true", help="print JSON")
+
+    cancel = _command(sub, "cancel", "cancel a task (pending: at once; running: its backend is aborted)", cmd_cancel)
+    cancel.add_argument("task_id", type=int, metavar="TASK")
+
+    _command(sub, "dispatcher", "run only the dispatcher (any number may share a database)", cmd_dispatcher)
+
+    changes = _command(sub, "changes", "list pending changes (newest first)", cmd_changes)
+    changes.add_argument("--session", type=int, help="only this session")
+    changes.add_argument("--status", choices=("pending", "superseded", "accepted", "rejected", "conflict"))
+    changes.add_argument("--limit", type=int, default=20)
+    changes.add_argument("--json", action="store_true", help="print JSON")
+
+    diff = _command(sub, "diff", "print a change's diff", cmd_diff)
+    diff.add_argument("change_id", type=int, metavar="ID")
+
+    for name, handler, what in (
+        ("accept", cmd_accept, "apply a pending change to the project checkout (3-way; conflicts change nothing)"),
+        ("reject", cmd_reject, "put the session's worktree back to its base for a pending change's files"),
+    ):
+        review = _command(sub, name, what, handler)
+        review.add_argument("change_id", type=int, metavar="ID")
+        review.add_argument("--file", action="append", metavar="PATH", help="only this file (repeatable)")
+        review.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who resolved it (default: cli:$USER)")
+        review.add_argument("--json", action="store_true", help="print JSON")
+
+    gateway = _command(sub, "gateway", "run only the WebSocket gateway (any number may share a database)", cmd_gateway)
+    gateway.add_argument("--port", type=int, help="listen on this port (default: gateway.port)")
+
+    token = sub.add_parser("token", help="manage API tokens", description="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    token_create = _command(token_sub, "create", "create a WebSocket API token; it is printed once", cmd_token_create)
+    token_create.add_argument("--project", action="append", help="a project id or name it may see (repeatable)")
+    token_create.add_argument("--name", default="cli", help="a label for the token")
+    token_list = _command(token_sub, "list", "list tokens (their text is never stored)", cmd_token_list)
+    token_list.add_argument("--json", action="store_true", help="print JSON")
+    revoke = _command(token_sub, "revoke", "revoke a token; open connections using it are closed", cmd_token_revoke)
+    revoke.add_argument("token_id", type=int, help="the token's id (see `token list`)")
+
+    models = _command(sub, "models", "list the models the native endpoint offers (GET {base_url}/models)", cmd_models)
+    models.add_argument("--json", action="store_true", help="print JSON")
+
+    agents = _command(sub, "agents", "list the external agents: transport, command, installed?, version", cmd_agents)
+    agents.add_argument("--json", action="store_true", help="print JSON")
+
+    pool = _command(sub, "pool", "show the warm opencode servers: sessions, age, memory", cmd_pool)
+    pool.add_argument("--json", action="store_true", help="print JSON")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(config.log_level)
+        handler: Handler = args.handler
+        return anyio.run(handler, CliContext(config), args)
+    except SwitchyardError as exc:
+        print(f"switchyard: error: {exc}", file=sys.stderr)
+        return 1
+    except asyncpg.PostgresError as exc:
+        print(f"switchyard: database error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""``[database]``: which PostgreSQL, or where the embedded cluster lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_EMBEDDED_PORT = 54329
+DEFAULT_POOL_SIZE = 10
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    # Empty: run an embedded PostgreSQL cluster under <data_dir>/postgres.
+    url: str = ""
+    embedded_port: int = DEFAULT_EMBEDDED_PORT
+    # Where initdb/pg_ctl live; empty: `pg_config --bindir`, then PATH, then /usr/lib/postgresql/*/bin.
+    pg_bindir: str = ""
+    pool_size: int = DEFAULT_POOL_SIZE

@@ -1,0 +1,262 @@
+"""SQL of the dispatch engine: the queue (claim, leases, recovery, ending tasks) and a turn's writes.
+
+Every change of ``tasks.state`` is one of the queue's statements here (CLAIM_TASKS,
+RECOVER_TASKS, END_PENDING_*, FINISH_TURN), run by orchestrator.dispatch.queue only. A turn's
+other writes (messages, tool calls, the upstream agent session) run in transactions that also
+check the turn's claim.
+"""
+
+from __future__ import annotations
+
+# The claim is written (and its connection configured, see CLAIM_CONNECTION_SETTINGS) so that it
+# has a single plan: walk tasks_pending_claim_idx in claim order, probe the per-session indexes for
+# each row (OFFSET 0 keeps the NOT EXISTS as per-row subplans instead of joins), and stop at the
+# first ``$3`` claimable rows. Only a session's oldest pending task qualifies, so every claimed
+# row is of a different session. The answer carries what the turn needs from the session too
+# (its last ``$4`` complete messages and the agent's upstream session, agent NULL read as
+# ``$5``), so a turn costs no further read.
+CLAIM_TASKS = """
+WITH candidates AS (
+    SELECT t.id
+      FROM tasks t
+     WHERE t.state = 'pending'
+       AND (t.not_before IS NULL OR t.not_before <= now())
+       AND NOT EXISTS (SELECT 1 FROM tasks r
+                        WHERE r.session_id = t.session_id AND r.state = 'running'
+                       OFFSET 0)
+       AND NOT EXISTS (SELECT 1 FROM tasks o
+                        WHERE o.session_id = t.session_id AND o.state = 'pending'
+                          AND (o.created_at, o.id) < (t.created_at, t.id)
+                       OFFSET 0)
+     ORDER BY t.priority DESC, t.created_at, t.id
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE tasks t
+       SET state = 'running',
+           attempt = t.attempt + 1,
+           claimed_by = $1,
+           claim_token = gen_random_uuid(),
+           started_at = clock_timestamp(),
+           lease_expires_at = clock_timestamp() + make_interval(secs => $2),
+           not_before = NULL
+     WHERE t.id = ANY (ARRAY(SELECT id FROM candidates))
+ RETURNING t.*
+),
+attempts AS (
+    INSERT INTO task_attempts (task_id, attempt, worker_id, claim_token, started_at)
+    SELECT id, attempt, claimed_by, claim_token, started_at FROM claimed
+)
+SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c.attempt,
+       c.max_attempts, c.claim_token,
+       coalesce(c.expires_at <= now(), false) AS expired,
+       c.cancel_requested_at IS NOT NULL AS cancel_requested,
+       EXISTS (SELECT 1 FROM projects p WHERE p.id = c.project_id) AS project_exists,
+       s.project_id AS session_project_id,
+       s.status AS session_status,
+       CASE WHEN s.project_id = c.project_id THEN
+           (SELECT coalesce(json_agg(json_build_object('role', h.role, 'content', h.content) ORDER BY h.id), '[]')
+              FROM (SELECT id, role, content
+                      FROM messages
+                     WHERE session_id = c.session_id AND status = 'complete' AND task_id IS DISTINCT FROM c.id
+                     ORDER BY id DESC
+                     LIMIT $4) h)
+       END AS history,
+       (SELECT json_build_object('upstream_session_id', a.upstream_session_id,
+                                 'config_hash', a.config_hash, 'server_key', a.server_key)
+          FROM agent_sessions a
+         WHERE a.session_id = c.session_id AND a.agent = coalesce(c.agent, $5)
+           AND s.project_id = c.project_id) AS agent_session
+  FROM claimed c
+  LEFT JOIN LATERAL (SELECT project_id, status FROM sessions WHERE id = c.session_id) s ON true
+"""
+
+
+# A task submitted without a session gets one when it is first claimed.
+CREATE_SESSION = """
+WITH created AS (
+    INSERT INTO sessions (project_id, agent, model, title)
+    SELECT t.project_id, t.agent, t.model, $3
+      FROM tasks t
+     WHERE t.id = $1 AND t.claim_token = $2 AND t.state = 'running' AND t.session_id IS NULL
+ RETURNING id
+)
+UPDATE tasks t SET session_id = created.id
+  FROM created
+ WHERE t.id = $1
+RETURNING t.session_id
+"""
+
+
+EXTEND_LEASES = """
+UPDATE tasks t
+   SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+  FROM unnest($1::bigint[], $2::uuid[]) AS mine(id, claim_token)
+ WHERE t.id = mine.id AND t.claim_token = mine.claim_token AND t.state = 'running'
+RETURNING t.id, t.cancel_requested_at IS NOT NULL AS cancel_requested
+"""
+
+
+# Running tasks whose lease lapsed, or (at start-up, $1) that this worker left behind. Retried
+# with backoff ($2 base, $3 cap) while attempts remain, else failed; a requested cancel wins.
+RECOVER_TASKS = """
+WITH expired AS (
+    SELECT id,
+           CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                WHEN attempt < max_attempts THEN 'pending'
+                ELSE 'failed' END AS next_state,
+           CASE WHEN claimed_by = $1
+                THEN 'left running by an earlier run of dispatcher ' || claimed_by
+                ELSE 'dispatcher ' || coalesce(claimed_by, '?') || ' stopped renewing its lease' END AS why
+      FROM tasks
+     WHERE state = 'running' AND (lease_expires_at < clock_timestamp() OR claimed_by = $1)
+       FOR UPDATE SKIP LOCKED
+),
+recovered AS (
+    UPDATE tasks t
+       SET state = e.next_state,
+           lease_expires_at = NULL,
+           not_before = CASE WHEN e.next_state = 'pending'
+                             THEN clock_timestamp() + make_interval(secs => least($3, $2 * 2 ^ (t.attempt - 1)))
+                        END,
+           ended_at = CASE WHEN e.next_state = 'pending' THEN NULL ELSE clock_timestamp() END,
+           failure_reason = CASE WHEN e.next_state = 'cancelled' THEN 'cancelled' ELSE 'interrupted' END,
+           error = e.why
+      FROM expired e
+     WHERE t.id = e.id
+ RETURNING t.id, t.project_id, t.session_id, t.state, t.attempt, t.failure_reason, t.error
+),
+attempts AS (
+    UPDATE task_attempts a
+       SET ended_at = clock_timestamp(), outcome = 'interrupted', failure_reason = 'interrupted', error = r.error
+      FROM recovered r
+     WHERE a.task_id = r.id AND a.attempt = r.attempt AND a.ended_at IS NULL
+),
+messages AS (
+    UPDATE messages m
+       SET status = 'failed', stop_reason = 'interrupted', finished_at = clock_timestamp()
+      FROM recovered r
+     WHERE m.session_id = r.session_id AND m.task_id = r.id AND m.status = 'streaming'
+ RETURNING m.id, m.task_id
+)
+SELECT r.*, m.id AS message_id, s.id IS NOT NULL AS frames_ok
+  FROM recovered r
+  LEFT JOIN messages m ON m.task_id = r.id
+  LEFT JOIN sessions s ON s.id = r.session_id AND s.project_id = r.project_id
+"""
+
+
+# Pending tasks that must not run any more: cancel requested, or expires_at passed.
+_END_PENDING = """
+WITH stale AS (
+    SELECT id
+      FROM tasks
+     WHERE state = 'pending'
+       AND (cancel_requested_at IS NOT NULL OR expires_at <= clock_timestamp())
+       {only_one}
+       FOR UPDATE SKIP LOCKED
+),
+ended AS (
+    UPDATE tasks t
+       SET state = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'failed' END,
+           failure_reason = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'expired' END,
+           error = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled before it ran'
+                        ELSE 'not started before its expires_at (' || t.expires_at || ')' END,
+           ended_at = clock_timestamp(),
+           not_before = NULL
+      FROM stale
+     WHERE t.id = stale.id
+ RETURNING t.id, t.project_id, t.session_id, t.state, t.attempt, t.failure_reason, t.error
+)
+SELECT e.*, NULL::bigint AS message_id, s.id IS NOT NULL AS frames_ok
+  FROM ended e
+  LEFT JOIN sessions s ON s.id = e.session_id AND s.project_id = e.project_id
+"""
+
+
+SWEEP_PENDING = _END_PENDING.format(only_one="")
+
+
+END_PENDING_TASK = _END_PENDING.format(only_one="AND id = $1")
+
+
+# Ends the attempt; nothing happens (no row) if the claim is no longer ours.
+FINISH_TURN = """
+WITH task AS (
+    UPDATE tasks
+       SET state = $3,
+           lease_expires_at = NULL,
+           ended_at = CASE WHEN $3 = 'pending' THEN NULL ELSE clock_timestamp() END,
+           not_before = CASE WHEN $3 = 'pending' THEN clock_timestamp() + make_interval(secs => $4) END,
+           failure_reason = $5,
+           error = $6,
+           output_summary = coalesce($7, output_summary),
+           cost_tokens = coalesce(cost_tokens, 0) + $8,
+           execution_path = coalesce($9, execution_path)
+     WHERE id = $1 AND claim_token = $2 AND state = 'running'
+ RETURNING id, attempt
+),
+attempt AS (
+    UPDATE task_attempts a
+       SET ended_at = clock_timestamp(), outcome = $10, failure_reason = $5, error = $6
+      FROM task
+     WHERE a.task_id = task.id AND a.attempt = task.attempt
+)
+SELECT id FROM task
+"""
+
+
+FAIL_MESSAGE = """
+UPDATE messages SET status = 'failed', stop_reason = $2, finished_at = clock_timestamp()
+ WHERE id = $1 AND status = 'streaming'
+"""
+
+
+UPSERT_AGENT_SESSION = """
+INSERT INTO agent_sessions (session_id, agent, upstream_session_id, config_hash, server_key, updated_at)
+VALUES ($1, $2, $3, $4, $5, now())
+ON CONFLICT (session_id, agent) DO UPDATE
+   SET upstream_session_id = EXCLUDED.upstream_session_id, config_hash = EXCLUDED.config_hash,
+       server_key = EXCLUDED.server_key, updated_at = now()
+"""
+
+
+# The user's message (unless an earlier attempt stored it) and the streaming assistant message,
+# in this order so ids follow the conversation.
+INSERT_MESSAGES = """
+INSERT INTO messages (session_id, task_id, role, content, reasoning, status, stop_reason,
+                      prompt_tokens, completion_tokens, finished_at)
+SELECT $1, $2, m.role, m.content, m.reasoning, m.status, m.stop_reason, m.prompt_tokens,
+       m.completion_tokens, CASE WHEN m.status = 'streaming' THEN NULL ELSE clock_timestamp() END
+  FROM (VALUES (1, 'user', $3::text, '', 'complete', NULL::text, NULL::int, NULL::int),
+               (2, 'assistant', $5::text, $6::text, $7::text, $8::text, $9::int, $10::int))
+       AS m(ord, role, content, reasoning, status, stop_reason, prompt_tokens, completion_tokens)
+ WHERE m.role = 'assistant'
+    OR $4::boolean
+    OR NOT EXISTS (SELECT 1 FROM messages WHERE session_id = $1 AND task_id = $2 AND role = 'user')
+ ORDER BY m.ord
+RETURNING id, role
+"""
+
+
+UPDATE_MESSAGE = """
+UPDATE messages
+   SET content = content || $2,
+       reasoning = reasoning || $3,
+       status = coalesce($4, status),
+       stop_reason = coalesce($5, stop_reason),
+       prompt_tokens = coalesce($6, prompt_tokens),
+       completion_tokens = coalesce($7, completion_tokens),
+       finished_at = CASE WHEN $4::text IS NULL THEN finished_at ELSE clock_timestamp() END
+ WHERE id = $1
+"""
+
+
+UPSERT_TOOL_CALL = """
+INSERT INTO message_parts (message_id, session_id, tool_call_id, name, kind, status, input, output, locations)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (message_id, tool_call_id) DO UPDATE
+   SET name = EXCLUDED.name, kind = EXCLUDED.kind, status = EXCLUDED.status, input = EXCLUDED.input,
+       output = EXCLUDED.output, locations = EXCLUDED.locations, updated_at = clock_timestamp()
+"""

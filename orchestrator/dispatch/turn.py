@@ -1,0 +1,417 @@
+"""One turn of a session: prepare -> execute -> finalize.
+
+- **prepare** checks the claimed row (a bad row fails with a clear ``failure_reason``), routes
+  it to a backend, gives a session-less task its new session, ensures the worktree when the
+  backend edits files, and queues the ``task_state: running`` and ``message_started`` frames.
+  The claim already brought the session's history and the agent's upstream session along.
+  -> :class:`TurnContext`
+- **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
+  deadline, cancellation, shutdown; :func:`watch_inactivity` aborts it when the backend is
+  silent too long). Its output goes to the sink, which the dispatcher's FlushScheduler writes.
+  -> :class:`TurnResult`
+- **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn: for a
+  backend with a worktree it writes the reply and records the worktree's diff while the task
+  still holds the session; then, in one transaction, it ends the assistant message, the task
+  (or sends it back to ``pending`` for a retry) and its ``task_attempts`` row, stores the
+  agent's upstream session, and appends the remaining frames. It retries while the database
+  is unreachable; the claim token makes it a no-op if another dispatcher recovered the task.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+import anyio
+import asyncpg
+
+from backends import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
+from kernel import CONNECTION_LOST, DATABASE_ERRORS, Backoff, WorktreeError, exponential, get_logger
+from kernel.eventlog import task_state
+from orchestrator.dispatch import queries as q
+from orchestrator.dispatch import queue
+from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask
+from orchestrator.dispatch.routing import NATIVE, Router
+from orchestrator.dispatch.settings import DispatcherSettings
+from orchestrator.dispatch.sink import Batch, FlushScheduler, MessageEnd, TurnSink
+from orchestrator.errors import TaskRejected
+from worktrees import WorktreeManager
+
+log = get_logger("turn")
+
+SESSION_TITLE_CHARS = 80
+FINALIZE_RETRY = 0.1
+FINALIZE_RETRY_MAX = 2.0
+# The inactivity watch looks at least this often (seconds).
+INACTIVITY_CHECK_MAX = 1.0
+DIFF_ERRORS: tuple[type[Exception], ...] = (WorktreeError, *DATABASE_ERRORS)
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"  # back in the queue for another attempt
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StopReason(StrEnum):
+    """Why the dispatcher stopped a turn from outside the backend."""
+
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    INACTIVE = "inactive"
+    SHUTDOWN = "shutdown"
+    # Another dispatcher recovered the task: this turn may write nothing more.
+    LEASE_LOST = "lease_lost"
+
+
+class TurnHandle:
+    """A turn as the dispatcher holds it: the claimed task and the means to stop it."""
+
+    def __init__(self, task: ClaimedTask) -> None:
+        self.task = task
+        self.scope = anyio.CancelScope()
+        self.reason: StopReason | None = None
+        # Set once the turn is being finalized: it can no longer be stopped, and its row may
+        # leave 'running' (ending the lease) before the dispatcher forgets the handle.
+        self.finalizing = False
+        # The running backend's sink (for the inactivity watch); None outside execute.
+        self.sink: TurnSink | None = None
+
+    def abort(self, reason: StopReason) -> None:
+        """Stop the turn (works before it started, too); the first reason given wins."""
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    task: ClaimedTask
+    session_id: int
+    backend: Backend
+    turn: Turn
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    state: TaskState
+    # task_attempts.outcome: completed, failed, cancelled, retry or interrupted.
+    attempt_outcome: str
+    failure_reason: str | None = None
+    error: str | None = None
+    stop_reason: str | None = None
+    usage: Usage | None = None
+    retry_delay: float = 0.0
+    agent_session: AgentSession | None = None
+
+    @property
+    def message_status(self) -> str:
+        return {TaskState.COMPLETED: "complete", TaskState.CANCELLED: "cancelled"}.get(self.state, "failed")
+
+
+def failed(reason: str, error: str, usage: Usage | None = None) -> TurnResult:
+    return TurnResult(TaskState.FAILED, "failed", reason, error, stop_reason=reason, usage=usage)
+
+
+class _ClaimLost(Exception):
+    """The task is no longer ours (its lease lapsed and someone recovered it)."""
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: DispatcherSettings,
+        router: Router,
+        worktrees: WorktreeManager | None,
+        flusher: FlushScheduler,
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._router = router
+        self._worktrees = worktrees
+        self._flusher = flusher
+
+    async def run(self, handle: TurnHandle) -> TurnResult | None:
+        """Run the claimed task to its end; None when the claim was lost on the way."""
+        task = handle.task
+        session = task.session_id if task.session_ok else None
+        sink = TurnSink(task.id, session, task.input, task.attempt, on_output=self._flusher.schedule)
+        ctx: TurnContext | None = None
+        result: TurnResult | None = None
+        try:
+            with handle.scope:
+                if self._settings.turn_timeout > 0:
+                    handle.scope.deadline = anyio.current_time() + self._settings.turn_timeout
+                # A turn stopped before it started (cancelled while being claimed) ends here.
+                await anyio.lowlevel.checkpoint()
+                ctx = await self.prepare(task, sink)
+                result = await self.execute(ctx, sink, handle)
+        except TaskRejected as exc:
+            result = failed(exc.reason, exc.message)
+        except _ClaimLost:
+            handle.abort(StopReason.LEASE_LOST)
+        except CONNECTION_LOST as exc:
+            result = self._retry_or_fail("database_unavailable", f"database error while preparing: {exc}", task)
+        except Exception as exc:
+            log.exception("turn.crashed", task_id=task.id)
+            result = failed("dispatcher_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            # Also reached when the dispatcher itself is cancelled (result None, no reason).
+            result = self._settle(handle, result, sink)
+            handle.finalizing = True
+            if result is not None:
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + self._settings.finalize_timeout
+                    result = await self.finalize(task, ctx, sink, result)
+                if scope.cancelled_caught:
+                    log.error("turn.finalize_timeout", task_id=task.id, timeout=self._settings.finalize_timeout)
+                    result = None
+        return result
+
+    # ------------------------------------------------------------------ prepare
+
+    async def prepare(self, task: ClaimedTask, sink: TurnSink) -> TurnContext:
+        project_id = _check_task(task)
+        backend = self._router.route(task.agent)
+        session_id = task.session_id
+        if session_id is None:
+            session_id = await queue.create_session(self._pool, task, _title(task.input))
+            if session_id is None:
+                raise _ClaimLost
+            sink.session_id = session_id
+        workdir = None
+        if backend.needs_worktree:
+            if self._worktrees is None:
+                raise TaskRejected(
+                    "agent_unavailable", f"agent {task.agent!r} edits files but this dispatcher has no worktrees"
+                )
+            try:
+                workdir = (await self._worktrees.ensure(session_id)).path
+            except WorktreeError as exc:
+                raise TaskRejected("worktree_error", f"cannot prepare the session's worktree: {exc}") from exc
+        turn = Turn(
+            task_id=task.id,
+            session_id=session_id,
+            project_id=project_id,
+            input=task.input,
+            agent=task.agent,
+            model=task.model,
+            mode_id=task.mode_id,
+            attempt=task.attempt,
+            workdir=workdir,
+            history=task.history,
+            agent_session=task.agent_session,
+        )
+        sink.add_task_state(task_state(task.id, "running", task.attempt))
+        sink.open_message()
+        return TurnContext(task, session_id, backend, turn)
+
+    # ------------------------------------------------------------------ execute
+
+    async def execute(self, ctx: TurnContext, sink: TurnSink, handle: TurnHandle) -> TurnResult:
+        sink.last_activity = anyio.current_time()
+        handle.sink = sink
+        try:
+            outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
+        except Exception as exc:
+            log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
+            outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            handle.sink = None
+        return self._from_outcome(ctx.task, outcome, sink)
+
+    def _from_outcome(self, task: ClaimedTask, outcome: TurnOutcome, sink: TurnSink) -> TurnResult:
+        usage = outcome.usage or sink.usage
+        if outcome.status is OutcomeStatus.COMPLETED:
+            return TurnResult(
+                TaskState.COMPLETED, "completed", stop_reason=outcome.stop_reason, usage=usage,
+                agent_session=outcome.agent_session,
+            )  # fmt: skip
+        if outcome.status is OutcomeStatus.CANCELLED:
+            return TurnResult(
+                TaskState.CANCELLED, "cancelled", "cancelled", outcome.error or "the backend cancelled the turn",
+                stop_reason=outcome.stop_reason, usage=usage, agent_session=outcome.agent_session,
+            )  # fmt: skip
+        reason = outcome.stop_reason or "backend_failed"
+        error = outcome.error or "the backend failed without saying why"
+        if outcome.transient:
+            delay = outcome.retry_after
+            result = self._retry_or_fail(reason, error, task, delay)
+        else:
+            result = failed(reason, error)
+        return replace(result, usage=usage, agent_session=outcome.agent_session)
+
+    def _retry_or_fail(self, reason: str, error: str, task: ClaimedTask, delay: float | None = None) -> TurnResult:
+        if task.attempt >= task.max_attempts:
+            return failed(reason, f"{error} (attempt {task.attempt} of {task.max_attempts})")
+        if delay is None:
+            delay = exponential(task.attempt, self._settings.retry_backoff, self._settings.retry_backoff_max)
+        return TurnResult(TaskState.PENDING, "retry", reason, error, stop_reason=reason, retry_delay=max(0.0, delay))
+
+    def _settle(self, handle: TurnHandle, result: TurnResult | None, sink: TurnSink) -> TurnResult | None:
+        """The result once stops from outside (cancel, timeout, shutdown, lost lease) are counted."""
+        stop = handle.reason
+        if stop is None and handle.scope.cancelled_caught:
+            stop = StopReason.TIMEOUT  # the only cancellation without a reason: the deadline
+        if stop is None and result is None:
+            stop = StopReason.SHUTDOWN  # the dispatcher was cancelled from outside
+        if stop is StopReason.LEASE_LOST:
+            return None
+        # A backend that finished before the stop landed keeps its result.
+        finished_first = (
+            result is not None and result.state is TaskState.COMPLETED and not handle.scope.cancelled_caught
+        )
+        if stop is None or finished_first:
+            return result
+        usage = sink.usage
+        settings = self._settings
+        match stop:
+            case StopReason.CANCELLED:
+                return TurnResult(
+                    TaskState.CANCELLED, "cancelled", "cancelled", "cancelled on request", "cancelled", usage
+                )
+            case StopReason.TIMEOUT:
+                return failed(
+                    "timeout", f"the turn ran longer than {settings.turn_timeout:g} s (dispatcher.turn_timeout)", usage
+                )
+            case StopReason.INACTIVE:
+                return failed(
+                    "inactive",
+                    f"no event from the backend for {settings.inactivity_timeout:g} s (dispatcher.inactivity_timeout)",
+                    usage,
+                )
+        # Shutdown: hand the task back (no backoff) if it may run again.
+        error = "the dispatcher shut down during the turn"
+        if handle.task.attempt < handle.task.max_attempts:
+            return TurnResult(TaskState.PENDING, "interrupted", "shutdown", error, stop_reason="shutdown", usage=usage)
+        return replace(failed("shutdown", error, usage), attempt_outcome="interrupted")
+
+    # ------------------------------------------------------------------ finalize
+
+    async def finalize(
+        self, task: ClaimedTask, ctx: TurnContext | None, sink: TurnSink, result: TurnResult
+    ) -> TurnResult | None:
+        """Write the end of the turn; returns what was written, None if the claim was lost."""
+        self._flusher.forget(sink)
+        sink.end_message(MessageEnd(result.message_status, result.stop_reason, result.usage, result.error))
+        if ctx is not None and ctx.backend.needs_worktree and self._worktrees is not None:
+            result = await self._record_diff(ctx, sink, result)
+        sink.add_task_state(task_state(task.id, result.state, task.attempt, result.failure_reason, result.error))
+        backoff = Backoff(FINALIZE_RETRY, FINALIZE_RETRY_MAX)
+        refused = False
+        while True:
+            delay = 0.0
+            async with sink.writing:
+                batch = sink.take()
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await self._write_end(conn, task, ctx, sink, batch, result, refused)
+                    return result
+                except _ClaimLost:
+                    log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
+                    return None
+                except CONNECTION_LOST as exc:
+                    sink.put_back(batch)  # the transaction did not happen
+                    delay = backoff.next()
+                    log.warning("turn.finalize_retry", task_id=task.id, error=exc, retry_in=delay)
+                except asyncpg.PostgresError as exc:
+                    if refused:
+                        raise
+                    # The database refused the turn's output: end the task without it (and no frames).
+                    log.exception("turn.output_refused", task_id=task.id)
+                    result = failed("output_refused", f"the turn's output could not be stored: {exc}", result.usage)
+                    refused = True
+                    sink.session_id = None
+            await anyio.sleep(delay)
+
+    async def _write_end(
+        self,
+        conn: asyncpg.Connection,
+        task: ClaimedTask,
+        ctx: TurnContext | None,
+        sink: TurnSink,
+        batch: Batch,
+        result: TurnResult,
+        refused: bool,
+    ) -> None:
+        """The task, its attempt, the rest of the output, the upstream session: one transaction."""
+        end = AttemptEnd(
+            state=result.state.value,
+            outcome=result.attempt_outcome,
+            failure_reason=result.failure_reason,
+            error=result.error,
+            retry_delay=result.retry_delay,
+            output_summary=sink.reply_head or None,
+            cost_tokens=result.usage.total if result.usage else 0,
+            execution_path=ctx.backend.execution_path if ctx else None,
+        )
+        if not await queue.finish_attempt(conn, task, end):
+            raise _ClaimLost
+        await sink.write(conn, batch)
+        if refused and sink.message_id is not None:
+            await conn.execute(q.FAIL_MESSAGE, sink.message_id, result.failure_reason)
+        if result.agent_session is not None and ctx is not None:
+            upstream = result.agent_session
+            await conn.execute(
+                q.UPSERT_AGENT_SESSION,
+                ctx.session_id,
+                task.agent or NATIVE,
+                upstream.upstream_session_id,
+                upstream.config_hash,
+                upstream.server_key,
+            )
+
+    async def _record_diff(self, ctx: TurnContext, sink: TurnSink, result: TurnResult) -> TurnResult:
+        """The worktree's diff becomes the session's pending change, before the task ends."""
+        assert self._worktrees is not None
+        try:
+            # The reply first (message_complete), so the pending_change frame follows the output
+            # that made it and precedes the task's final state.
+            await sink.flush(self._pool)
+            await self._worktrees.record_turn(ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent)
+        except DIFF_ERRORS as exc:
+            log.error("turn.diff_failed", task_id=ctx.task.id, error=exc)
+            if result.state is TaskState.COMPLETED:
+                return failed("diff_failed", f"the turn's changes could not be recorded: {exc}", result.usage)
+        return result
+
+
+def _check_task(task: ClaimedTask) -> int:
+    """Refuse rows that cannot run, each with its own failure_reason; returns the project."""
+    if task.project_id is None or not task.project_exists:
+        raise TaskRejected("project_not_found", f"project {task.project_id} does not exist")
+    if task.session_id is not None:
+        if task.session_project_id is None:
+            raise TaskRejected("session_not_found", f"session {task.session_id} does not exist")
+        if task.session_project_id != task.project_id:
+            raise TaskRejected(
+                "session_project_mismatch",
+                f"session {task.session_id} belongs to another project than project {task.project_id}",
+            )
+        if task.session_status == "archived":
+            raise TaskRejected("session_archived", f"session {task.session_id} is archived")
+    if not task.input.strip():
+        raise TaskRejected("empty_input", "the task's input is empty")
+    if task.expired:
+        raise TaskRejected("expired", "the task was claimed after its expires_at")
+    return task.project_id
+
+
+def _title(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()[:SESSION_TITLE_CHARS]
+
+
+async def watch_inactivity(handles: Callable[[], Iterable[TurnHandle]], idle_limit: float) -> None:
+    """Abort every turn whose backend has sent no event for ``idle_limit`` seconds; one loop for
+    all turns of a dispatcher, checking a few times per limit."""
+    while True:
+        await anyio.sleep(min(INACTIVITY_CHECK_MAX, idle_limit / 4))
+        now = anyio.current_time()
+        for handle in handles():
+            sink = handle.sink
+            if sink is not None and now - sink.last_activity >= idle_limit:
+                handle.abort(StopReason.INACTIVE)

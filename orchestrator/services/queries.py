@@ -1,0 +1,69 @@
+"""SQL of the services the CLI and the gateway call: tasks, projects, agents.
+
+A task's state is never written here: a cancel only sets ``cancel_requested_at`` and leaves
+ending a pending task to orchestrator.dispatch.queue.
+"""
+
+from __future__ import annotations
+
+SUBMIT_TASK = """
+INSERT INTO tasks (project_id, session_id, input, agent, model, mode_id, priority,
+                   max_attempts, expires_at, dispatch_key, parent_task_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (dispatch_key) DO NOTHING
+RETURNING id
+"""
+
+
+TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE dispatch_key = $1"
+
+
+# Only the first request counts (and NOTIFYs); a finished task is left alone.
+REQUEST_CANCEL = """
+UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, now())
+ WHERE id = $1 AND state IN ('pending', 'running')
+RETURNING state
+"""
+
+
+TASK_STATE = "SELECT state FROM tasks WHERE id = $1"
+
+
+LIST_TASKS = """
+SELECT id, project_id, session_id, state, agent, model, attempt, created_at, ended_at,
+       failure_reason, error, left(input, 60) AS input
+  FROM tasks
+ WHERE ($1::bigint IS NULL OR session_id = $1)
+   AND ($2::text IS NULL OR state = $2)
+ ORDER BY id DESC
+ LIMIT $3
+"""
+
+
+ADD_PROJECT = """
+INSERT INTO projects (name, repo_path, default_branch) VALUES ($1, $2, $3)
+RETURNING id
+"""
+
+
+LIST_PROJECTS = "SELECT id, name, repo_path, default_branch, created_at FROM projects ORDER BY id"
+
+
+PROJECT_BY_REF = "SELECT id FROM projects WHERE id::text = $1 OR name = $1 ORDER BY id LIMIT 1"
+
+
+UPSERT_AVAILABLE_AGENT = """
+INSERT INTO available_agents (name, transport, command, version, available, detail, checked_at)
+VALUES ($1, $2, $3, $4, $5, $6, now())
+ON CONFLICT (name) DO UPDATE
+   SET transport = EXCLUDED.transport, command = EXCLUDED.command, version = EXCLUDED.version,
+       available = EXCLUDED.available, detail = EXCLUDED.detail, checked_at = EXCLUDED.checked_at
+"""
+
+
+DELETE_UNCONFIGURED_AGENTS = "DELETE FROM available_agents WHERE NOT (name = ANY($1::text[]))"
+
+
+LIST_AVAILABLE_AGENTS = """
+SELECT name, transport, command, version, available, detail, checked_at FROM available_agents ORDER BY name
+"""

@@ -1,0 +1,70 @@
+"""Submitting tasks: the single INSERT shared by the CLI, the WebSocket gateway and the README.
+
+An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
+A repeated ``dispatch_key`` changes nothing and returns the existing task's id.
+
+Cancelling (:func:`cancel_task`) is the same UPDATE an SQL user makes,
+``UPDATE tasks SET cancel_requested_at = now()``: a pending task ends ``cancelled`` at once,
+a running one is aborted by its dispatcher, which the update's NOTIFY reaches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from orchestrator.dispatch.queue import end_pending_task
+from orchestrator.errors import NotFound
+from orchestrator.services import queries as q
+from ws_gateway import TaskSubmission
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task_id: int
+    # False when the dispatch_key was already taken and nothing was inserted.
+    created: bool
+
+
+async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+    task_id = await conn.fetchval(
+        q.SUBMIT_TASK,
+        task.project_id,
+        task.session_id,
+        task.input,
+        task.agent,
+        task.model,
+        task.mode_id,
+        task.priority,
+        task.max_attempts,
+        task.expires_at,
+        task.dispatch_key,
+        task.parent_task_id,
+    )
+    if task_id is not None:
+        return Submitted(task_id, created=True)
+    existing = await conn.fetchval(q.TASK_BY_DISPATCH_KEY, task.dispatch_key)
+    return Submitted(existing, created=False)
+
+
+async def list_tasks(
+    conn: asyncpg.Connection | asyncpg.Pool, session_id: int | None = None, state: str | None = None, limit: int = 20
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(q.LIST_TASKS, session_id, state, limit)
+    return rows
+
+
+async def cancel_task(conn: asyncpg.Connection, task_id: int) -> str:
+    """Cancel a task; returns its state now: ``cancelled`` for a pending one, ``running`` while
+    its dispatcher aborts it, or the state it had already finished in."""
+    async with conn.transaction():
+        state: str | None = await conn.fetchval(q.REQUEST_CANCEL, task_id)
+        if state is None:
+            state = await conn.fetchval(q.TASK_STATE, task_id)
+            if state is None:
+                raise NotFound(f"no task {task_id}")
+            return state
+        if state == "pending" and await end_pending_task(conn, task_id) is not None:
+            return "cancelled"
+    return state

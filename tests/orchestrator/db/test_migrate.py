@@ -1,0 +1,148 @@
+"""The database itself enforces the design's invariants (DESIGN.md, "Data model")."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from kernel.errors import SchemaError
+from orchestrator.db.migrate import SCHEMA_VERSION, migrate
+
+pytestmark = pytest.mark.anyio
+
+
+async def _project_and_session(conn: asyncpg.Connection) -> tuple[int, int]:
+    project = await conn.fetchval("INSERT INTO projects (name, repo_path) VALUES ('p', '/srv/p') RETURNING id")
+    session = await conn.fetchval("INSERT INTO sessions (project_id) VALUES ($1) RETURNING id", project)
+    return project, session
+
+
+async def _running_task(conn: asyncpg.Connection, project: int, session: int) -> None:
+    await conn.execute(
+        """INSERT INTO tasks (project_id, session_id, input, state, claim_token, lease_expires_at, started_at)
+           VALUES ($1, $2, 'x', 'running', $3, now() + interval '30 s', now())""",
+        project,
+        session,
+        uuid.uuid4(),
+    )
+
+
+async def test_second_running_task_in_a_session_is_refused(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        project, session = await _project_and_session(conn)
+        await _running_task(conn, project, session)
+        with pytest.raises(asyncpg.UniqueViolationError, match="tasks_one_running_per_session"):
+            await _running_task(conn, project, session)
+        # Another session may run at the same time.
+        other = await conn.fetchval("INSERT INTO sessions (project_id) VALUES ($1) RETURNING id", project)
+        await _running_task(conn, project, other)
+
+
+async def test_second_pending_change_in_a_session_is_refused(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        _, session = await _project_and_session(conn)
+        insert = "INSERT INTO pending_changes (session_id, base_commit, diff) VALUES ($1, $2, 'd')"
+        await conn.execute(insert, session, "a" * 40)
+        with pytest.raises(asyncpg.UniqueViolationError, match="pending_changes_one_pending_per_session"):
+            await conn.execute(insert, session, "b" * 40)
+
+
+async def test_duplicate_dispatch_key_is_refused_and_on_conflict_is_a_no_op(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        project, _ = await _project_and_session(conn)
+        insert = "INSERT INTO tasks (project_id, input, dispatch_key) VALUES ($1, 'x', 'k1')"
+        await conn.execute(insert, project)
+        with pytest.raises(asyncpg.UniqueViolationError, match="dispatch_key"):
+            await conn.execute(insert, project)
+        status = await conn.execute(insert + " ON CONFLICT (dispatch_key) DO NOTHING", project)
+        assert status == "INSERT 0 0"
+        assert await conn.fetchval("SELECT count(*) FROM tasks") == 1
+
+
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [
+        ("tasks", "state"),
+        ("tasks", "execution_path"),
+        ("sessions", "status"),
+        ("messages", "status"),
+        ("pending_changes", "status"),
+        ("session_worktrees", "status"),
+        ("message_parts", "status"),
+        ("available_agents", "transport"),
+    ],
+)
+async def test_unknown_state_values_are_refused(pool: asyncpg.Pool, table: str, column: str) -> None:
+    check = await pool.fetchval(
+        """SELECT count(*) FROM pg_constraint
+            WHERE conrelid = $1::regclass AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%' || $2 || '%'""",
+        table,
+        column,
+    )
+    assert check >= 1, f"{table}.{column} has no CHECK constraint"
+
+
+async def test_unknown_task_state_is_refused(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        project, _ = await _project_and_session(conn)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO tasks (project_id, input, state) VALUES ($1, 'x', 'exploded')", project)
+        task = await conn.fetchval("INSERT INTO tasks (project_id, input) VALUES ($1, 'x') RETURNING id", project)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE tasks SET state = 'done' WHERE id = $1", task)
+        assert await conn.fetchval("SELECT state FROM tasks WHERE id = $1", task) == "pending"
+
+
+async def test_schema_is_idempotent_and_versioned(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        project, _ = await _project_and_session(conn)
+        await conn.execute("INSERT INTO tasks (project_id, input) VALUES ($1, 'keep me')", project)
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT input FROM tasks") == "keep me"
+        assert await conn.fetchval("SELECT count(*) FROM schema_version") == SCHEMA_VERSION
+
+
+async def test_a_version_1_database_is_upgraded_without_losing_rows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # Make this database look like one created by schema version 1.
+        await conn.execute("ALTER TABLE pending_changes DROP COLUMN snapshot_commit")
+        await conn.execute("DELETE FROM schema_version WHERE version > 1")
+        _, session = await _project_and_session(conn)
+        await conn.execute(
+            "INSERT INTO pending_changes (session_id, base_commit, diff) VALUES ($1, $2, 'old')", session, "a" * 40
+        )
+        assert await migrate(conn) == 2
+        assert await conn.fetchval("SELECT diff FROM pending_changes") == "old"
+        assert await conn.fetchval("SELECT snapshot_commit FROM pending_changes") is None
+
+
+async def test_newer_database_schema_is_refused(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO schema_version (version) VALUES (999)")
+        with pytest.raises(SchemaError, match="newer"):
+            await migrate(conn)
+
+
+async def test_notifications_fire_on_commit(pool: asyncpg.Pool) -> None:
+    received: list[tuple[str, str]] = []
+
+    def collect(_conn: object, _pid: int, channel: str, payload: str) -> None:
+        received.append((channel, payload))
+
+    channels = ("tasks_new", "task_cancel", "session_events")
+    async with pool.acquire() as listener, pool.acquire() as conn:
+        for channel in channels:
+            await listener.add_listener(channel, collect)
+        project, session = await _project_and_session(conn)
+        task = await conn.fetchval("INSERT INTO tasks (project_id, input) VALUES ($1, 'x') RETURNING id", project)
+        await conn.execute("UPDATE tasks SET cancel_requested_at = now() WHERE id = $1", task)
+        await conn.execute("INSERT INTO session_events (session_id, seq, type) VALUES ($1, 1, 'delta')", session)
+        await listener.execute("SELECT 1")  # a round trip delivers queued notifications
+        assert ("tasks_new", str(task)) in received
+        assert ("task_cancel", str(task)) in received
+        assert ("session_events", f"{session}:1") in received
+        for channel in channels:
+            await listener.remove_listener(channel, collect)

@@ -1,0 +1,123 @@
+"""External agents: configuration, routing, the available_agents mirror and `switchyard agents`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from backends.acp import AcpBackend
+from backends.pty import PtyBackend
+from backends.registry import AgentSpec
+from kernel.errors import ConfigError
+from orchestrator.app.config import load_config
+from orchestrator.app.wiring import build_router
+from orchestrator.errors import TaskRejected
+from orchestrator.services.agents import list_available_agents, sync_available_agents
+from testkit import SWITCHYARD
+
+CONFIG = f"""
+[agents.opencode-run]
+timeout = 60.0
+
+[agents.scripted]
+transport = "pty"
+command = ["{sys.executable}", "-c", "print('hi')"]
+version_args = ["--version"]
+
+[permissions]
+execute_allow = ["pytest", "git status"]
+edit = "ask"
+"""
+
+
+def write_config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "switchyard.toml"
+    path.write_text(text)
+    return path
+
+
+def test_agents_and_permissions_come_from_configuration(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path), environ={"SWITCHYARD__AGENTS__SCRIPTED__TIMEOUT": "5"})
+    specs = config.agent_specs()
+    assert specs["opencode-run"].timeout == 60.0
+    assert specs["opencode-run"].command == ("opencode", "run")
+    assert specs["scripted"].transport == "pty"
+    assert specs["scripted"].timeout == 5.0
+    assert config.permissions.execute_allow == ("pytest", "git status")
+    assert config.permissions.edit == "ask"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[agents.half]\ntransport = "acp"\n', "agents.half.command"),
+        ('[agents.x]\ntransport = "ftp"\ncommand = ["x"]\n', "agents.x.transport"),
+        ("[agents.x]\ncommand = []\ntransport = 'pty'\n", "agents.x.command"),
+        ('[agents.opencode-acp]\nflavour = "sweet"\n', "agents.opencode-acp.flavour"),
+        ('[permissions]\nedit = "maybe"\n', "permissions"),
+    ],
+)
+def test_bad_agent_configuration_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, text), environ={})
+    assert caught.value.key == key
+
+
+def test_agents_are_routed_by_transport(tmp_path: Path) -> None:
+    router = build_router(load_config(write_config(tmp_path), environ={}))
+    acp = router.route("opencode-acp")
+    pty = router.route("scripted")
+    assert isinstance(acp, AcpBackend) and acp.policy.edit == "ask"
+    assert isinstance(pty, PtyBackend) and pty.spec.name == "scripted"
+    assert isinstance(router.route("claude"), PtyBackend)
+    with pytest.raises(TaskRejected) as unknown:
+        router.route("no-such-agent")
+    assert unknown.value.reason == "unknown_agent"
+
+
+@pytest.mark.anyio
+async def test_available_agents_mirrors_the_registry(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        present = AgentSpec("python", "pty", (sys.executable,))
+        ghost = AgentSpec("ghost", "acp", ("no-such-agent-binary", "--acp"))
+        await sync_available_agents(conn, {"python": present, "ghost": ghost})
+        rows = {r["name"]: r for r in await list_available_agents(conn)}
+        assert rows.keys() == {"python", "ghost"}
+        assert rows["python"]["available"] is True
+        assert rows["python"]["version"].startswith("Python 3.")
+        assert rows["python"]["transport"] == "pty"
+        assert rows["ghost"]["available"] is False
+        assert rows["ghost"]["command"] == ["no-such-agent-binary", "--acp"]
+        assert "no-such-agent-binary" in rows["ghost"]["detail"]
+        # An agent no longer configured disappears; the rest is refreshed.
+        await sync_available_agents(conn, {"python": present})
+        assert [r["name"] for r in await list_available_agents(conn)] == ["python"]
+    finally:
+        await conn.close()
+
+
+def test_switchyard_agents_lists_presets_and_configured_agents(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
+    env["SWITCHYARD_CONFIG"] = str(write_config(tmp_path))
+    result = subprocess.run(
+        [*SWITCHYARD, "agents", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    agents = {a["name"]: a for a in json.loads(result.stdout)}
+    assert agents["opencode-acp"]["available"] is True
+    assert agents["opencode-acp"]["version"] == "1.18.33"
+    assert agents["scripted"]["transport"] == "pty"
+    assert agents["scripted"]["version"].startswith("Python 3.")
+    assert agents["goose"]["transport"] == "acp"

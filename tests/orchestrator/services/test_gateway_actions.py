@@ -1,0 +1,181 @@
+"""WebSocket actions do what the CLI does: the same task row, the same review outcome."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from orchestrator.services.gateway_actions import OrchestratorActions
+from orchestrator.services.review import ReviewService
+from testkit import SWITCHYARD
+from testkit.clients import open_client, recv, request, session_frames
+from testkit.repos import sample_repo
+from testkit.rows import add_project, add_repo_session, finished_turn
+from tests.ws_gateway.conftest import running_gateway
+from worktrees import WorktreeSettings
+from ws_gateway import Gateway, create_token
+
+pytestmark = pytest.mark.anyio
+
+TASK_COLUMNS = "project_id, session_id, input, agent, model, mode_id, priority, state, max_attempts, attempt"
+
+
+def cli(db_url: str, *args: str, worktree_root: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
+    env["SWITCHYARD_DATABASE_URL"] = db_url
+    if worktree_root is not None:
+        env["SWITCHYARD__WORKTREES__ROOT"] = str(worktree_root)
+    result = subprocess.run([*SWITCHYARD, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return sample_repo(tmp_path / "project")
+
+
+@pytest.fixture
+def worktree_settings(tmp_path: Path) -> WorktreeSettings:
+    return WorktreeSettings(root=tmp_path / "worktrees")
+
+
+@pytest.fixture
+def review(pool: asyncpg.Pool, worktree_settings: WorktreeSettings) -> ReviewService:
+    return ReviewService(pool, worktree_settings)
+
+
+@pytest.fixture
+async def gateway(pool: asyncpg.Pool, db_url: str, review: ReviewService) -> AsyncIterator[Gateway]:
+    async with running_gateway(pool, db_url, actions=OrchestratorActions(pool, review)) as gw:
+        yield gw
+
+
+async def test_submit_inserts_the_row_the_cli_inserts(gateway: Gateway, pool: asyncpg.Pool, db_url: str) -> None:
+    project = await add_project(pool, "alpha")
+    token = await create_token(pool, "ide", [project])
+    fields: dict[str, Any] = {"agent": "opencode", "model": "m1", "mode_id": "build", "priority": 2, "max_attempts": 1}
+    cli(db_url, "submit", "explain", "--project", "alpha", "--agent", "opencode", "--model", "m1", "--mode", "build",
+        "--priority", "2", "--max-attempts", "1", "--dispatch-key", "cli-1")  # fmt: skip
+    async with open_client(gateway.url, token) as ws:
+        await recv(ws)
+        frame = {"type": "submit", "id": 1, "input": "explain", "project_id": project, "dispatch_key": "ws-1", **fields}
+        ack = await request(ws, frame)
+        assert ack["type"] == "ack" and ack["created"] is True
+        again = await request(ws, {**frame, "id": 2})
+        assert (again["task_id"], again["created"]) == (ack["task_id"], False)
+    rows = await pool.fetch(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")
+    assert len(rows) == 2
+    assert dict(rows[0]) == dict(rows[1])
+
+
+async def test_submit_to_a_session_and_authorization(
+    gateway: Gateway, pool: asyncpg.Pool, repo: Path, tmp_path: Path
+) -> None:
+    session = await add_repo_session(pool, repo)
+    project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", session)
+    other_session = await add_repo_session(pool, sample_repo(tmp_path / "other"))
+    other_project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", other_session)
+    token = await create_token(pool, "ide", [project])
+    async with open_client(gateway.url, token) as ws:
+        await recv(ws)
+        ack = await request(ws, {"type": "submit", "id": 1, "input": "go on", "session_id": session})
+        row = await pool.fetchrow("SELECT project_id, session_id FROM tasks WHERE id = $1", ack["task_id"])
+        assert (row["project_id"], row["session_id"]) == (project, session)
+        refused = [
+            {"session_id": other_session},
+            {"project_id": other_project},
+            {"project_id": 999},
+            {"session_id": session, "project_id": other_project},
+        ]
+        for target in refused:
+            error = await request(ws, {"type": "submit", "id": 2, "input": "x", **target})
+            assert error["type"] == "error"
+            assert error["code"] in ("forbidden", "invalid_frame")
+    assert await pool.fetchval("SELECT count(*) FROM tasks") == 1
+
+
+async def test_review_over_websocket_matches_the_cli(
+    gateway: Gateway,
+    pool: asyncpg.Pool,
+    db_url: str,
+    repo: Path,
+    review: ReviewService,
+    worktree_settings: WorktreeSettings,
+) -> None:
+    by_ws = await add_repo_session(pool, repo)
+    by_cli = await add_repo_session(pool, repo)
+    project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", by_ws)
+    token = await create_token(pool, "ide", [project])
+    ws_change = await finished_turn(review, pool, by_ws, {"from_ws.txt": "ws\n"})
+    cli_change = await finished_turn(review, pool, by_cli, {"from_cli.txt": "cli\n"})
+
+    async with open_client(gateway.url, token) as ws:
+        await recv(ws)
+        await request(ws, {"type": "subscribe", "id": "s", "session_ids": [by_ws], "since_seq": 0})
+        [announced] = await session_frames(ws, 1)
+        assert (announced["type"], announced["change_id"], announced["status"]) == (
+            "pending_change",
+            ws_change,
+            "pending",
+        )
+
+        diff = await request(ws, {"type": "get_diff", "id": "d", "change_id": ws_change})
+        assert diff["change_id"] == ws_change
+        assert "+ws" in diff["diff"] and "from_ws.txt" in diff["diff"]
+        assert diff["diff"] == cli(db_url, "diff", str(ws_change), worktree_root=worktree_settings.root).stdout
+
+        ack = await request(ws, {"type": "review", "id": "r", "change_id": ws_change, "action": "accept"})
+        assert (ack["action"], ack["change_id"], ack["status"]) == ("review", ws_change, "accepted")
+        assert ack["resolved_by"] == "token:ide"
+        [accepted] = await session_frames(ws, 1)
+        assert (accepted["change_id"], accepted["status"]) == (ws_change, "accepted")
+
+        again = await request(ws, {"type": "review", "id": "r2", "change_id": ws_change, "action": "reject"})
+        assert again["code"] == "not_pending"
+        missing = await request(ws, {"type": "get_diff", "id": "m", "change_id": 999})
+        assert missing["code"] == "forbidden"
+
+    cli(db_url, "accept", str(cli_change), "--by", "token:ide", worktree_root=worktree_settings.root)
+    assert (repo / "from_ws.txt").read_text() == "ws\n"
+    assert (repo / "from_cli.txt").read_text() == "cli\n"
+    rows = await pool.fetch(
+        "SELECT status, resolved_by, resolved_at IS NOT NULL AS resolved FROM pending_changes WHERE id = ANY($1)"
+        " ORDER BY id",
+        [ws_change, cli_change],
+    )
+    assert dict(rows[0]) == dict(rows[1]) == {"status": "accepted", "resolved_by": "token:ide", "resolved": True}
+
+
+async def test_reject_over_websocket_restores_the_worktree(
+    gateway: Gateway, pool: asyncpg.Pool, repo: Path, review: ReviewService, tmp_path: Path
+) -> None:
+    session = await add_repo_session(pool, repo)
+    project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", session)
+    token = await create_token(pool, "ide", [project])
+    change = await finished_turn(review, pool, session, {"keep.txt": "changed\n", "new.txt": "new\n"})
+    worktree = await review.worktrees.ensure(session)
+    foreign = await add_repo_session(pool, sample_repo(tmp_path / "other"))
+    foreign_change = await finished_turn(review, pool, foreign, {"x.txt": "x\n"})
+    async with open_client(gateway.url, token) as ws:
+        await recv(ws)
+        forbidden = await request(ws, {"type": "review", "id": 1, "change_id": foreign_change, "action": "accept"})
+        assert forbidden["code"] == "forbidden"
+        unknown = await request(
+            ws, {"type": "review", "id": 2, "change_id": change, "action": "reject", "files": ["nope.txt"]}
+        )
+        assert unknown["code"] == "unknown_file"
+        ack = await request(
+            ws, {"type": "review", "id": 3, "change_id": change, "action": "reject", "files": ["new.txt"]}
+        )
+        assert ack["status"] == "rejected"
+        assert ack["remainder"]["status"] == "pending"
+    assert not (worktree.path / "new.txt").exists()
+    assert (worktree.path / "keep.txt").read_text() == "changed\n"
+    assert await pool.fetchval("SELECT status FROM pending_changes WHERE id = $1", foreign_change) == "pending"
