@@ -88,7 +88,7 @@ from backends.errors import BackendError, BadModelError
 from backends.launch import Launch, OneShotBackend, prepare
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.processes import TERMINATE, ProcessTree
-from kernel.logs import get_logger
+from kernel import get_logger
 
 log = get_logger("backends.acp")
 

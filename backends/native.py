@@ -48,7 +48,7 @@ from httpx_sse import aconnect_sse
 from backends.base import Emit, HistoryMessage, ToolStatus, Turn, TurnOutcome
 from backends.errors import BackendError
 from backends.openai_stream import ChatStream, MalformedChunk, error_message
-from kernel.logs import get_logger
+from kernel import get_logger
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 # llama-server answers whatever the name; vLLM, Ollama and llama-swap need the served model's name.

@@ -30,7 +30,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections import deque
@@ -50,7 +49,7 @@ from httpx_sse import EventSource, aconnect_sse
 from backends.errors import OpencodeServerError
 from backends.opencode_env import OpencodeSettings, find_opencode, opencode_env
 from backends.processes import ProcessTree
-from kernel.logs import get_logger
+from kernel import free_port, get_logger
 
 log = get_logger("backends.opencode_pool")
 
@@ -255,8 +254,8 @@ class OpencodePool:
         self.opencode = opencode
         # Sandboxes live under root/servers; the status file is root/pool-<nonce>.json.
         self.root = root
-        self.token = f"{os.getpid()}.{secrets.token_hex(4)}"
-        self.status_path = root / f"{STATUS_PREFIX}{self.token}.json"
+        self.nonce = f"{os.getpid()}.{secrets.token_hex(4)}"
+        self.status_path = root / f"{STATUS_PREFIX}{self.nonce}.json"
         self._binary = binary
         self._servers: list[OpencodeServer] = []
         self._numbers = itertools.count(1)
@@ -292,7 +291,7 @@ class OpencodePool:
         # The task group waits for its (cancelled) tasks, whose cleanup is shielded.
         await self._stack.aclose()
         with anyio.CancelScope(shield=True):
-            prefix = f"{self.token}/"
+            prefix = f"{self.nonce}/"
             await anyio.to_thread.run_sync(lambda: kill_marked(lambda m: m.startswith(prefix)))
             with contextlib.suppress(OSError):
                 await anyio.to_thread.run_sync(self.status_path.unlink)
@@ -308,7 +307,7 @@ class OpencodePool:
 
     def leftover_pids(self) -> list[int]:
         """Processes any server of this pool started that are still alive (after exit: none)."""
-        prefix = f"{self.token}/"
+        prefix = f"{self.nonce}/"
         return sorted(marked_processes(lambda m: m.startswith(prefix)))
 
     @contextlib.asynccontextmanager
@@ -422,7 +421,7 @@ class OpencodePool:
     def _spawn(self) -> OpencodeServer:
         assert self._tg is not None
         number = next(self._numbers)
-        server = OpencodeServer(f"{self.token}/{number}", self.root / "servers" / f"{self.token}-{number}")
+        server = OpencodeServer(f"{self.nonce}/{number}", self.root / "servers" / f"{self.nonce}-{number}")
         self._servers.append(server)
         self._tg.start_soon(self._run, server)
         return server
@@ -571,7 +570,7 @@ class OpencodePool:
     async def _write_status(self) -> None:
         payload = {
             "owner_pid": os.getpid(),
-            "pool": self.token,
+            "pool": self.nonce,
             "updated_at": time.time(),
             "servers": [asdict(s) for s in self.snapshot()],
         }
@@ -618,12 +617,6 @@ def _prepare_root(root: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def marked_processes(match: Callable[[str], bool]) -> dict[int, str]:

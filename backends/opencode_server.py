@@ -57,7 +57,7 @@ from backends.launch import opencode_model
 from backends.opencode_events import EarlyError, Idle, PermissionAsked, Retrying, SessionError, TurnTranslator
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer
 from backends.permissions import PermissionPolicy, PermissionRequest, decide
-from kernel.logs import get_logger
+from kernel import get_logger
 
 log = get_logger("backends.opencode_server")
 

@@ -40,7 +40,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from kernel.logs import get_logger
+from kernel import get_logger
 from worktrees import diff, git
 from worktrees import queries as q
 from worktrees.diff import Caps, Diff, FileChange

@@ -37,8 +37,7 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.connection import Connection, broadcast
 from websockets.protocol import State
 
-from kernel import get_logger, read_events
-from kernel.listen import Connect, Listener
+from kernel import Connect, Listener, get_logger, read_events
 from ws_gateway import queries as q
 from ws_gateway.frames import session_frame
 from ws_gateway.protocol import encode_frame

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from backends import AgentSession, HistoryMessage
-from kernel import connect, eventlog
-from kernel.eventlog import Event, SessionFrame
+from kernel import Event, SessionFrame, append_events, connect, message_complete, task_state
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch.routing import NATIVE
 
@@ -213,11 +212,9 @@ async def _announce(conn: asyncpg.Connection, rows: Iterable[asyncpg.Record]) ->
             continue
         frames = by_session.setdefault(row["session_id"], [])
         if row["message_id"] is not None:
-            ended = eventlog.message_complete(
-                row["message_id"], row["id"], "failed", "interrupted", None, None, row["error"]
-            )
+            ended = message_complete(row["message_id"], row["id"], "failed", "interrupted", None, None, row["error"])
             frames.append((SessionFrame.MESSAGE_COMPLETE, ended))
-        state = eventlog.task_state(row["id"], row["state"], row["attempt"], row["failure_reason"], row["error"])
+        state = task_state(row["id"], row["state"], row["attempt"], row["failure_reason"], row["error"])
         frames.append((SessionFrame.TASK_STATE, state))
     for session_id, frames in by_session.items():
-        await eventlog.append_events(conn, session_id, frames)
+        await append_events(conn, session_id, frames)

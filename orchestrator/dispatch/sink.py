@@ -37,8 +37,7 @@ from backends import (
     ToolCall,
     Usage,
 )
-from kernel import exponential, get_logger, report
-from kernel.eventlog import SessionFrame, TaskStatePayload, append_events, message_complete
+from kernel import SessionFrame, TaskStatePayload, append_events, exponential, get_logger, message_complete, report
 from orchestrator.dispatch import queries as q
 
 log = get_logger("sink")

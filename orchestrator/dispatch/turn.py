@@ -28,8 +28,7 @@ import anyio
 import asyncpg
 
 from backends import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
-from kernel import CONNECTION_LOST, DATABASE_ERRORS, Backoff, WorktreeError, exponential, get_logger
-from kernel.eventlog import task_state
+from kernel import CONNECTION_LOST, DATABASE_ERRORS, Backoff, WorktreeError, exponential, get_logger, task_state
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch import queue
 from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask
