@@ -17,9 +17,9 @@ Besides events to emit, :meth:`TurnTranslator.handle` returns *signals* the back
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from backends.base import BackendEvent, Plan, ReasoningDelta, TextDelta, ToolCall, ToolStatus, Usage
 
@@ -161,9 +161,7 @@ class TurnTranslator:
             return []
         kind = event.get("type")
         if kind == "session.created":
-            info = props.get("info")
-            if isinstance(info, Mapping) and info.get("parentID") in self._family and isinstance(info.get("id"), str):
-                self._family.add(info["id"])
+            self._adopt_subagent(props)
             return []
         session = _session_of(props)
         if session not in self._family:
@@ -171,31 +169,8 @@ class TurnTranslator:
         if session != self.session_id:
             # A subagent of this turn: only its permission requests are ours.
             return self._on_permission(props) if kind == "permission.asked" else []
-        if kind == "message.part.delta":
-            return self._on_delta(props)
-        if kind == "message.part.updated":
-            part = props.get("part")
-            return self._on_part(part) if isinstance(part, Mapping) else []
-        if kind == "message.updated":
-            info = props.get("info")
-            if isinstance(info, Mapping):
-                self._on_message(info)
-            return []
-        if kind == "session.status":
-            return self._on_status(props.get("status"))
-        if kind == "session.idle":
-            return self._on_idle()
-        if kind == "session.error":
-            error = _session_error(props.get("error"))
-            if not self.started:
-                return [EarlyError(error)]
-            self.error = self.error or error
-            return []
-        if kind == "permission.asked":
-            return self._on_permission(props)
-        if kind == "todo.updated":
-            return self._on_todos(props.get("todos"))
-        return []
+        handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
+        return handler(self, props) if handler is not None else []
 
     def reconcile(self, messages: Sequence[Mapping[str, Any]]) -> list[BackendEvent]:
         """Catch up from ``GET /session/{id}/message`` (``[{info, parts}]``) after a dropped stream.
@@ -221,6 +196,30 @@ class TurnTranslator:
         return out
 
     # ---------------------------------------------------------------------------------- private
+
+    def _adopt_subagent(self, props: Mapping[str, Any]) -> None:
+        """A session created by one of ours (a subagent): its events belong to the turn too."""
+        info = props.get("info")
+        if isinstance(info, Mapping) and info.get("parentID") in self._family and isinstance(info.get("id"), str):
+            self._family.add(info["id"])
+
+    def _part_updated(self, props: Mapping[str, Any]) -> list[BackendEvent | Signal]:
+        part = props.get("part")
+        return self._on_part(part) if isinstance(part, Mapping) else []
+
+    def _message_updated(self, props: Mapping[str, Any]) -> list[BackendEvent | Signal]:
+        info = props.get("info")
+        if isinstance(info, Mapping):
+            self._on_message(info)
+        return []
+
+    def _on_error(self, props: Mapping[str, Any]) -> list[BackendEvent | Signal]:
+        error = _session_error(props.get("error"))
+        if not self.started:
+            return [EarlyError(error)]
+        self.error = self.error or error
+        return []
+
 
     def _on_message(self, info: Mapping[str, Any]) -> None:
         message_id = info.get("id")
@@ -333,6 +332,18 @@ class TurnTranslator:
 
 # ------------------------------------------------------------------------------------ helpers
 
+
+    # What each event type of the turn's own session becomes.
+    _HANDLERS: ClassVar[dict[str, Callable[[TurnTranslator, Mapping[str, Any]], list[BackendEvent | Signal]]]] = {
+        "message.part.delta": lambda self, props: self._on_delta(props),
+        "message.part.updated": lambda self, props: self._part_updated(props),
+        "message.updated": lambda self, props: self._message_updated(props),
+        "session.status": lambda self, props: self._on_status(props.get("status")),
+        "session.idle": lambda self, _props: self._on_idle(),
+        "session.error": lambda self, props: self._on_error(props),
+        "permission.asked": lambda self, props: self._on_permission(props),
+        "todo.updated": lambda self, props: self._on_todos(props.get("todos")),
+    }
 
 def _session_of(props: Any) -> str | None:
     if not isinstance(props, Mapping):

@@ -34,6 +34,7 @@ import string
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,13 @@ PERMISSION_KINDS = {
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
 
+class Quiet(Enum):
+    """The session said nothing until its next check (see _TurnRun._receive)."""
+
+    QUIET = "quiet"
+
+
+QUIET = Quiet.QUIET
 _BASE62 = string.digits + string.ascii_letters
 _message_counter = itertools.count()
 
@@ -287,43 +295,54 @@ class _TurnRun:
 
     async def _consume(self, events: MemoryObjectReceiveStream[ServerSentEvent]) -> TurnOutcome | None:
         """Handle events until the turn ends (an outcome) or the stream does (None)."""
-        translator = self.translator
-        assert translator is not None
-        poll = min(self.settings.watchdog, QUIET_POLL)
+        assert self.translator is not None
         while True:
-            now = time.monotonic()
-            wait = min(max(self.last_event, self.last_check) + poll, self.last_event + self.settings.watchdog) - now
-            sse: ServerSentEvent | None = None
-            with anyio.move_on_after(max(wait, 0)):
-                try:
-                    sse = await events.receive()
-                except anyio.EndOfStream:
-                    return None
-            if sse is None:
-                outcome = await self._quiet()
-                if outcome is not None:
-                    return outcome
-                continue
-            event = _decode(sse)
-            if translator.is_own(event):
-                self.last_event = time.monotonic()
-            if event.get("type") == "server.instance.disposed":
+            received = await self._receive(events)
+            if received is None:
                 return None
-            for item in translator.handle(event):
-                if isinstance(item, Idle):
+            if received is QUIET:
+                outcome = await self._quiet()
+            else:
+                event = _decode(received)
+                if self.translator.is_own(event):
+                    self.last_event = time.monotonic()
+                if event.get("type") == "server.instance.disposed":
+                    return None
+                outcome = await self._on_event(event)
+            if outcome is not None:
+                return outcome
+
+    async def _receive(self, events: MemoryObjectReceiveStream[ServerSentEvent]) -> ServerSentEvent | Quiet | None:
+        """The next event; QUIET when the session stayed silent until its next check; None at the end."""
+        poll = min(self.settings.watchdog, QUIET_POLL)
+        check_at = min(max(self.last_event, self.last_check) + poll, self.last_event + self.settings.watchdog)
+        with anyio.move_on_after(max(check_at - time.monotonic(), 0)):
+            try:
+                return await events.receive()
+            except anyio.EndOfStream:
+                return None
+        return QUIET
+
+    async def _on_event(self, event: dict[str, Any]) -> TurnOutcome | None:
+        """Emit or act on what one event means; an outcome once it ends the turn."""
+        assert self.translator is not None
+        for item in self.translator.handle(event):
+            match item:
+                case Idle():
                     return await self._finish()
-                if isinstance(item, PermissionAsked):
+                case PermissionAsked():
                     await self._answer(item)
-                elif isinstance(item, EarlyError):
+                case EarlyError():
                     outcome = await self._refused(item.error)
                     if outcome is not None:
                         return outcome
-                elif isinstance(item, Retrying):
-                    if item.attempt > self.settings.retry_cap:
-                        return await self._give_up(item)
+                case Retrying() if item.attempt > self.settings.retry_cap:
+                    return await self._give_up(item)
+                case Retrying():
                     await self.emit(Status("retrying", f"attempt {item.attempt}: {item.message}"))
-                else:
+                case _:
                     await self.emit(item)
+        return None
 
     # ------------------------------------------------------------------------------- endings
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ws_gateway.actions import REVIEW_ACTIONS, GatewayActions, ReviewAction, TaskSubmission
+from ws_gateway.actions import (
+    REVIEW_ACTIONS,
+    CancelResult,
+    ChangeInfo,
+    DiffInfo,
+    GatewayActions,
+    ResolutionInfo,
+    ReviewAction,
+    SubmitResult,
+    TaskSubmission,
+)
 from ws_gateway.auth import TokenAccess, create_token, hash_token, list_tokens, revoke_token, verify_token
 from ws_gateway.errors import ActionRejected, GatewayError, InvalidFrame, MalformedFrame, UnknownProject
 from ws_gateway.server import Gateway
@@ -11,13 +21,18 @@ from ws_gateway.settings import GatewaySettings
 __all__ = [
     "REVIEW_ACTIONS",
     "ActionRejected",
+    "CancelResult",
+    "ChangeInfo",
+    "DiffInfo",
     "Gateway",
     "GatewayActions",
     "GatewayError",
     "GatewaySettings",
     "InvalidFrame",
     "MalformedFrame",
+    "ResolutionInfo",
     "ReviewAction",
+    "SubmitResult",
     "TaskSubmission",
     "TokenAccess",
     "UnknownProject",

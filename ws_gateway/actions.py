@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 ReviewAction = Literal["accept", "reject"]
 REVIEW_ACTIONS: tuple[ReviewAction, ...] = ("accept", "reject")
@@ -37,19 +37,59 @@ class TaskSubmission:
     parent_task_id: int | None = None
 
 
+class SubmitResult(TypedDict):
+    task_id: int
+    # False when the dispatch_key was seen before and nothing was inserted.
+    created: bool
+
+
+class CancelResult(TypedDict):
+    task_id: int
+    # cancelled (it was pending), running (its dispatcher is aborting it), or the state it ended in.
+    state: str
+
+
+class ChangeInfo(TypedDict):
+    """A pending change as acks, the CLI's --json and the page show it."""
+
+    change_id: int
+    session_id: int
+    task_id: int | None
+    agent: str | None
+    status: str
+    base_commit: str
+    files: list[dict[str, Any]]
+    truncated: bool
+    error: str | None
+    created_at: str
+    resolved_at: str | None
+    resolved_by: str | None
+
+
+class ResolutionInfo(ChangeInfo):
+    """The resolved change, the change that stays pending (if any), where a reject kept its work."""
+
+    remainder: ChangeInfo | None
+    kept_at: str | None
+
+
+class DiffInfo(ChangeInfo):
+    diff: str
+
+
 class GatewayActions(Protocol):
-    async def submit(self, request: TaskSubmission) -> dict[str, Any]:
-        """Insert the task; returns at least ``task_id`` and ``created`` (False: dispatch_key seen)."""
+    async def submit(self, request: TaskSubmission) -> SubmitResult:
+        """Insert the task (nothing when its dispatch_key was seen before)."""
         ...
 
-    async def cancel(self, task_id: int) -> dict[str, Any]:
-        """Request cancellation; returns at least ``task_id`` and ``state``."""
+    async def cancel(self, task_id: int) -> CancelResult:
+        """Request cancellation."""
         ...
 
-    async def review(self, change_id: int, action: str, files: tuple[str, ...] | None, by: str) -> dict[str, Any]:
-        """Accept or reject a pending change (optionally only ``files``); returns its new ``status``."""
+    async def review(self, change_id: int, action: str, files: tuple[str, ...] | None, by: str) -> ResolutionInfo:
+        """Accept or reject a pending change (optionally only ``files``)."""
         ...
 
-    async def get_diff(self, change_id: int) -> dict[str, Any]:
-        """The change's ``diff``, ``files``, ``status`` and ``truncated`` flag."""
+    async def get_diff(self, change_id: int) -> DiffInfo:
+        """The change and its (possibly truncated) diff text."""
         ...

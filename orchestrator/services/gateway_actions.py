@@ -9,15 +9,13 @@ the client can act on; the message is the service's own.
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 from orchestrator.errors import NotFound
-from orchestrator.services.review import ReviewService, change_json, resolution_json
+from orchestrator.services.review import ReviewService, resolution_json
 from orchestrator.services.tasks import cancel_task, submit_task
 from worktrees import ChangeNotFound, ChangeNotPending, RestoreRefused, TurnRunning, UnknownFile, WorktreeError
-from ws_gateway import ActionRejected, TaskSubmission
+from ws_gateway import ActionRejected, CancelResult, DiffInfo, ResolutionInfo, SubmitResult, TaskSubmission
 
 REVIEW_ERROR_CODES: dict[type[WorktreeError], str] = {
     ChangeNotFound: "not_found",
@@ -37,31 +35,27 @@ class OrchestratorActions:
         self._pool = pool
         self._review = review
 
-    async def submit(self, request: TaskSubmission) -> dict[str, Any]:
+    async def submit(self, request: TaskSubmission) -> SubmitResult:
         submitted = await submit_task(self._pool, request)
-        return {"task_id": submitted.task_id, "created": submitted.created}
+        return SubmitResult(task_id=submitted.task_id, created=submitted.created)
 
-    async def cancel(self, task_id: int) -> dict[str, Any]:
-        """``state``: ``cancelled`` (it was pending), ``running`` (its dispatcher is aborting it),
-        or the state it had already ended in."""
+    async def cancel(self, task_id: int) -> CancelResult:
         async with self._pool.acquire() as conn:
             try:
                 state = await cancel_task(conn, task_id)
             except NotFound as exc:
                 raise ActionRejected("not_found", str(exc)) from None
-        return {"task_id": task_id, "state": state}
+        return CancelResult(task_id=task_id, state=state)
 
-    async def review(self, change_id: int, action: str, files: tuple[str, ...] | None, by: str) -> dict[str, Any]:
+    async def review(self, change_id: int, action: str, files: tuple[str, ...] | None, by: str) -> ResolutionInfo:
         try:
             resolution = await self._review.review(change_id, action, files=files, by=by)
         except WorktreeError as exc:
             raise _rejected(exc) from None
         return resolution_json(resolution)
 
-    async def get_diff(self, change_id: int) -> dict[str, Any]:
+    async def get_diff(self, change_id: int) -> DiffInfo:
         try:
-            change = await self._review.get_change(change_id)
-            diff = await self._review.get_diff(change_id)
+            return await self._review.diff_info(change_id)
         except WorktreeError as exc:
             raise _rejected(exc) from None
-        return {**change_json(change), "diff": diff}

@@ -16,17 +16,16 @@ The dispatcher uses the same wiring through ``ReviewService.worktrees``::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
 from kernel import SessionFrame, append_event
 from orchestrator.errors import InvalidReviewAction
 from worktrees import PendingChange, Resolution, WorktreeManager, WorktreeSettings
-from ws_gateway import REVIEW_ACTIONS
+from ws_gateway import REVIEW_ACTIONS, ChangeInfo, DiffInfo, ResolutionInfo
 
 
-def change_json(change: PendingChange) -> dict[str, Any]:
+def change_json(change: PendingChange) -> ChangeInfo:
     """A change as the CLI's --json and the gateway's acks show it."""
     return {
         "change_id": change.id,
@@ -44,13 +43,13 @@ def change_json(change: PendingChange) -> dict[str, Any]:
     }
 
 
-def resolution_json(resolution: Resolution) -> dict[str, Any]:
+def resolution_json(resolution: Resolution) -> ResolutionInfo:
     """The resolved change, plus the change that stays pending (if any) and where a reject kept its work."""
-    return {
+    return ResolutionInfo(
         **change_json(resolution.change),
-        "remainder": change_json(resolution.remainder) if resolution.remainder else None,
-        "kept_at": resolution.kept_at,
-    }
+        remainder=change_json(resolution.remainder) if resolution.remainder else None,
+        kept_at=resolution.kept_at,
+    )
 
 
 async def announce_change(conn: asyncpg.Connection, change: PendingChange) -> None:
@@ -72,10 +71,10 @@ class ReviewService:
     async def get_diff(self, change_id: int) -> str:
         return await self.worktrees.get_diff(change_id)
 
-    async def diff_json(self, change_id: int) -> dict[str, Any]:
+    async def diff_info(self, change_id: int) -> DiffInfo:
         """The gateway's ``get_diff`` answer: the change and its (possibly truncated) diff text."""
         change = await self.get_change(change_id)
-        return {**change_json(change), "diff": await self.get_diff(change_id)}
+        return DiffInfo(**change_json(change), diff=await self.get_diff(change_id))
 
     async def accept(self, change_id: int, *, files: Sequence[str] | None = None, by: str | None = None) -> Resolution:
         return await self.worktrees.accept(change_id, files=files, resolved_by=by)
