@@ -39,7 +39,7 @@ class OrchestratorActions:
 
     async def submit(self, request: TaskSubmission) -> dict[str, Any]:
         submitted = await submit_task(self._pool, request)
-        return {"task_id": submitted.task_id, "created": submitted.created}
+        return {"task_id": submitted.task_id, "created": submitted.created, "session_id": submitted.session_id}
 
     async def cancel(self, task_id: int) -> dict[str, Any]:
         """``state``: ``cancelled`` (it was pending), ``running`` (its dispatcher is aborting it),

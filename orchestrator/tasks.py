@@ -1,7 +1,9 @@
 """Submitting tasks: the single INSERT shared by the CLI, the WebSocket gateway and the README.
 
 An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
-A repeated ``dispatch_key`` changes nothing and returns the existing task's id.
+A repeated ``dispatch_key`` changes nothing and returns the existing task's id. A task
+submitted here without a session gets a new one in the same transaction (the session the
+dispatcher would create when claiming it), so the submitter learns its id at once.
 
 Cancelling (:func:`cancel_task`) is the same UPDATE an SQL user makes,
 ``UPDATE tasks SET cancel_requested_at = now()``: a pending task ends ``cancelled`` at once,
@@ -10,12 +12,15 @@ a running one is aborted by its dispatcher, which the update's NOTIFY reaches.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
 
 from orchestrator.errors import NotFound
 from orchestrator.queue import end_pending_task
+from orchestrator.turn import session_title
 from ws_gateway.actions import TaskSubmission
 
 SUBMIT_TASK = """
@@ -26,7 +31,8 @@ ON CONFLICT (dispatch_key) DO NOTHING
 RETURNING id
 """
 
-TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE dispatch_key = $1"
+TASK_BY_DISPATCH_KEY = "SELECT id, session_id FROM tasks WHERE dispatch_key = $1"
+CREATE_SESSION = "INSERT INTO sessions (project_id, agent, model, title) VALUES ($1, $2, $3, $4) RETURNING id"
 
 # Only the first request counts (and NOTIFYs); a finished task is left alone.
 REQUEST_CANCEL = """
@@ -52,13 +58,49 @@ class Submitted:
     task_id: int
     # False when the dispatch_key was already taken and nothing was inserted.
     created: bool
+    # None only for an existing task (dispatch_key seen) that was inserted without a session
+    # and has not been claimed yet.
+    session_id: int | None = None
 
 
-async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+class _DispatchKeyTaken(Exception):
+    """Another submitter inserted the same dispatch_key meanwhile: undo our new session."""
+
+
+@contextlib.asynccontextmanager
+async def _connection(db: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
+async def submit_task(db: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+    async with _connection(db) as conn:
+        try:
+            async with conn.transaction():
+                return await _submit(conn, task)
+        except _DispatchKeyTaken:
+            pass
+        existing = await conn.fetchrow(TASK_BY_DISPATCH_KEY, task.dispatch_key)
+    return Submitted(existing["id"], created=False, session_id=existing["session_id"])
+
+
+async def _submit(conn: asyncpg.Connection, task: TaskSubmission) -> Submitted:
+    session_id = task.session_id
+    if session_id is None:
+        if task.dispatch_key is not None:
+            existing = await conn.fetchrow(TASK_BY_DISPATCH_KEY, task.dispatch_key)
+            if existing is not None:
+                return Submitted(existing["id"], created=False, session_id=existing["session_id"])
+        session_id = await conn.fetchval(
+            CREATE_SESSION, task.project_id, task.agent, task.model, session_title(task.input)
+        )
     task_id = await conn.fetchval(
         SUBMIT_TASK,
         task.project_id,
-        task.session_id,
+        session_id,
         task.input,
         task.agent,
         task.model,
@@ -69,10 +111,9 @@ async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmiss
         task.dispatch_key,
         task.parent_task_id,
     )
-    if task_id is not None:
-        return Submitted(task_id, created=True)
-    existing = await conn.fetchval(TASK_BY_DISPATCH_KEY, task.dispatch_key)
-    return Submitted(existing, created=False)
+    if task_id is None:
+        raise _DispatchKeyTaken
+    return Submitted(task_id, created=True, session_id=session_id)
 
 
 async def list_tasks(

@@ -10,6 +10,7 @@ docs/PROTOCOL.md describes every frame.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,11 @@ MAX_ATTEMPTS = 100
 # The frame size limit (gateway.max_frame_bytes) is what bounds a prompt.
 MAX_INPUT_CHARS = 2**31
 REVIEW_ACTIONS = ("accept", "reject")
+MAX_TOKEN_CHARS = 512
+MAX_LIST_LIMIT = 200
+DEFAULT_LIST_LIMIT = 50
+# list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
+CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,48 @@ class Ping:
     id: RequestId | None = None
 
 
-ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Review | GetDiff | Ping
+@dataclass(frozen=True)
+class Auth:
+    """Sign-in as the first frame, for clients that cannot set a header (browsers)."""
+
+    token: str
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListProjects:
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListSessions:
+    project_id: int
+    limit: int = DEFAULT_LIST_LIMIT
+    # The ``next_cursor`` of the previous page; None: the most recently active sessions.
+    cursor: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListTasks:
+    session_id: int
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class SubscribeProject:
+    project_ids: tuple[int, ...]
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class UnsubscribeProject:
+    project_ids: tuple[int, ...]
+    id: RequestId | None = None
+
+
+DiscoveryFrame = ListProjects | ListSessions | ListTasks | SubscribeProject | UnsubscribeProject
+ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Review | GetDiff | Ping | Auth | DiscoveryFrame
 
 
 class _Fields:
@@ -125,12 +172,12 @@ class _Fields:
             raise self.fail(f"{key!r} is longer than {max_chars} characters")
         return value
 
-    def ids(self, key: str) -> tuple[int, ...]:
+    def ids(self, key: str, what: str = "sessions") -> tuple[int, ...]:
         value = self._take(key, True)
         if not isinstance(value, list) or not value:
             raise self.fail(f"{key!r} must be a non-empty list of ids")
         if len(value) > MAX_SESSIONS_PER_FRAME:
-            raise self.fail(f"{key!r} may name at most {MAX_SESSIONS_PER_FRAME} sessions")
+            raise self.fail(f"{key!r} may name at most {MAX_SESSIONS_PER_FRAME} {what}")
         return tuple(dict.fromkeys(_check_int(v, key, 1, MAX_ID, self) for v in value))
 
     def since_seq(self, key: str) -> int | dict[int, int] | None:
@@ -222,6 +269,30 @@ def _parse_fields(type_: str, f: _Fields) -> ClientFrame:
         return GetDiff(_required(f.integer("change_id")), rid)
     if type_ == "ping":
         return Ping(rid)
+    if type_ == "auth":
+        token = f.text("token", required=True, max_chars=MAX_TOKEN_CHARS)
+        assert token is not None
+        return Auth(token, rid)
+    return _parse_discovery(type_, f)
+
+
+def _parse_discovery(type_: str, f: _Fields) -> ClientFrame:
+    rid = f.request_id
+    if type_ == "list_projects":
+        return ListProjects(rid)
+    if type_ == "list_sessions":
+        project_id = _required(f.integer("project_id"))
+        limit = f.integer("limit", required=False, maximum=MAX_LIST_LIMIT) or DEFAULT_LIST_LIMIT
+        cursor = f.text("cursor", max_chars=64)
+        if cursor is not None and not CURSOR.fullmatch(cursor):
+            raise f.fail("'cursor' must be the 'next_cursor' of an earlier list_sessions answer")
+        return ListSessions(project_id, limit, cursor, rid)
+    if type_ == "list_tasks":
+        return ListTasks(_required(f.integer("session_id")), rid)
+    if type_ == "subscribe_project":
+        return SubscribeProject(f.ids("project_ids", "projects"), rid)
+    if type_ == "unsubscribe_project":
+        return UnsubscribeProject(f.ids("project_ids", "projects"), rid)
     raise f.fail(f"unknown frame type {type_!r}")
 
 

@@ -41,7 +41,7 @@ SELECT id AS change_id, task_id, agent, status, base_commit, files, truncated, c
 """
 
 
-def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
+def jsonable(row: asyncpg.Record) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
 
 
@@ -51,7 +51,7 @@ async def read_snapshot(conn: asyncpg.Connection, session_id: int, message_limit
         session = await conn.fetchrow(SESSION, session_id)
         if session is None:
             return None
-        messages = [_jsonable(row) for row in await conn.fetch(RECENT_MESSAGES, session_id, message_limit)]
+        messages = [jsonable(row) for row in await conn.fetch(RECENT_MESSAGES, session_id, message_limit)]
         parts = await conn.fetch(MESSAGE_PARTS, [m["id"] for m in messages])
         tasks = await conn.fetch(OPEN_TASKS, session_id)
         change = await conn.fetchrow(PENDING_CHANGE, session_id)
@@ -64,8 +64,8 @@ async def read_snapshot(conn: asyncpg.Connection, session_id: int, message_limit
         "type": ServerFrame.SNAPSHOT.value,
         "session_id": session_id,
         "last_seq": session["last_seq"],
-        "session": _jsonable(session),
+        "session": jsonable(session),
         "messages": messages,
-        "tasks": [_jsonable(row) for row in tasks],
-        "pending_change": None if change is None else _jsonable(change),
+        "tasks": [jsonable(row) for row in tasks],
+        "pending_change": None if change is None else jsonable(change),
     }

@@ -17,7 +17,7 @@ from orchestrator.gateway_actions import OrchestratorActions
 from orchestrator.review import ReviewService
 from ws_gateway import Gateway, GatewayActions, GatewaySettings, create_token
 
-TEST_SETTINGS = GatewaySettings(port=0, poll_interval=0.5, close_timeout=2.0)
+TEST_SETTINGS = GatewaySettings(port=0, poll_interval=0.5, close_timeout=2.0, auth_timeout=2.0)
 RECV_TIMEOUT_S = 20.0
 
 StartGateway = Callable[..., Any]
