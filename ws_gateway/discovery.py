@@ -94,6 +94,12 @@ SELECT s.id, s.project_id, s.title, s.agent, s.model, s.status, s.last_seq, s.cr
  ORDER BY s.last_active_at DESC, s.id DESC
  LIMIT $6
 """
+TASKS_BY_ID = """
+SELECT id, state, input, agent, model, mode_id, priority, attempt, failure_reason, error,
+       created_at, started_at, ended_at, cancel_requested_at
+  FROM tasks WHERE session_id = $1 AND id = ANY($2::bigint[])
+ ORDER BY id
+"""
 DATABASE_NOW = "SELECT now()"
 
 
@@ -257,7 +263,10 @@ class Discovery:
             case ListTasks():
                 project_id = await session_project(self._pool, frame.session_id)
                 await self._authorize(project_id, f"session {frame.session_id}")
-                rows = await self._pool.fetch(OPEN_TASKS, frame.session_id)
+                if frame.task_ids is None:
+                    rows = await self._pool.fetch(OPEN_TASKS, frame.session_id)
+                else:
+                    rows = await self._pool.fetch(TASKS_BY_ID, frame.session_id, list(frame.task_ids))
                 return "list_tasks", {"session_id": frame.session_id, "tasks": [jsonable(row) for row in rows]}
             case SubscribeProject():
                 await self._check_projects(frame.project_ids)

@@ -119,6 +119,8 @@ class ListSessions:
 @dataclass(frozen=True)
 class ListTasks:
     session_id: int
+    # None: the session's pending and running tasks, in run order; else these tasks, any state.
+    task_ids: tuple[int, ...] | None = None
     id: RequestId | None = None
 
 
@@ -155,6 +157,9 @@ class _Fields:
             self._frame.pop(key, None)
             return None
         return self._frame.pop(key)
+
+    def has(self, key: str) -> bool:
+        return self._frame.get(key) is not None
 
     def integer(self, key: str, *, required: bool = True, minimum: int = 1, maximum: int = MAX_ID) -> int | None:
         value = self._take(key, required)
@@ -288,7 +293,9 @@ def _parse_discovery(type_: str, f: _Fields) -> ClientFrame:
             raise f.fail("'cursor' must be the 'next_cursor' of an earlier list_sessions answer")
         return ListSessions(project_id, limit, cursor, rid)
     if type_ == "list_tasks":
-        return ListTasks(_required(f.integer("session_id")), rid)
+        session_id = _required(f.integer("session_id"))
+        task_ids = f.ids("task_ids", "tasks") if f.has("task_ids") else None
+        return ListTasks(session_id, task_ids, rid)
     if type_ == "subscribe_project":
         return SubscribeProject(f.ids("project_ids", "projects"), rid)
     if type_ == "unsubscribe_project":

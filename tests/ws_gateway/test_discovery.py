@@ -177,8 +177,13 @@ async def test_list_tasks_of_a_session(gateway: Gateway, pool: asyncpg.Pool, tok
         await recv(ws)
         ack = await request(ws, {"type": "list_tasks", "id": 1, "session_id": session_id})
         forbidden = await request(ws, {"type": "list_tasks", "id": 2, "session_id": other})
+        await pool.execute("UPDATE tasks SET state = 'cancelled', ended_at = now() WHERE id = $1", first)
+        by_id = await request(ws, {"type": "list_tasks", "id": 3, "session_id": session_id, "task_ids": [first, 999]})
+        open_now = await request(ws, {"type": "list_tasks", "id": 4, "session_id": session_id})
     tasks = [(t["id"], t["input"], t["state"]) for t in ack["tasks"]]
     assert tasks == [(first, "one", "pending"), (second, "two", "pending")]
+    assert [(t["id"], t["state"]) for t in by_id["tasks"]] == [(first, "cancelled")]
+    assert [t["id"] for t in open_now["tasks"]] == [second]
     assert forbidden["code"] == "forbidden"
 
 
@@ -194,6 +199,8 @@ async def test_list_tasks_of_a_session(gateway: Gateway, pool: asyncpg.Pool, tok
         {"type": "list_sessions", "project_id": 1, "cursor": 5},
         {"type": "list_tasks"},
         {"type": "list_tasks", "session_id": -1},
+        {"type": "list_tasks", "session_id": 1, "task_ids": []},
+        {"type": "list_tasks", "session_id": 1, "task_ids": [0]},
         {"type": "subscribe_project"},
         {"type": "subscribe_project", "project_ids": []},
         {"type": "subscribe_project", "project_ids": ["a"]},
