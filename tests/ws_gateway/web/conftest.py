@@ -25,8 +25,8 @@ from tests.fakes.scripted_backend import ScriptedBackend
 from tests.orchestrator.dispatching import add_project, running_dispatcher
 from tests.worktrees.conftest import make_repo
 from tests.ws_gateway.conftest import running_gateway
-from ws_gateway import Gateway, create_token
 from worktrees import WorktreeSettings
+from ws_gateway import Gateway, create_token
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -60,7 +60,9 @@ class Problems:
     errors: list[str] = field(default_factory=list)
 
     def console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
+        # A reconnect attempt while the gateway is down (stopped, killed) is the browser's
+        # expected complaint, not the page's.
+        if message.type == "error" and "ERR_CONNECTION_REFUSED" not in message.text:
             self.errors.append(f"console: {message.text}")
 
 
@@ -104,9 +106,7 @@ async def stack(db_url: str, pool: asyncpg.Pool, tmp_path: Path, scripted: Scrip
     project_id = await add_project(pool, "demo", repo)
     token = await create_token(pool, "reviewer", [project_id])
     review = ReviewService(pool, WorktreeSettings(root=tmp_path / "worktrees"))
-    router = Router(
-        agents={"fake": partial(AcpBackend, FAKE_ACP, PermissionPolicy()), "scripted": lambda: scripted}
-    )
+    router = Router(agents={"fake": partial(AcpBackend, FAKE_ACP, PermissionPolicy()), "scripted": lambda: scripted})
     async with (
         running_gateway(pool, actions=OrchestratorActions(pool, review)) as gateway,
         running_dispatcher(db_url, router, worktrees=review.worktrees),
