@@ -158,7 +158,8 @@ async def run_service(config: Config, out: TextIO) -> None:
                 actions = OrchestratorActions(runtime.pool, runtime.review)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
-                    ws_url = await tg.start(Gateway(config.gateway, runtime.pool, actions).serve)
+                    gateway = Gateway(config.gateway, runtime.pool, actions)
+                    ws_url = await tg.start(gateway.serve)
                     log.info(
                         "service.start",
                         database=redact(url),
@@ -167,15 +168,16 @@ async def run_service(config: Config, out: TextIO) -> None:
                         worker_id=runtime.dispatcher.worker_id,
                         agents=",".join(a.name for a in agents if a.available),
                     )
-                    print_banner(out, url, ws_url, token)
+                    print_banner(out, url, ws_url, token, gateway.page_url)
                     tg.start_soon(run_reaper, runtime, config.worktrees.reap_interval)
                     await run_dispatcher(runtime, tg)
     log.info("service.stop")
 
 
-def print_banner(out: TextIO, url: str, ws_url: str, token: str) -> None:
+def print_banner(out: TextIO, url: str, ws_url: str, token: str, page_url: str) -> None:
     out.write(
         "Switchyard is up.\n"
+        f"  open:      {page_url}   (the review page; sign in with the token)\n"
         f"  database:  {url}\n"
         f"  websocket: {ws_url}\n"
         f"  token:     {token}\n"
