@@ -51,6 +51,10 @@ CHROMIUM_ARGS = [
 ]
 FIRST_DIFF_RUNS = 5
 MARK = "switchyard:first-diff-lines"
+STEPS = """Object.fromEntries(['domContentLoadedEventEnd']
+  .map((k) => [k, performance.getEntriesByType('navigation')[0][k]])
+  .concat(['hello', 'diff-requested', 'diff-received', 'diff-built', 'first-diff-lines']
+  .map((k) => [k, performance.getEntriesByName('switchyard:' + k)[0]?.startTime])))"""
 INSERT_PROJECT = "INSERT INTO projects (name, repo_path) VALUES ('bench', $1) RETURNING id"
 INSERT_SESSION = "INSERT INTO sessions (project_id, title) VALUES ($1, $2) RETURNING id"
 # Installed before the page's own scripts: long tasks and animation frames from the start.
@@ -139,10 +143,12 @@ async def open_page(browser: Browser, url: str, token: str) -> Page:
 async def first_diff(browser: Browser, base: str, token: str, session: int) -> dict[str, Any]:
     times: list[float] = []
     rendered: list[int] = []
+    steps: list[dict[str, float]] = []
     for _ in range(FIRST_DIFF_RUNS):
         page = await open_page(browser, f"{base}#/session/{session}/change", token)
         await wait_true(page, f"performance.getEntriesByName('{MARK}').length > 0", 60)
         times.append(await page.evaluate(f"performance.getEntriesByName('{MARK}')[0].startTime"))
+        steps.append(await page.evaluate(STEPS))
         rendered.append(await page.locator(".d2h-file-wrapper").count())
         await page.context.close()
     return {
@@ -150,6 +156,8 @@ async def first_diff(browser: Browser, base: str, token: str, session: int) -> d
         "p50_ms": round(statistics.median(times), 1),
         "max_ms": round(max(times), 1),
         "files_rendered_at_first_paint": max(rendered),
+        # Median time of each step since navigation: the page's marks.
+        "steps_ms": {key: round(statistics.median(s[key] for s in steps), 1) for key in steps[0]},
         "target_ms": 1000,
     }
 

@@ -42,6 +42,7 @@ function connect(token) {
   const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
   state.connection = new Connection(url, token, {
     onHello: (hello) => {
+      performance.mark('switchyard:hello');
       byId('sign-in').hidden = true;
       byId('app').hidden = false;
       byId('sign-out').hidden = false;
@@ -88,10 +89,13 @@ async function resync() {
   sessions.setProjects(projects);
   fillProjects();
   const ids = projects.map((p) => p.id);
+  // Sent back to back: the gateway answers a connection's frames in order, so every list is
+  // read after the feed is subscribed and nothing between the two is missed.
+  const subscribed = [];
   for (let i = 0; i < ids.length; i += MAX_PROJECT_SUBSCRIPTIONS) {
-    await conn.request({ type: 'subscribe_project', project_ids: ids.slice(i, i + MAX_PROJECT_SUBSCRIPTIONS) });
+    subscribed.push(conn.request({ type: 'subscribe_project', project_ids: ids.slice(i, i + MAX_PROJECT_SUBSCRIPTIONS) }));
   }
-  await Promise.all(ids.map((id) => listSessions(id, null)));
+  await Promise.all([...subscribed, ...ids.map((id) => listSessions(id, null))]);
   if (state.session) {
     showSessionHead();
     refreshQueue();

@@ -56,12 +56,16 @@ export class ReviewView {
 
   async open(changeId) {
     this.container.replaceChildren(el('p', { cls: 'meta', text: `Loading change #${changeId}…` }));
+    performance.mark('switchyard:diff-requested');
     const diff = await this.connection.request({ type: 'get_diff', change_id: changeId });
+    performance.mark('switchyard:diff-received');
     this.show(diff);
+    performance.mark('switchyard:diff-built');
   }
 
   show(diff) {
     this.change = diff;
+    for (const file of (diff.files || []).slice(0, 5)) highlighter(languageFor(file.path));
     const { sections, notes } = splitDiff(diff.diff || '', diff.files || []);
     this.sections = sections;
     this.current = 0;
@@ -131,13 +135,20 @@ export class ReviewView {
     ]);
   }
 
+  // A file is one placeholder element, sized to its line count, until it comes into view.
   fileSection(section, index) {
+    const lines = section.text ? lineCount(section.text) : 1;
+    const node = el('section', { cls: 'file', attrs: { 'data-index': index, 'data-path': section.file.path } });
+    node.style.minHeight = `${FILE_HEADER_PX + lines * LINE_PX}px`;
+    return node;
+  }
+
+  fileParts(node) {
+    const section = this.sections[Number(node.dataset.index)];
     const { file } = section;
     const pending = this.change.status === 'pending';
-    const lines = section.text ? lineCount(section.text) : 1;
     const body = el('div', { cls: 'file-body' });
-    body.style.minHeight = `${lines * LINE_PX}px`;
-    const node = el('section', { cls: 'file', attrs: { 'data-index': index, 'data-path': file.path } }, [
+    fill(node,
       el('header', { cls: 'file-header' }, [
         el('span', { cls: `file-status status-${statusOf(file)}`, text: statusOf(file) }),
         el('span', { cls: 'file-path', text: file.old_path ? `${file.old_path} → ${file.path}` : file.path }),
@@ -152,10 +163,8 @@ export class ReviewView {
       ]),
       ...section.notes.map((n) => el('p', { cls: 'note', text: n })),
       body,
-    ]);
+    );
     node.body = body;
-    node.estimate = FILE_HEADER_PX + lines * LINE_PX;
-    return node;
   }
 
   visibility(entries) {
@@ -170,6 +179,7 @@ export class ReviewView {
     const index = Number(node.dataset.index);
     const { file, text } = this.sections[index];
     node.rendered = true;
+    if (!node.body) this.fileParts(node);
     const body = node.body;
     if (file.binary) {
       body.replaceChildren(el('p', { cls: 'note', text: 'Binary file; its content is not shown.' }));
@@ -200,15 +210,16 @@ export class ReviewView {
       }, hljs);
       ui.draw();
     }
-    body.style.minHeight = '';
+    node.style.minHeight = '';
     if (!performance.getEntriesByName('switchyard:first-diff-lines').length && body.querySelector('.d2h-code-line, .d2h-code-side-line')) {
       requestAnimationFrame(() => performance.mark('switchyard:first-diff-lines'));
     }
   }
 
   unrenderFile(node) {
-    node.body.style.minHeight = `${node.body.offsetHeight}px`;
-    node.body.replaceChildren();
+    node.style.minHeight = `${node.offsetHeight}px`;
+    node.replaceChildren();
+    node.body = null;
     node.rendered = false;
   }
 
@@ -237,6 +248,7 @@ export class ReviewView {
     if (scroll) {
       const node = this.fileNodes[this.current];
       node.scrollIntoView({ block: 'start' });
+      if (!node.rendered) this.renderFile(node);
       node.querySelector('.file-header button')?.focus({ preventScroll: true });
     }
   }
