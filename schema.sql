@@ -246,3 +246,56 @@ ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS snapshot_commit text
     CHECK (snapshot_commit ~ '^[0-9a-f]{40}$');
 
 INSERT INTO schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
+
+-- ---------------------------------------------------------------- version 4
+
+-- The project feed (WebSocket `subscribe_project`): a session created or renamed/archived, one
+-- of its tasks queued or changing state, one of its changes opened or resolved. The payload
+-- only names the session, '<project_id>:<session_id>:created|updated'; the gateway reads the
+-- session's current summary, so a lost or repeated notification never shows a stale state.
+CREATE OR REPLACE FUNCTION switchyard_notify_project_feed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    project bigint;
+BEGIN
+    IF TG_TABLE_NAME = 'sessions' THEN
+        PERFORM pg_notify('project_feed', NEW.project_id::text || ':' || NEW.id::text || ':'
+                          || CASE WHEN TG_OP = 'INSERT' THEN 'created' ELSE 'updated' END);
+        RETURN NULL;
+    END IF;
+    SELECT s.project_id INTO project FROM sessions s WHERE s.id = NEW.session_id;
+    IF project IS NOT NULL THEN
+        PERFORM pg_notify('project_feed', project::text || ':' || NEW.session_id::text || ':updated');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER sessions_project_feed_insert
+    AFTER INSERT ON sessions
+    FOR EACH ROW EXECUTE FUNCTION switchyard_notify_project_feed();
+CREATE OR REPLACE TRIGGER sessions_project_feed_update
+    AFTER UPDATE OF title, status ON sessions
+    FOR EACH ROW WHEN (OLD.title IS DISTINCT FROM NEW.title OR OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION switchyard_notify_project_feed();
+CREATE OR REPLACE TRIGGER tasks_project_feed_insert
+    AFTER INSERT ON tasks
+    FOR EACH ROW WHEN (NEW.session_id IS NOT NULL)
+    EXECUTE FUNCTION switchyard_notify_project_feed();
+CREATE OR REPLACE TRIGGER tasks_project_feed_update
+    AFTER UPDATE OF state, session_id ON tasks
+    FOR EACH ROW WHEN (NEW.session_id IS NOT NULL
+                       AND (OLD.state IS DISTINCT FROM NEW.state OR OLD.session_id IS DISTINCT FROM NEW.session_id))
+    EXECUTE FUNCTION switchyard_notify_project_feed();
+CREATE OR REPLACE TRIGGER pending_changes_project_feed_insert
+    AFTER INSERT ON pending_changes
+    FOR EACH ROW EXECUTE FUNCTION switchyard_notify_project_feed();
+CREATE OR REPLACE TRIGGER pending_changes_project_feed_update
+    AFTER UPDATE OF status ON pending_changes
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION switchyard_notify_project_feed();
+
+-- No index on sessions.last_active_at for list_sessions: every stored frame updates it, and an
+-- index would make those updates non-HOT; a project's sessions are found by sessions_project_idx.
+
+INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;

@@ -220,7 +220,6 @@ class TurnTranslator:
         self.error = self.error or error
         return []
 
-
     def _on_message(self, info: Mapping[str, Any]) -> None:
         message_id = info.get("id")
         if not isinstance(message_id, str):
@@ -329,9 +328,7 @@ class TurnTranslator:
         self._plan = entries
         return [Plan(entries)]
 
-
-# ------------------------------------------------------------------------------------ helpers
-
+    # ------------------------------------------------------------------------------------ helpers
 
     # What each event type of the turn's own session becomes.
     _HANDLERS: ClassVar[dict[str, Callable[[TurnTranslator, Mapping[str, Any]], list[BackendEvent | Signal]]]] = {
@@ -344,6 +341,7 @@ class TurnTranslator:
         "permission.asked": lambda self, props: self._on_permission(props),
         "todo.updated": lambda self, props: self._on_todos(props.get("todos")),
     }
+
 
 def _session_of(props: Any) -> str | None:
     if not isinstance(props, Mapping):

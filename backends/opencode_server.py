@@ -95,6 +95,7 @@ PERMISSION_KINDS = {
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
 
+
 class Quiet(Enum):
     """The session said nothing until its next check (see _TurnRun._receive)."""
 

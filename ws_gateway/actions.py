@@ -41,6 +41,9 @@ class SubmitResult(TypedDict):
     task_id: int
     # False when the dispatch_key was seen before and nothing was inserted.
     created: bool
+    # The task's session (created at submit time when the task named none); None only for a
+    # task seen before that was inserted by SQL without one and has not been claimed yet.
+    session_id: int | None
 
 
 class CancelResult(TypedDict):

@@ -10,6 +10,7 @@ docs/PROTOCOL.md describes every frame.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,11 @@ MAX_PRIORITY = 2**31 - 1
 MAX_ATTEMPTS = 100
 # The frame size limit (gateway.max_frame_bytes) is what bounds a prompt.
 MAX_INPUT_CHARS = 2**31
+MAX_TOKEN_CHARS = 512
+MAX_LIST_LIMIT = 200
+DEFAULT_LIST_LIMIT = 50
+# list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
+CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,50 @@ class Ping:
     id: RequestId | None = None
 
 
-ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Review | GetDiff | Ping
+@dataclass(frozen=True)
+class Auth:
+    """Sign-in as the first frame, for clients that cannot set a header (browsers)."""
+
+    token: str
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListProjects:
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListSessions:
+    project_id: int
+    limit: int = DEFAULT_LIST_LIMIT
+    # The ``next_cursor`` of the previous page; None: the most recently active sessions.
+    cursor: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListTasks:
+    session_id: int
+    # None: the session's pending and running tasks, in run order; else these tasks, any state.
+    task_ids: tuple[int, ...] | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class SubscribeProject:
+    project_ids: tuple[int, ...]
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class UnsubscribeProject:
+    project_ids: tuple[int, ...]
+    id: RequestId | None = None
+
+
+DiscoveryFrame = ListProjects | ListSessions | ListTasks | SubscribeProject | UnsubscribeProject
+ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Review | GetDiff | Ping | Auth | DiscoveryFrame
 
 
 class _Fields:
@@ -110,6 +159,9 @@ class _Fields:
             return None
         return self._frame.pop(key)
 
+    def has(self, key: str) -> bool:
+        return self._frame.get(key) is not None
+
     def integer(self, key: str, *, required: bool = True, minimum: int = 1, maximum: int = MAX_ID) -> int | None:
         value = self._take(key, required)
         if value is None:
@@ -126,12 +178,12 @@ class _Fields:
             raise self.fail(f"{key!r} is longer than {max_chars} characters")
         return value
 
-    def ids(self, key: str) -> tuple[int, ...]:
+    def ids(self, key: str, what: str = "sessions") -> tuple[int, ...]:
         value = self._take(key, True)
         if not isinstance(value, list) or not value:
             raise self.fail(f"{key!r} must be a non-empty list of ids")
         if len(value) > MAX_SESSIONS_PER_FRAME:
-            raise self.fail(f"{key!r} may name at most {MAX_SESSIONS_PER_FRAME} sessions")
+            raise self.fail(f"{key!r} may name at most {MAX_SESSIONS_PER_FRAME} {what}")
         return tuple(dict.fromkeys(_check_int(v, key, 1, MAX_ID, self) for v in value))
 
     def since_seq(self, key: str) -> int | dict[int, int] | None:
@@ -223,6 +275,32 @@ def _parse_fields(type_: str, f: _Fields) -> ClientFrame:
         return GetDiff(_required(f.integer("change_id")), rid)
     if type_ == "ping":
         return Ping(rid)
+    if type_ == "auth":
+        token = f.text("token", required=True, max_chars=MAX_TOKEN_CHARS)
+        assert token is not None
+        return Auth(token, rid)
+    return _parse_discovery(type_, f)
+
+
+def _parse_discovery(type_: str, f: _Fields) -> ClientFrame:
+    rid = f.request_id
+    if type_ == "list_projects":
+        return ListProjects(rid)
+    if type_ == "list_sessions":
+        project_id = _required(f.integer("project_id"))
+        limit = f.integer("limit", required=False, maximum=MAX_LIST_LIMIT) or DEFAULT_LIST_LIMIT
+        cursor = f.text("cursor", max_chars=64)
+        if cursor is not None and not CURSOR.fullmatch(cursor):
+            raise f.fail("'cursor' must be the 'next_cursor' of an earlier list_sessions answer")
+        return ListSessions(project_id, limit, cursor, rid)
+    if type_ == "list_tasks":
+        session_id = _required(f.integer("session_id"))
+        task_ids = f.ids("task_ids", "tasks") if f.has("task_ids") else None
+        return ListTasks(session_id, task_ids, rid)
+    if type_ == "subscribe_project":
+        return SubscribeProject(f.ids("project_ids", "projects"), rid)
+    if type_ == "unsubscribe_project":
+        return UnsubscribeProject(f.ids("project_ids", "projects"), rid)
     raise f.fail(f"unknown frame type {type_!r}")
 
 

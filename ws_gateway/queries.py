@@ -71,3 +71,54 @@ SNAPSHOT_PENDING_CHANGE = """
 SELECT id AS change_id, task_id, agent, status, base_commit, files, truncated, created_at
   FROM pending_changes WHERE session_id = $1 AND status = 'pending'
 """
+
+# Discovery: projects, session summaries, a session's tasks (ws_gateway.discovery).
+LIST_PROJECTS = """
+SELECT p.id, p.name, p.repo_path, p.default_branch, p.created_at,
+       (SELECT count(*) FROM sessions s WHERE s.project_id = p.id) AS sessions
+  FROM projects p
+ WHERE $1::bigint[] IS NULL OR p.id = ANY($1::bigint[])
+ ORDER BY p.name, p.id
+"""
+
+PROJECTS_EXISTING = "SELECT id FROM projects WHERE id = ANY($1::bigint[])"
+
+# Session summaries: what a session list shows. One statement for every use, its filters
+# NULL when unused: the sessions of some projects ($1), only some sessions ($2), only those
+# changed since ($3: active, created, or with queued tasks), the page after a cursor ($4, $5),
+# at most $6 rows. ``cursor_us`` orders pages exactly (microseconds, as PostgreSQL stores them).
+SESSION_SUMMARIES = """
+SELECT s.id, s.project_id, s.title, s.agent, s.model, s.status, s.last_seq, s.created_at, s.last_active_at,
+       (extract(epoch FROM s.last_active_at) * 1000000)::bigint AS cursor_us,
+       (SELECT json_build_object('task_id', t.id, 'state', t.state, 'attempt', t.attempt,
+                                 'failure_reason', t.failure_reason, 'error', t.error,
+                                 'created_at', t.created_at, 'ended_at', t.ended_at)
+          FROM tasks t WHERE t.session_id = s.id ORDER BY t.id DESC LIMIT 1) AS last_task,
+       (SELECT t.id FROM tasks t WHERE t.session_id = s.id AND t.state = 'running') AS running_task_id,
+       (SELECT count(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'pending') AS queued_tasks,
+       (SELECT json_build_object('change_id', c.id, 'task_id', c.task_id, 'files', jsonb_array_length(c.files),
+                                 'additions', (SELECT coalesce(sum((f->>'additions')::bigint), 0)
+                                                 FROM jsonb_array_elements(c.files) f),
+                                 'deletions', (SELECT coalesce(sum((f->>'deletions')::bigint), 0)
+                                                 FROM jsonb_array_elements(c.files) f),
+                                 'created_at', c.created_at)
+          FROM pending_changes c WHERE c.session_id = s.id AND c.status = 'pending') AS pending_change
+  FROM sessions s
+ WHERE s.project_id = ANY($1::bigint[])
+   AND ($2::bigint[] IS NULL OR s.id = ANY($2::bigint[]))
+   AND ($3::timestamptz IS NULL OR s.last_active_at >= $3 OR s.created_at >= $3
+        OR EXISTS (SELECT 1 FROM tasks t WHERE t.session_id = s.id AND t.state = 'pending'))
+   AND ($4::bigint IS NULL
+        OR ((extract(epoch FROM s.last_active_at) * 1000000)::bigint, s.id) < ($4::bigint, $5::bigint))
+ ORDER BY s.last_active_at DESC, s.id DESC
+ LIMIT $6
+"""
+
+TASKS_BY_ID = """
+SELECT id, state, input, agent, model, mode_id, priority, attempt, failure_reason, error,
+       created_at, started_at, ended_at, cancel_requested_at
+  FROM tasks WHERE session_id = $1 AND id = ANY($2::bigint[])
+ ORDER BY id
+"""
+
+DATABASE_NOW = "SELECT now()"

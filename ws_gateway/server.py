@@ -1,8 +1,9 @@
 """The WebSocket gateway: authenticated subscriptions to sessions, replay, client actions.
 
 One :class:`Gateway` per process serves ``ws://host:port/ws`` and ``GET /health`` on the same
-port. Each connection is authenticated once (a token in ``Authorization: Bearer`` or
-``?token=``; missing or invalid closes with 4401), then runs three tasks: receive and answer
+port, and the review page (``GET /``, ws_gateway.web). Each connection is authenticated once
+(a token in ``Authorization: Bearer``, ``?token=`` or a first ``auth`` frame; missing or
+invalid closes with 4401), then runs three tasks: receive and answer
 client frames one at a time, replay subscriptions that are behind, and write the bounded
 send queue to the socket. The frame protocol is documented in docs/PROTOCOL.md.
 """
@@ -13,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,24 +24,31 @@ from anyio.abc import TaskStatus
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.typing import Origin
 
 from kernel import DATABASE_ERRORS, VALUE_REFUSED, connect, get_logger
-from ws_gateway import auth
+from ws_gateway import auth, signin, web
 from ws_gateway import queries as q
 from ws_gateway.actions import GatewayActions, TaskSubmission
+from ws_gateway.discovery import Discovery, ProjectHub, ProjectSubscriber
 from ws_gateway.errors import ActionRejected, InvalidFrame, MalformedFrame
 from ws_gateway.frames import ServerFrame, SnapshotFrame
 from ws_gateway.protocol import (
+    Auth,
     Cancel,
     ClientFrame,
+    DiscoveryFrame,
     GetDiff,
+    ListProjects,
+    ListSessions,
+    ListTasks,
     Ping,
     RequestId,
     Review,
     Submit,
     Subscribe,
+    SubscribeProject,
     Unsubscribe,
+    UnsubscribeProject,
     encode_frame,
     parse_client_frame,
 )
@@ -106,7 +115,10 @@ class Gateway:
         self.settings = settings
         self.pool = pool
         self.actions = actions
-        self.hub = Hub(pool, settings, partial(connect, database_url, server_settings=LISTEN_SETTINGS))
+        listen = partial(connect, database_url, server_settings=LISTEN_SETTINGS)
+        self.hub = Hub(pool, settings, listen)
+        self.projects = ProjectHub(pool, settings, listen)
+        self.assets = web.WebAssets(Path(settings.vendor_dir) if settings.vendor_dir else None)
         self.port = settings.port
         self.clients: set[ClientConnection] = set()
 
@@ -114,20 +126,22 @@ class Gateway:
     def url(self) -> str:
         return f"ws://{self.settings.host}:{self.port}{WS_PATH}"
 
+    @property
+    def page_url(self) -> str:
+        """The review page (its origin is always allowed to open the WebSocket)."""
+        return f"http://{web.own_host(self.settings.host)}:{self.port}/"
+
     async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; ``task_status`` gets the URL once clients can connect."""
         settings = self.settings
-        origins: list[Origin | None] | None = None
-        if "*" not in settings.allowed_origins:
-            origins = [None, *(Origin(o) for o in settings.allowed_origins)]
         async with anyio.create_task_group() as tg:
             await tg.start(self.hub.run)
+            await tg.start(self.projects.run)
             tg.start_soon(self._close_revoked)
             server = await serve(
                 self._handle,
                 settings.host,
                 settings.port,
-                origins=origins,
                 process_request=self._process_request,
                 compression="deflate" if settings.compression else None,
                 max_size=settings.max_frame_bytes,
@@ -176,11 +190,15 @@ class Gateway:
                 return connection.respond(HTTPStatus.OK, "ok\n")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "database unavailable\n")
         if path != WS_PATH:
-            return connection.respond(HTTPStatus.NOT_FOUND, f"not found; the WebSocket endpoint is {WS_PATH}\n")
+            return await web.respond(self.assets, self.settings, self.port, request, path)
+        if not web.origin_allowed(self.settings, self.port, request):
+            return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed; see gateway.allowed_origins\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         token = None if ws.request is None else request_token(ws.request)
+        if token is None:
+            token = await signin.first_frame_token(ws, self.settings.auth_timeout)
         try:
             access = await auth.verify_token(self.pool, token)
         except DATABASE_ERRORS as exc:
@@ -209,6 +227,8 @@ class ClientConnection:
         self.settings = gateway.settings
         self.feed = ClientFeed(gateway.hub, gateway.pool, gateway.settings, self._on_overflow, ws)
         self.outbox = self.feed.outbox
+        self.projects = ProjectSubscriber(gateway.projects, self._push_live)
+        self.discovery = Discovery(self.pool, access, self.projects, self.settings.max_subscriptions)
         self._budget = RequestBudget(self.settings.requests_per_second, self.settings.request_burst)
         self._scope = anyio.CancelScope()
         self._close: tuple[int, str] | None = None
@@ -222,6 +242,10 @@ class ClientConnection:
         # The client is named by its token's name, never the token (the log format would mask a
         # key that mentions "token" anyway).
         return {"client": self.access.name, "remote": self.ws.remote_address, **fields}
+
+    def _push_live(self, frame: bytes) -> None:
+        if not self.feed.push(frame):
+            self.feed.overflow()
 
     def _on_overflow(self) -> None:
         log.info("gateway.slow_client", **self._fields())
@@ -253,6 +277,7 @@ class ClientConnection:
                     tg.start_soon(self._until_done, self._receive_loop)
         finally:
             self.feed.close()
+            self.projects.close()
         if self._close is not None:
             code, reason = self._close
             log.info("gateway.closing", **self._fields(code=code, reason=reason))
@@ -337,6 +362,14 @@ class ClientConnection:
                 await self._ack(frame.id, "get_diff", **await self.gateway.actions.get_diff(frame.change_id))
             case Ping():
                 await self._reply({"type": ServerFrame.PONG.value, "id": frame.id})
+            case Auth():
+                raise ActionRejected("invalid_frame", "already signed in: 'auth' is only a connection's first frame")
+            case ListProjects() | ListSessions() | ListTasks() | SubscribeProject() | UnsubscribeProject():
+                await self._discover(frame)
+
+    async def _discover(self, frame: DiscoveryFrame) -> None:
+        action, result = await self.discovery.handle(frame)
+        await self._ack(frame.id, action, **result)
 
     async def _authorize(self, project_id: int | None, what: str) -> None:
         if not self.access.sees(project_id):

@@ -19,6 +19,8 @@ DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_REQUESTS_PER_SECOND = 50.0
 DEFAULT_REQUEST_BURST = 100
+# How long a connection without a token in its request may take to send its ``auth`` frame.
+DEFAULT_AUTH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class GatewaySettings:
     request_burst: int = DEFAULT_REQUEST_BURST
     # permessage-deflate costs CPU per frame per client; frames are small, so off by default.
     compression: bool = False
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    # The npm packages the review page serves (diff2html, highlight.js); empty: the
+    # repository's .tools/node_modules, where `make tools` installs them.
+    vendor_dir: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -49,6 +55,6 @@ class GatewaySettings:
                 raise ValueError(f"gateway.{name} must be at least 1")
         if self.send_queue_frames < 2:
             raise ValueError("gateway.send_queue_frames must be at least 2")
-        for name in ("poll_interval", "requests_per_second"):
+        for name in ("poll_interval", "requests_per_second", "auth_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"gateway.{name} must be positive")

@@ -16,7 +16,7 @@ from ws_gateway import queries as q
 from ws_gateway.frames import ServerFrame, SnapshotFrame
 
 
-def _jsonable(row: asyncpg.Record) -> dict[str, Any]:
+def jsonable(row: asyncpg.Record) -> dict[str, Any]:
     return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
 
 
@@ -26,7 +26,7 @@ async def read_snapshot(conn: asyncpg.Connection, session_id: int, message_limit
         session = await conn.fetchrow(q.SNAPSHOT_SESSION, session_id)
         if session is None:
             return None
-        messages = [_jsonable(row) for row in await conn.fetch(q.SNAPSHOT_MESSAGES, session_id, message_limit)]
+        messages = [jsonable(row) for row in await conn.fetch(q.SNAPSHOT_MESSAGES, session_id, message_limit)]
         parts = await conn.fetch(q.SNAPSHOT_PARTS, [m["id"] for m in messages])
         tasks = await conn.fetch(q.SNAPSHOT_OPEN_TASKS, session_id)
         change = await conn.fetchrow(q.SNAPSHOT_PENDING_CHANGE, session_id)
@@ -39,8 +39,8 @@ async def read_snapshot(conn: asyncpg.Connection, session_id: int, message_limit
         type=ServerFrame.SNAPSHOT,
         session_id=session_id,
         last_seq=session["last_seq"],
-        session=_jsonable(session),
+        session=jsonable(session),
         messages=messages,
-        tasks=[_jsonable(row) for row in tasks],
-        pending_change=None if change is None else _jsonable(change),
+        tasks=[jsonable(row) for row in tasks],
+        pending_change=None if change is None else jsonable(change),
     )

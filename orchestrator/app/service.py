@@ -114,7 +114,8 @@ async def run_service(config: Config, out: TextIO) -> None:
                 actions = OrchestratorActions(runtime.pool, runtime.review)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
-                    ws_url = await tg.start(Gateway(config.gateway, runtime.pool, actions, url).serve)
+                    gateway = Gateway(config.gateway, runtime.pool, actions, url)
+                    ws_url = await tg.start(gateway.serve)
                     log.info(
                         "service.start",
                         database=redact(url),
@@ -123,7 +124,7 @@ async def run_service(config: Config, out: TextIO) -> None:
                         worker_id=runtime.dispatcher.worker_id,
                         agents=",".join(a.name for a in agents if a.available),
                     )
-                    print_banner(out, url, ws_url, token)
+                    print_banner(out, url, ws_url, token, gateway.page_url)
                     tg.start_soon(
                         run_reaper, runtime.review.worktrees, runtime.opencode_pool, config.worktrees.reap_interval
                     )
@@ -131,9 +132,10 @@ async def run_service(config: Config, out: TextIO) -> None:
     log.info("service.stop")
 
 
-def print_banner(out: TextIO, url: str, ws_url: str, token: str) -> None:
+def print_banner(out: TextIO, url: str, ws_url: str, token: str, page_url: str) -> None:
     out.write(
         "Switchyard is up.\n"
+        f"  open:      {page_url}   (the review page; sign in with the token)\n"
         f"  database:  {url}\n"
         f"  websocket: {ws_url}\n"
         f"  token:     {token}\n"

@@ -178,7 +178,7 @@ class TurnRunner:
         backend = self._router.route(task.agent)
         session_id = task.session_id
         if session_id is None:
-            session_id = await queue.create_session(self._pool, task, _title(task.input))
+            session_id = await queue.create_session(self._pool, task, session_title(task.input))
             if session_id is None:
                 raise _ClaimLost
             sink.session_id = session_id
@@ -400,7 +400,7 @@ def _check_task(task: ClaimedTask) -> int:
     return task.project_id
 
 
-def _title(text: str) -> str:
+def session_title(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()[:SESSION_TITLE_CHARS]
 
 

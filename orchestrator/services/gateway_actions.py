@@ -37,7 +37,7 @@ class OrchestratorActions:
 
     async def submit(self, request: TaskSubmission) -> SubmitResult:
         submitted = await submit_task(self._pool, request)
-        return SubmitResult(task_id=submitted.task_id, created=submitted.created)
+        return SubmitResult(task_id=submitted.task_id, created=submitted.created, session_id=submitted.session_id)
 
     async def cancel(self, task_id: int) -> CancelResult:
         async with self._pool.acquire() as conn:

@@ -15,7 +15,9 @@ RETURNING id
 """
 
 
-TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE dispatch_key = $1"
+TASK_BY_DISPATCH_KEY = "SELECT id, session_id FROM tasks WHERE dispatch_key = $1"
+
+CREATE_SESSION = "INSERT INTO sessions (project_id, agent, model, title) VALUES ($1, $2, $3, $4) RETURNING id"
 
 
 # Only the first request counts (and NOTIFYs); a finished task is left alone.

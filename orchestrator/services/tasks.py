@@ -1,7 +1,9 @@
 """Submitting tasks: the single INSERT shared by the CLI, the WebSocket gateway and the README.
 
 An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
-A repeated ``dispatch_key`` changes nothing and returns the existing task's id.
+A repeated ``dispatch_key`` changes nothing and returns the existing task's id. A task
+submitted here without a session gets a new one in the same transaction (the session the
+dispatcher would create when claiming it), so the submitter learns its id at once.
 
 Cancelling (:func:`cancel_task`) is the same UPDATE an SQL user makes,
 ``UPDATE tasks SET cancel_requested_at = now()``: a pending task ends ``cancelled`` at once,
@@ -10,11 +12,14 @@ a running one is aborted by its dispatcher, which the update's NOTIFY reaches.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
 
 from orchestrator.dispatch.queue import end_pending_task
+from orchestrator.dispatch.turn import session_title
 from orchestrator.errors import NotFound
 from orchestrator.services import queries as q
 from ws_gateway import TaskSubmission
@@ -25,13 +30,49 @@ class Submitted:
     task_id: int
     # False when the dispatch_key was already taken and nothing was inserted.
     created: bool
+    # None only for an existing task (dispatch_key seen) that was inserted without a session
+    # and has not been claimed yet.
+    session_id: int | None = None
 
 
-async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+class _DispatchKeyTaken(Exception):
+    """Another submitter inserted the same dispatch_key meanwhile: undo our new session."""
+
+
+@contextlib.asynccontextmanager
+async def _connection(db: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            yield conn
+    else:
+        yield db
+
+
+async def submit_task(db: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+    async with _connection(db) as conn:
+        try:
+            async with conn.transaction():
+                return await _submit(conn, task)
+        except _DispatchKeyTaken:
+            pass
+        existing = await conn.fetchrow(q.TASK_BY_DISPATCH_KEY, task.dispatch_key)
+    return Submitted(existing["id"], created=False, session_id=existing["session_id"])
+
+
+async def _submit(conn: asyncpg.Connection, task: TaskSubmission) -> Submitted:
+    session_id = task.session_id
+    if session_id is None:
+        if task.dispatch_key is not None:
+            existing = await conn.fetchrow(q.TASK_BY_DISPATCH_KEY, task.dispatch_key)
+            if existing is not None:
+                return Submitted(existing["id"], created=False, session_id=existing["session_id"])
+        session_id = await conn.fetchval(
+            q.CREATE_SESSION, task.project_id, task.agent, task.model, session_title(task.input)
+        )
     task_id = await conn.fetchval(
         q.SUBMIT_TASK,
         task.project_id,
-        task.session_id,
+        session_id,
         task.input,
         task.agent,
         task.model,
@@ -42,10 +83,9 @@ async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmiss
         task.dispatch_key,
         task.parent_task_id,
     )
-    if task_id is not None:
-        return Submitted(task_id, created=True)
-    existing = await conn.fetchval(q.TASK_BY_DISPATCH_KEY, task.dispatch_key)
-    return Submitted(existing, created=False)
+    if task_id is None:
+        raise _DispatchKeyTaken
+    return Submitted(task_id, created=True, session_id=session_id)
 
 
 async def list_tasks(

@@ -16,7 +16,7 @@ from orchestrator.services.review import ReviewService
 from testkit.rows import add_project, add_session
 from ws_gateway import Gateway, GatewayActions, GatewaySettings, create_token
 
-TEST_SETTINGS = GatewaySettings(port=0, poll_interval=0.5, close_timeout=2.0)
+TEST_SETTINGS = GatewaySettings(port=0, poll_interval=0.5, close_timeout=2.0, auth_timeout=2.0)
 
 StartGateway = Callable[..., Any]
 

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kernel.net import free_port
@@ -66,7 +67,7 @@ def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]
     banner: dict[str, str] = {}
     for line in proc.stdout:
         key, _, value = line.strip().partition(": ")
-        if key in ("database", "websocket", "token"):
+        if key in ("open", "database", "websocket", "token"):
             banner[key] = value.strip()
         if line.startswith("Stop:"):
             return proc, banner
@@ -97,6 +98,9 @@ def up_insert_and_list(env: dict[str, str], repo: Path, home: Path) -> str:
     try:
         assert url.startswith("postgresql://switchyard:")
         assert banner["websocket"].startswith("ws://127.0.0.1:")
+        page_url = banner["open"].split()[0]
+        assert page_url == banner["websocket"].replace("ws://", "http://").removesuffix("ws")
+        assert "<title>Switchyard</title>" in httpx.get(page_url, timeout=10).text
         assert len(banner["token"]) >= 32
         added = run(["project", "add", str(repo), "--name", "demo"], env)
         assert added.returncode == 0, added.stderr

@@ -18,8 +18,8 @@ from orchestrator.dispatch.turn import (
     TurnResult,
     TurnRunner,
     _check_task,
-    _title,
     failed,
+    session_title,
 )
 from orchestrator.errors import TaskRejected
 
@@ -72,8 +72,8 @@ def test_a_good_row_names_its_project_and_a_sessionless_one_is_fine() -> None:
 
 
 def test_titles_are_one_line_and_bounded() -> None:
-    assert _title("  fix\n\tthe   build  ") == "fix the build"
-    assert len(_title("x" * 500)) == SESSION_TITLE_CHARS
+    assert session_title("  fix\n\tthe   build  ") == "fix the build"
+    assert len(session_title("x" * 500)) == SESSION_TITLE_CHARS
 
 
 @pytest.mark.anyio

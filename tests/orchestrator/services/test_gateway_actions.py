@@ -70,9 +70,14 @@ async def test_submit_inserts_the_row_the_cli_inserts(gateway: Gateway, pool: as
         assert ack["type"] == "ack" and ack["created"] is True
         again = await request(ws, {**frame, "id": 2})
         assert (again["task_id"], again["created"]) == (ack["task_id"], False)
-    rows = await pool.fetch(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")
+    rows = [dict(row) for row in await pool.fetch(f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY id")]
     assert len(rows) == 2
-    assert dict(rows[0]) == dict(rows[1])
+    # Each got its own new session at submit time, with the task's agent and model.
+    sessions = [row.pop("session_id") for row in rows]
+    assert sessions[1] == ack["session_id"] and sessions[0] != sessions[1]
+    assert rows[0] == rows[1]
+    agents = await pool.fetch("SELECT agent, model FROM sessions WHERE id = ANY($1) ORDER BY id", sessions)
+    assert [tuple(r) for r in agents] == [("opencode", "m1")] * 2
 
 
 async def test_submit_to_a_session_and_authorization(
