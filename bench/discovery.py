@@ -20,9 +20,8 @@ from typing import Any
 import anyio
 from websockets.asyncio.client import connect
 
-from kernel.db import connect as db_connect
 from kernel.db import create_pool
-from orchestrator.db.migrate import migrate
+from orchestrator.db import migrate_url
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -37,11 +36,7 @@ INSERT_TASK = "INSERT INTO tasks (project_id, input, agent) VALUES ($1, 'bench',
 async def main(rounds: int) -> dict[str, Any]:
     with temporary_cluster() as cluster:
         url = cluster.url("postgres")
-        conn = await db_connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+        await migrate_url(url)
         pool = await create_pool(url, 10)
         try:
             project = await pool.fetchval("INSERT INTO projects (name, repo_path) VALUES ('b', '/srv/b') RETURNING id")

@@ -34,7 +34,7 @@ import asyncpg
 from backends.base import BackendEvent, TextDelta, Turn
 from backends.native import NativeBackend, NativeSettings
 from kernel.db import connect, create_pool
-from orchestrator.db.migrate import migrate
+from orchestrator.db import migrate_url
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -153,11 +153,7 @@ async def wait_done(pool: asyncpg.Pool, task_id: int) -> asyncpg.Record:
 
 
 async def run(url: str, turns: int) -> dict[str, Any]:
-    conn = await connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await migrate_url(url)
     first = FirstContent()
     async with FakeModel(on_event=first) as fm:
         backend = await bench_backend(fm, first, turns)

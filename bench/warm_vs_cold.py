@@ -32,8 +32,8 @@ from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings
 from backends.opencode_server import OpencodeServerBackend
 from backends.registry import PRESETS
-from kernel.db import connect, create_pool
-from orchestrator.db.migrate import migrate
+from kernel.db import create_pool
+from orchestrator.db import migrate_url
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -76,11 +76,7 @@ def stats(samples: list[float]) -> dict[str, float]:
 
 
 async def run(url: str, work: Path, sessions: int) -> dict[str, Any]:
-    conn = await connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await migrate_url(url)
     repo = await anyio.to_thread.run_sync(git_repo, work / "project")
     async with FakeModel() as fm:
         opencode = OpencodeSettings(base_url=fm.base_url, models=("fake-model",))

@@ -31,25 +31,16 @@ import anyio
 import asyncpg
 from playwright.async_api import Browser, Page, async_playwright
 
-from kernel.db import connect, create_pool
+from kernel.db import create_pool
 from kernel.eventlog import append_events
-from orchestrator.db.migrate import migrate
+from orchestrator.db import migrate_url
 from orchestrator.services.gateway_actions import OrchestratorActions
 from orchestrator.services.review import ReviewService
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS
 from testkit.cluster import temporary_cluster
 from worktrees import WorktreeSettings
 from ws_gateway import Gateway, GatewaySettings, create_token
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 FIRST_DIFF_RUNS = 5
 MARK = "switchyard:first-diff-lines"
 STEPS = """Object.fromEntries(['domContentLoadedEventEnd']
@@ -75,7 +66,7 @@ def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *identity, *args], check=True, capture_output=True)
 
 
-def sample_repo(root: Path, files: int, lines: int) -> Path:
+def many_files_repo(root: Path, files: int, lines: int) -> Path:
     repo = root / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -221,14 +212,10 @@ async def streaming(
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     with temporary_cluster() as cluster, tempfile.TemporaryDirectory(prefix="switchyard-bench-web-") as tmp:
         url = cluster.url("postgres")
-        conn = await connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+        await migrate_url(url)
         pool = await create_pool(url, 10)
         try:
-            repo = await anyio.to_thread.run_sync(sample_repo, Path(tmp), args.files, args.lines)
+            repo = await anyio.to_thread.run_sync(many_files_repo, Path(tmp), args.files, args.lines)
             review = ReviewService(pool, WorktreeSettings(root=Path(tmp) / "worktrees"))
             big = await big_change(pool, review, repo, args.files, args.lines)
             project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", big)

@@ -263,7 +263,8 @@ class Agent:
         try:
             i = 0
             while i < len(words):
-                if session.cancel.is_set():
+                # WAIT_CANCEL ends at a cancel by itself, also one that came before it started.
+                if session.cancel.is_set() and words[i] != "WAIT_CANCEL":
                     raise Cancelled
                 i = self.step(session, words, i, notes)
             if session.cancel.is_set():

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -18,7 +19,10 @@ import pytest
 from kernel.db import connect, create_pool
 from orchestrator.db.embedded import EmbeddedPostgres
 from orchestrator.db.migrate import migrate
+from orchestrator.services import ReviewService
 from testkit.cluster import temporary_cluster
+from testkit.repos import sample_repo
+from worktrees import WorktreeSettings
 
 TEMPLATE = "switchyard_template"
 _db_numbers = itertools.count(1)
@@ -75,3 +79,19 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A project checkout: a real repository with text, binary and ignored files (testkit.repos)."""
+    return sample_repo(tmp_path / "project")
+
+
+@pytest.fixture
+def worktree_settings(tmp_path: Path) -> WorktreeSettings:
+    return WorktreeSettings(root=tmp_path / "worktrees")
+
+
+@pytest.fixture
+def review(pool: asyncpg.Pool, worktree_settings: WorktreeSettings) -> ReviewService:
+    return ReviewService(pool, worktree_settings)

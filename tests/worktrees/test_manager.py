@@ -52,13 +52,13 @@ async def turn(
 
 
 async def test_ensure_creates_once_and_then_only_touches_the_row(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings, monkeypatch: pytest.MonkeyPatch
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", session)
-    assert wt.path == settings.root.resolve() / str(project) / str(session)
+    assert wt.path == worktree_settings.root.resolve() / str(project) / str(session)
     assert wt.branch == f"switchyard/{session}"
     assert wt.base_commit == git(repo, "rev-parse", "HEAD")
     assert git(wt.path, "rev-parse", "--abbrev-ref", "HEAD") == wt.branch
@@ -71,9 +71,9 @@ async def test_ensure_creates_once_and_then_only_touches_the_row(
 
 
 async def test_ensure_heals_a_deleted_directory_from_the_stored_base(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     (repo / "later.txt").write_text("the project moved on\n")
@@ -88,9 +88,9 @@ async def test_ensure_heals_a_deleted_directory_from_the_stored_base(
 
 
 async def test_concurrent_ensures_in_one_repository_all_succeed(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     sessions = [await add_repo_session(pool, repo) for _ in range(4)]
     results: dict[int, Path] = {}
 
@@ -105,20 +105,20 @@ async def test_concurrent_ensures_in_one_repository_all_succeed(
 
 
 async def test_record_turn_without_a_worktree_is_refused(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
     session = await add_repo_session(pool, repo)
     with pytest.raises(NoWorktree):
-        await WorktreeManager(pool, settings).record_turn(session)
+        await WorktreeManager(pool, worktree_settings).record_turn(session)
 
 
 # ---------------------------------------------------------------------------- pending changes
 
 
 async def test_three_turns_leave_one_pending_cumulative_change(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     await turn(manager, pool, session, {"one.txt": "1\n"})
     await turn(manager, pool, session, {"two.txt": "2\n"})
@@ -132,9 +132,9 @@ async def test_three_turns_leave_one_pending_cumulative_change(
 
 
 async def test_a_turn_that_changes_nothing_keeps_the_open_change(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     first = await turn(manager, pool, session, {"one.txt": "1\n"})
     again = await turn(manager, pool, session, {})
@@ -143,9 +143,9 @@ async def test_a_turn_that_changes_nothing_keeps_the_open_change(
 
 
 async def test_an_empty_diff_adds_no_row_and_retires_a_stale_one(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     assert await turn(manager, pool, session, {"ignored.log": "x\n"}) is None
     assert await statuses(pool, session) == []
@@ -158,9 +158,9 @@ async def test_an_empty_diff_adds_no_row_and_retires_a_stale_one(
 
 
 async def test_accept_applies_to_the_project_and_advances_the_base(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"new.txt": "new\n", "gone.txt": None, "a.txt": "rewritten\n"})
     assert change is not None
@@ -183,9 +183,9 @@ async def test_accept_applies_to_the_project_and_advances_the_base(
 
 
 async def test_accepting_some_files_leaves_the_rest_pending(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "x\n", "y.txt": "y\n", "src/main.py": "print('bye')\n"})
     assert change is not None
@@ -207,9 +207,9 @@ async def test_accepting_some_files_leaves_the_rest_pending(
 
 
 async def test_a_conflicting_local_edit_marks_conflict_and_leaves_the_project_alone(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"a.txt": LINES.replace("line 2\n", "agent\n"), "new.txt": "new\n"})
     assert change is not None
@@ -233,9 +233,9 @@ async def test_a_conflicting_local_edit_marks_conflict_and_leaves_the_project_al
 
 
 async def test_accept_uses_what_was_reviewed_not_what_the_worktree_holds_now(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "reviewed\n"})
     assert change is not None
@@ -249,9 +249,9 @@ async def test_accept_uses_what_was_reviewed_not_what_the_worktree_holds_now(
 
 
 async def test_reject_restores_the_worktree_and_keeps_what_it_discarded(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(
         manager, pool, session, {"new.txt": "new\n", "gone.txt": None, "a.txt": "rewritten\n", "x.log": "log\n"}
@@ -274,9 +274,9 @@ async def test_reject_restores_the_worktree_and_keeps_what_it_discarded(
 
 
 async def test_rejecting_some_files_leaves_the_rest_pending(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "x\n", "y.txt": "y\n"})
     assert change is not None
@@ -289,9 +289,9 @@ async def test_rejecting_some_files_leaves_the_rest_pending(
 
 
 async def test_reject_during_a_running_turn_is_refused(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await turn(manager, pool, session, {"x.txt": "x\n"})
     assert change is not None
@@ -307,8 +307,10 @@ async def test_reject_during_a_running_turn_is_refused(
 # ---------------------------------------------------------------------------- reaper
 
 
-async def test_the_reaper_removes_only_what_it_may(pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings) -> None:
-    manager = WorktreeManager(pool, WorktreeSettings(root=settings.root, reap_idle_after=3600))
+async def test_the_reaper_removes_only_what_it_may(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+) -> None:
+    manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
     idle, archived, pending, running, dirty, fresh = [await add_repo_session(pool, repo) for _ in range(6)]
     paths = {s: (await manager.ensure(s)).path for s in (idle, archived, pending, running, dirty, fresh)}
     await turn(manager, pool, pending, {"x.txt": "x\n"})
@@ -346,9 +348,9 @@ async def test_the_reaper_removes_only_what_it_may(pool: asyncpg.Pool, repo: Pat
 
 
 async def test_the_reaper_refuses_a_path_outside_the_root(
-    pool: asyncpg.Pool, tmp_path: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, tmp_path: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, WorktreeSettings(root=settings.root, reap_idle_after=3600))
+    manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
     repo = sample_repo(tmp_path / "other")
     session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
@@ -364,9 +366,9 @@ async def test_the_reaper_refuses_a_path_outside_the_root(
 
 
 async def test_renames_binary_files_and_odd_names_survive_accept_and_reject(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    manager = WorktreeManager(pool, settings)
+    manager = WorktreeManager(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     wt = await manager.ensure(session)
     (wt.path / "old_name.txt").rename(wt.path / "renamed.txt")

@@ -21,6 +21,7 @@ from orchestrator.dispatch.routing import Router
 from orchestrator.services.gateway_actions import OrchestratorActions
 from orchestrator.services.review import ReviewService
 from testkit import fake_acp_agent_command
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS
 from testkit.repos import sample_repo
 from testkit.rows import add_project
 from testkit.scripted_backend import ScriptedBackend
@@ -29,16 +30,6 @@ from tests.ws_gateway.conftest import running_gateway
 from worktrees import WorktreeSettings
 from ws_gateway import Gateway, create_token
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
 FAKE_ACP = AgentSpec("fake", "acp", tuple(fake_acp_agent_command()))
 TIMEOUT_MS = 30_000

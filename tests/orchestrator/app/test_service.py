@@ -10,18 +10,12 @@ import pytest
 
 from kernel.db import connect
 from orchestrator.app.service import run_reaper
-from testkit.repos import sample_repo
 from testkit.rows import add_repo_session, make_idle
 from worktrees import WorktreeManager, WorktreeSettings
 
 pytestmark = pytest.mark.anyio
 
 INTERVAL = 0.05
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return sample_repo(tmp_path / "project")
 
 
 def settings(tmp_path: Path) -> WorktreeSettings:

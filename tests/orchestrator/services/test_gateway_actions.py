@@ -37,21 +37,6 @@ def cli(db_url: str, *args: str, worktree_root: Path | None = None) -> subproces
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return sample_repo(tmp_path / "project")
-
-
-@pytest.fixture
-def worktree_settings(tmp_path: Path) -> WorktreeSettings:
-    return WorktreeSettings(root=tmp_path / "worktrees")
-
-
-@pytest.fixture
-def review(pool: asyncpg.Pool, worktree_settings: WorktreeSettings) -> ReviewService:
-    return ReviewService(pool, worktree_settings)
-
-
-@pytest.fixture
 async def gateway(pool: asyncpg.Pool, db_url: str, review: ReviewService) -> AsyncIterator[Gateway]:
     async with running_gateway(pool, db_url, actions=OrchestratorActions(pool, review)) as gw:
         yield gw

@@ -15,21 +15,10 @@ import pytest
 from kernel.eventlog import read_events
 from orchestrator.services.review import InvalidReviewAction, ReviewService
 from testkit import SWITCHYARD
-from testkit.repos import sample_repo
 from testkit.rows import add_repo_session, finished_turn, start_turn
 from worktrees import TurnRunning, WorktreeSettings
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return sample_repo(tmp_path / "project")
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> WorktreeSettings:
-    return WorktreeSettings(root=tmp_path / "worktrees")
 
 
 async def frames(pool: asyncpg.Pool, session: int) -> list[tuple[Any, ...]]:
@@ -39,9 +28,9 @@ async def frames(pool: asyncpg.Pool, session: int) -> list[tuple[Any, ...]]:
 
 
 async def test_each_status_change_is_a_pending_change_frame(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    review = ReviewService(pool, settings)
+    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     first = await finished_turn(review, pool, session, {"x.txt": "x\n"})
     second = await finished_turn(review, pool, session, {"y.txt": "y\n"})
@@ -71,9 +60,9 @@ async def test_each_status_change_is_a_pending_change_frame(
 
 
 async def test_list_diff_and_the_review_frame_share_the_service(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
-    review = ReviewService(pool, settings)
+    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"x.txt": "x\n"})
 
@@ -87,8 +76,10 @@ async def test_list_diff_and_the_review_frame_share_the_service(
     assert (repo / "x.txt").read_text() == "x\n"
 
 
-async def test_a_refused_review_announces_nothing(pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings) -> None:
-    review = ReviewService(pool, settings)
+async def test_a_refused_review_announces_nothing(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+) -> None:
+    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"x.txt": "x\n"})
     async with pool.acquire() as conn:
@@ -111,11 +102,11 @@ def switchyard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_cli_review_commands(
-    pool: asyncpg.Pool, db_url: str, repo: Path, settings: WorktreeSettings, tmp_path: Path
+    pool: asyncpg.Pool, db_url: str, repo: Path, worktree_settings: WorktreeSettings, tmp_path: Path
 ) -> None:
     config = tmp_path / "switchyard.toml"
-    config.write_text(f'[database]\nurl = "{db_url}"\n[worktrees]\nroot = "{settings.root}"\n')
-    review = ReviewService(pool, settings)
+    config.write_text(f'[database]\nurl = "{db_url}"\n[worktrees]\nroot = "{worktree_settings.root}"\n')
+    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"x.txt": "x\n", "a.txt": "agent\n"})
 
