@@ -7,7 +7,17 @@ durable session event log that the dispatcher writes and the gateway reads.
 
 from __future__ import annotations
 
-from kernel.db import CONNECTION_LOST, DATABASE_ERRORS, VALUE_REFUSED, close_quietly, connect, create_pool, report
+from kernel.db import (
+    CONNECTION_LOST,
+    DATABASE_ERRORS,
+    VALUE_REFUSED,
+    BoundedPool,
+    PoolExhausted,
+    close_quietly,
+    connect,
+    create_pool,
+    report,
+)
 from kernel.errors import (
     BackendError,
     ConfigError,
@@ -51,6 +61,7 @@ __all__ = [
     "AgentCommandsPayload",
     "BackendError",
     "Backoff",
+    "BoundedPool",
     "ConfigError",
     "Connect",
     "DatabaseError",
@@ -64,6 +75,7 @@ __all__ = [
     "PendingChangePayload",
     "PermissionPayload",
     "PlanPayload",
+    "PoolExhausted",
     "SchemaError",
     "SessionFrame",
     "SessionPayload",

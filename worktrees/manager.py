@@ -183,6 +183,14 @@ class WorktreeManager:
         self._db = db
         self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
         self._announce = announce
+        # Worktrees the reaper could not remove, and why: each is logged once per reason.
+        self._not_reaped: dict[int, str] = {}
+
+    def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
+        """This manager on another pool or connection (e.g. inside the caller's transaction)."""
+        bound = WorktreeManager(db, self.settings, announce=self._announce)
+        bound._not_reaped = self._not_reaped
+        return bound
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -269,7 +277,8 @@ class WorktreeManager:
         async with self._connection() as conn, conn.transaction():
             wt = await self._lock_worktree(conn, session_id)
             open_changes = [PendingChange.from_row(r) for r in await conn.fetch(q.OPEN_CHANGES, session_id)]
-            snapshot, new = await anyio.to_thread.run_sync(self._snapshot_diff, wt)
+            # Abandoned (not waited for) when the caller gives up: its deadline must hold.
+            snapshot, new = await anyio.to_thread.run_sync(self._snapshot_diff, wt, abandon_on_cancel=True)
             for change in open_changes:
                 if change.snapshot_commit == snapshot and change.base_commit == wt.base_commit:
                     return change  # the turn changed nothing
@@ -523,14 +532,18 @@ class WorktreeManager:
                 await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, project_id)
                 row = await conn.fetchrow(q.CLAIM_REAP, self.settings.reap_idle_after, ARCHIVED_GRACE_S, session_id)
                 if row is None:
+                    self._not_reaped.pop(session_id, None)
                     return Reaped(session_id, path, False, "in use again")
                 wt = self._worktree(row)
                 path = str(wt.path)
                 # An error rolls the row back to active: nothing is marked removed that is not.
                 await anyio.to_thread.run_sync(self._remove, wt)
         except WorktreeError as exc:
-            log.warning("worktree.not_reaped", session_id=session_id, reason=exc)
+            if self._not_reaped.get(session_id) != str(exc):
+                self._not_reaped[session_id] = str(exc)
+                log.warning("worktree.not_reaped", session_id=session_id, reason=exc)
             return Reaped(session_id, path, False, str(exc))
+        self._not_reaped.pop(session_id, None)
         log.info("worktree.reaped", session_id=session_id, path=path)
         return Reaped(session_id, path, True, "removed")
 

@@ -39,12 +39,12 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kernel import DATABASE_ERRORS, Backoff, Listener, close_quietly, connect, create_pool, get_logger, report
-from orchestrator.dispatch import queue
+from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch.queue import ClaimedTask
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
 from orchestrator.dispatch.sink import FlushScheduler
-from orchestrator.dispatch.turn import StopReason, TaskState, TurnHandle, TurnRunner, watch_inactivity
+from orchestrator.dispatch.turn import StopReason, TaskState, TurnHandle, TurnRunner, watch_turns
 from worktrees import WorktreeManager
 
 log = get_logger("dispatcher")
@@ -56,6 +56,10 @@ TASK_CANCEL = "task_cancel"
 POOL_EXTRA = 4
 RETRY_BACKOFF = 0.1
 RETRY_BACKOFF_MAX = 5.0
+# No statement of the dispatcher's pool waits longer than max(this, lease_seconds / 2).
+COMMAND_TIMEOUT_MIN = 5.0
+# The server ends a write transaction of ours left idle this long (the diff's allows longer).
+IDLE_IN_TRANSACTION = 5.0
 POOL_CLOSE_TIMEOUT = 5.0
 # Cancel notifications for tasks we did not own, remembered in case we claim them right after.
 RECENT_CANCELS = 1000
@@ -148,15 +152,16 @@ class Dispatcher:
         try:
             settings = self._settings
             flusher = FlushScheduler(pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
-            runner = TurnRunner(pool, settings, self._router, self._worktrees, flusher)
+            # The turns' worktree work (ensure, the diff) uses the dispatcher's own pool too.
+            worktrees = self._worktrees.bound(pool) if self._worktrees is not None else None
+            runner = TurnRunner(pool, settings, self._router, worktrees, flusher)
             async with anyio.create_task_group() as service:
                 self._service = service
                 service.start_soon(self.listener.run)
                 service.start_soon(flusher.run)
                 service.start_soon(self._maintain, pool)
                 service.start_soon(self._cancel_pending, pool, receive)
-                if settings.inactivity_timeout > 0:
-                    service.start_soon(watch_inactivity, self._running.values, settings.inactivity_timeout)
+                service.start_soon(watch_turns, self._running.values, settings.inactivity_timeout)
                 async with anyio.create_task_group() as turns:
                     await self._claim_loop(runner, turns)
                     await self._drain()
@@ -177,8 +182,7 @@ class Dispatcher:
         while not self._stop.is_set():
             pool: asyncpg.Pool | None = None
             try:
-                size = self._settings.max_concurrent_turns + POOL_EXTRA
-                pool = await create_pool(self._url, size, reset=_keep_session)
+                pool = await self._create_pool()
                 await self._recover(pool, left_behind_by=self.worker_id)
                 return pool
             except DATABASE_ERRORS as exc:
@@ -189,6 +193,27 @@ class Dispatcher:
                 with anyio.move_on_after(delay):
                     await self._stop.wait()
         return None
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        """The dispatcher's own pool: turn writes and maintenance, shared with nobody else.
+
+        Every wait is bounded: for a connection (``acquire_timeout``), for a statement
+        (``command_timeout``), and on the server a transaction left idle (a partition in the
+        middle of a write) is ended, so its claim lock cannot hold off recovery for long.
+        """
+        s = self._settings
+        return await create_pool(
+            self._url,
+            s.max_concurrent_turns + POOL_EXTRA,
+            name="dispatcher",
+            acquire_timeout=s.acquire_timeout,
+            reset=_keep_session,
+            command_timeout=max(COMMAND_TIMEOUT_MIN, s.lease_seconds / 2),
+            server_settings={
+                "application_name": self.application_name("turns"),
+                "idle_in_transaction_session_timeout": str(int(IDLE_IN_TRANSACTION * 1000)),
+            },
+        )
 
     # ------------------------------------------------------------------ claiming
 
@@ -204,6 +229,7 @@ class Dispatcher:
                         if conn is None:
                             conn = await queue.connect_claimer(self._url, self.application_name("claim"))
                         settings = self._settings
+                        sent = anyio.current_time()
                         claimed = await queue.claim_tasks(
                             conn, self.worker_id, settings.lease_seconds, free, settings.history_messages
                         )
@@ -217,7 +243,7 @@ class Dispatcher:
                         await self._claims.wait(delay)
                         continue
                     for task in claimed:
-                        turns.start_soon(self._turn, runner, self._register(task))
+                        turns.start_soon(self._turn, runner, self._register(task, sent))
                     if len(claimed) == free:
                         continue  # there may be more; claim again once a slot is free
                 await self._claims.wait(self._settings.poll_interval)
@@ -225,9 +251,11 @@ class Dispatcher:
             if conn is not None:
                 await close_quietly(conn)
 
-    def _register(self, task: ClaimedTask) -> TurnHandle:
-        handle = TurnHandle(task)
+    def _register(self, task: ClaimedTask, claimed_at: float) -> TurnHandle:
+        # The lease runs from the claim, whose statement was sent at claimed_at (or later).
+        handle = TurnHandle(task, self._lease_deadline(claimed_at))
         self._running[task.id] = handle
+        metrics.RUNNING_TURNS.inc()
         log.debug("task.claimed", task_id=task.id, session_id=task.session_id, attempt=task.attempt)
         if task.cancel_requested or self._recent_cancels.pop(task.id, False):
             handle.abort(StopReason.CANCELLED)
@@ -244,11 +272,18 @@ class Dispatcher:
             result = None
         finally:
             del self._running[task.id]
+            metrics.RUNNING_TURNS.dec()
             self._wake_claims()
             if self._turn_ended is not None:
                 self._turn_ended.set()
+        metrics.TURN_DURATION.labels(handle.track).observe(anyio.current_time() - started)
         if result is None:
+            metrics.FENCED.labels(handle.reason or "unfinished").inc()
             return
+        if result.state is TaskState.PENDING:
+            metrics.RETRIES.labels(result.failure_reason or "-").inc()
+        elif result.state is TaskState.FAILED:
+            metrics.FAILURES.labels(result.failure_reason or "-").inc()
         log.info(
             "task.finished",
             task_id=task.id,
@@ -340,12 +375,25 @@ class Dispatcher:
             except Exception as exc:
                 report(log, "dispatcher.maintenance_failed", exc)
 
+    def _lease_deadline(self, sent: float) -> float:
+        """When a lease renewed by a statement sent at ``sent`` must be renewed again (local time)."""
+        return sent + self._settings.lease_seconds - self._settings.fence_margin
+
     async def _extend_leases(self, pool: asyncpg.Pool) -> None:
         handles = list(self._running.values())
         claims = [(h.task.id, h.task.claim_token) for h in handles]
-        renewed = await queue.extend_leases(pool, claims, self._settings.lease_seconds)
+        sent = anyio.current_time()
+        try:
+            renewed = await queue.extend_leases(pool, claims, self._settings.lease_seconds)
+        except Exception:
+            if handles:
+                metrics.LEASE_RENEWALS_FAILED.inc()
+            raise
+        deadline = self._lease_deadline(sent)
         for handle in handles:
             cancel_requested = renewed.get(handle.task.id)
+            if cancel_requested is not None:
+                handle.lease_deadline = max(handle.lease_deadline, deadline)
             if cancel_requested is None:
                 if not handle.finalizing:
                     log.warning("task.lease_lost", task_id=handle.task.id)
@@ -358,6 +406,7 @@ class Dispatcher:
         recovered = await queue.recover_tasks(
             pool, left_behind_by=left_behind_by, backoff=s.retry_backoff, backoff_max=s.retry_backoff_max
         )
+        metrics.RECOVERED.inc(len(recovered))
         for task in recovered:
             log.warning("task.recovered", task_id=task.task_id, state=task.state, attempt=task.attempt, why=task.error)
 

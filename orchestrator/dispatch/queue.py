@@ -8,8 +8,9 @@ share a database. Guarantees, and what provides them:
   ``tasks_one_running_per_session`` refuses whatever a race would let through; the loser
   simply claims again.
 - A task runs once per attempt: ``FOR UPDATE SKIP LOCKED`` hands each row to one claimer,
-  and every later write of the turn checks ``claim_token``, so a turn whose lease was
-  recovered by someone else can no longer change the task.
+  and every later write of the turn locks its ``claim_token`` in the same transaction
+  (:func:`hold_claim`, or ``FINISH_TURN`` itself), so a turn whose lease was recovered by
+  someone else can no longer change the task, its session's log or its messages.
 - Nothing stays running: the owner renews ``lease_expires_at``; once it lapses any
   dispatcher moves the task back to ``pending`` (when attempts remain) or to ``failed`` with
   ``failure_reason = 'interrupted'``.
@@ -71,6 +72,10 @@ class ClaimedTask:
     # The referenced session's project and status; None when the session does not exist.
     session_project_id: int | None
     session_status: str | None
+    # The project's repository (None when the project does not exist).
+    repo_path: str | None = None
+    # Seconds from the task's insert to this claim.
+    claim_wait: float = 0.0
     # Earlier complete messages of the session, oldest first (empty unless session_ok).
     history: tuple[HistoryMessage, ...] = ()
     agent_session: AgentSession | None = None
@@ -89,6 +94,10 @@ class ClaimedTask:
         return (
             self.session_id is not None and self.project_id is not None and self.session_project_id == self.project_id
         )
+
+
+class ClaimLost(Exception):
+    """The task is no longer ours (its lease lapsed and someone recovered it): write nothing."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,19 @@ async def create_session(conn: asyncpg.Connection | asyncpg.Pool, task: ClaimedT
     """A new session for a claimed task without one; None if the claim is no longer ours."""
     session_id: int | None = await conn.fetchval(q.CREATE_SESSION, task.id, task.claim_token, title)
     return session_id
+
+
+async def hold_claim_of(conn: asyncpg.Connection, task_id: int, claim_token: uuid.UUID) -> bool:
+    """Inside a turn's write transaction: lock the claim until commit; False if it is not ours.
+
+    ``FOR KEY SHARE`` lets our own lease renewal through but holds off recovery (which locks
+    ``FOR UPDATE SKIP LOCKED``), so nobody can take the task between this check and the commit.
+    """
+    return bool(await conn.fetchval(q.HOLD_CLAIM, task_id, claim_token))
+
+
+async def hold_claim(conn: asyncpg.Connection, task: ClaimedTask) -> bool:
+    return await hold_claim_of(conn, task.id, task.claim_token)
 
 
 async def extend_leases(

@@ -6,8 +6,9 @@
   The claim already brought the session's history and the agent's upstream session along.
   -> :class:`TurnContext`
 - **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
-  deadline, cancellation, shutdown; :func:`watch_inactivity` aborts it when the backend is
-  silent too long). Its output goes to the sink, which the dispatcher's FlushScheduler writes.
+  deadline, cancellation, shutdown; :func:`watch_turns` aborts it when the backend is silent
+  too long or the turn's lease deadline passed). Its output goes to the sink, which the
+  dispatcher's FlushScheduler writes.
   -> :class:`TurnResult`
 - **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn: for a
   backend with a worktree it writes the reply and records the worktree's diff while the task
@@ -15,10 +16,20 @@
   (or sends it back to ``pending`` for a retry) and its ``task_attempts`` row, stores the
   agent's upstream session, and appends the remaining frames. It retries while the database
   is unreachable; the claim token makes it a no-op if another dispatcher recovered the task.
+
+**Fencing.** Every write of a turn (a flush of its output, its diff, its end) runs in a
+transaction that first locks its claim (``queue.hold_claim``): a turn whose task was recovered
+elsewhere writes nothing, and a recovery cannot slip in between the check and the commit. A turn
+also keeps a local lease deadline (last successful renewal sent + ``lease_seconds`` -
+``lease_margin``): :func:`watch_turns` fences a turn that reaches it — the backend is stopped,
+its buffered output dropped, its finalize abandoned — before any other dispatcher may recover
+the task, so two attempts of one session never run at the same time, not even in its worktree.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -29,9 +40,9 @@ import asyncpg
 
 from backends import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
 from kernel import CONNECTION_LOST, DATABASE_ERRORS, Backoff, WorktreeError, exponential, get_logger, task_state
+from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch import queries as q
-from orchestrator.dispatch import queue
-from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask
+from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask, ClaimLost
 from orchestrator.dispatch.routing import NATIVE, Router
 from orchestrator.dispatch.settings import DispatcherSettings
 from orchestrator.dispatch.sink import Batch, FlushScheduler, MessageEnd, TurnSink
@@ -43,9 +54,11 @@ log = get_logger("turn")
 SESSION_TITLE_CHARS = 80
 FINALIZE_RETRY = 0.1
 FINALIZE_RETRY_MAX = 2.0
-# The inactivity watch looks at least this often (seconds).
-INACTIVITY_CHECK_MAX = 1.0
+# The watch over running turns (inactivity, lease deadlines) looks this often (seconds).
+WATCH_INTERVAL = 0.25
 DIFF_ERRORS: tuple[type[Exception], ...] = (WorktreeError, *DATABASE_ERRORS)
+# The diff's transaction may stay idle this much longer than the snapshot may take.
+SNAPSHOT_IDLE_SLACK = 5.0
 
 
 class TaskState(StrEnum):
@@ -64,26 +77,57 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"
     # Another dispatcher recovered the task: this turn may write nothing more.
     LEASE_LOST = "lease_lost"
+    # The lease could not be renewed before its local deadline: stop and write nothing more.
+    LEASE_EXPIRED = "lease_expired"
+
+
+# Stops after which the turn writes nothing: the task is someone else's (or will be).
+FENCED = (StopReason.LEASE_LOST, StopReason.LEASE_EXPIRED)
 
 
 class TurnHandle:
     """A turn as the dispatcher holds it: the claimed task and the means to stop it."""
 
-    def __init__(self, task: ClaimedTask) -> None:
+    def __init__(self, task: ClaimedTask, lease_deadline: float = math.inf) -> None:
         self.task = task
         self.scope = anyio.CancelScope()
         self.reason: StopReason | None = None
-        # Set once the turn is being finalized: it can no longer be stopped, and its row may
-        # leave 'running' (ending the lease) before the dispatcher forgets the handle.
+        # Set once the turn is being finalized: it can no longer be stopped (except by fencing),
+        # and its row may leave 'running' (ending the lease) before the dispatcher forgets it.
         self.finalizing = False
-        # The running backend's sink (for the inactivity watch); None outside execute.
+        # The finalize's own (shielded) scope, so fencing can abandon it too.
+        self.finalize_scope: anyio.CancelScope | None = None
+        # The turn's sink (for the inactivity watch, and to drop its output when fenced).
         self.sink: TurnSink | None = None
+        self.executing = False
+        # anyio time by which the lease must have been renewed again (see the module docstring).
+        self.lease_deadline = lease_deadline
+        # The backend's execution path once routed (for metrics).
+        self.track = "none"
+
+    @property
+    def fenced(self) -> bool:
+        return self.reason in FENCED
 
     def abort(self, reason: StopReason) -> None:
-        """Stop the turn (works before it started, too); the first reason given wins."""
+        """Stop the turn (works before it started, too); the first reason given wins, except that
+        a fencing stop always wins: then nothing more may be written."""
+        if reason in FENCED:
+            self.fence(reason)
+            return
         if self.reason is None:
             self.reason = reason
         self.scope.cancel()
+
+    def fence(self, reason: StopReason) -> None:
+        """No more writes: stop the backend, drop buffered output, abandon a running finalize."""
+        if not self.fenced:
+            self.reason = reason
+        if self.sink is not None:
+            self.sink.fence()
+        self.scope.cancel()
+        if self.finalize_scope is not None:
+            self.finalize_scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -115,10 +159,6 @@ def failed(reason: str, error: str, usage: Usage | None = None) -> TurnResult:
     return TurnResult(TaskState.FAILED, "failed", reason, error, stop_reason=reason, usage=usage)
 
 
-class _ClaimLost(Exception):
-    """The task is no longer ours (its lease lapsed and someone recovered it)."""
-
-
 class TurnRunner:
     def __init__(
         self,
@@ -135,10 +175,21 @@ class TurnRunner:
         self._flusher = flusher
 
     async def run(self, handle: TurnHandle) -> TurnResult | None:
-        """Run the claimed task to its end; None when the claim was lost on the way."""
+        """Run the claimed task to its end; None when the claim was lost (or fenced) on the way."""
         task = handle.task
         session = task.session_id if task.session_ok else None
-        sink = TurnSink(task.id, session, task.input, task.attempt, on_output=self._flusher.schedule)
+        sink = TurnSink(
+            task.id,
+            session,
+            task.input,
+            task.attempt,
+            on_output=self._flusher.schedule,
+            claim_token=task.claim_token,
+            on_claim_lost=lambda: handle.fence(StopReason.LEASE_LOST),
+        )
+        handle.sink = sink
+        if handle.fenced:
+            sink.fence()
         ctx: TurnContext | None = None
         result: TurnResult | None = None
         try:
@@ -148,11 +199,14 @@ class TurnRunner:
                 # A turn stopped before it started (cancelled while being claimed) ends here.
                 await anyio.lowlevel.checkpoint()
                 ctx = await self.prepare(task, sink)
+                handle.track = ctx.backend.execution_path
+                if task.attempt == 1:
+                    metrics.CLAIM_LATENCY.labels(handle.track).observe(task.claim_wait)
                 result = await self.execute(ctx, sink, handle)
         except TaskRejected as exc:
             result = failed(exc.reason, exc.message)
-        except _ClaimLost:
-            handle.abort(StopReason.LEASE_LOST)
+        except ClaimLost:
+            handle.fence(StopReason.LEASE_LOST)
         except CONNECTION_LOST as exc:
             result = self._retry_or_fail("database_unavailable", f"database error while preparing: {exc}", task)
         except Exception as exc:
@@ -163,24 +217,39 @@ class TurnRunner:
             result = self._settle(handle, result, sink)
             handle.finalizing = True
             if result is not None:
-                with anyio.CancelScope(shield=True) as scope:
-                    scope.deadline = anyio.current_time() + self._settings.finalize_timeout
-                    result = await self.finalize(task, ctx, sink, result)
-                if scope.cancelled_caught:
-                    log.error("turn.finalize_timeout", task_id=task.id, timeout=self._settings.finalize_timeout)
-                    result = None
+                result = await self._finalize_shielded(handle, ctx, sink, result)
         return result
+
+    async def _finalize_shielded(
+        self, handle: TurnHandle, ctx: TurnContext | None, sink: TurnSink, result: TurnResult
+    ) -> TurnResult | None:
+        """Finalize with a fresh ``finalize_timeout``, whatever ended the turn; only fencing stops it."""
+        with anyio.CancelScope(shield=True) as scope:
+            handle.finalize_scope = scope
+            scope.deadline = anyio.current_time() + self._settings.finalize_timeout
+            if handle.fenced:
+                scope.cancel()
+            written = await self.finalize(handle.task, ctx, sink, result)
+        handle.finalize_scope = None
+        if handle.fenced:
+            log.warning("turn.fenced", task_id=handle.task.id, attempt=handle.task.attempt, why=handle.reason)
+            return None
+        if scope.cancelled_caught:
+            log.error("turn.finalize_timeout", task_id=handle.task.id, timeout=self._settings.finalize_timeout)
+            return None
+        return written
 
     # ------------------------------------------------------------------ prepare
 
     async def prepare(self, task: ClaimedTask, sink: TurnSink) -> TurnContext:
         project_id = _check_task(task)
         backend = self._router.route(task.agent)
+        _check_input_size(task, backend)
         session_id = task.session_id
         if session_id is None:
             session_id = await queue.create_session(self._pool, task, session_title(task.input))
             if session_id is None:
-                raise _ClaimLost
+                raise ClaimLost
             sink.session_id = session_id
         workdir = None
         if backend.needs_worktree:
@@ -188,6 +257,7 @@ class TurnRunner:
                 raise TaskRejected(
                     "agent_unavailable", f"agent {task.agent!r} edits files but this dispatcher has no worktrees"
                 )
+            await _check_repository(task)
             try:
                 workdir = (await self._worktrees.ensure(session_id)).path
             except WorktreeError as exc:
@@ -213,14 +283,14 @@ class TurnRunner:
 
     async def execute(self, ctx: TurnContext, sink: TurnSink, handle: TurnHandle) -> TurnResult:
         sink.last_activity = anyio.current_time()
-        handle.sink = sink
+        handle.executing = True
         try:
             outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
         except Exception as exc:
             log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
             outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
         finally:
-            handle.sink = None
+            handle.executing = False
         return self._from_outcome(ctx.task, outcome, sink)
 
     def _from_outcome(self, task: ClaimedTask, outcome: TurnOutcome, sink: TurnSink) -> TurnResult:
@@ -258,7 +328,7 @@ class TurnRunner:
             stop = StopReason.TIMEOUT  # the only cancellation without a reason: the deadline
         if stop is None and result is None:
             stop = StopReason.SHUTDOWN  # the dispatcher was cancelled from outside
-        if stop is StopReason.LEASE_LOST:
+        if stop in FENCED:
             return None
         # A backend that finished before the stop landed keeps its result.
         finished_first = (
@@ -298,7 +368,11 @@ class TurnRunner:
         self._flusher.forget(sink)
         sink.end_message(MessageEnd(result.message_status, result.stop_reason, result.usage, result.error))
         if ctx is not None and ctx.backend.needs_worktree and self._worktrees is not None:
-            result = await self._record_diff(ctx, sink, result)
+            try:
+                result = await self._record_diff(ctx, sink, result)
+            except ClaimLost:
+                log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
+                return None
         sink.add_task_state(task_state(task.id, result.state, task.attempt, result.failure_reason, result.error))
         backoff = Backoff(FINALIZE_RETRY, FINALIZE_RETRY_MAX)
         refused = False
@@ -310,7 +384,7 @@ class TurnRunner:
                     async with self._pool.acquire() as conn, conn.transaction():
                         await self._write_end(conn, task, ctx, sink, batch, result, refused)
                     return result
-                except _ClaimLost:
+                except ClaimLost:
                     log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
                     return None
                 except CONNECTION_LOST as exc:
@@ -349,7 +423,7 @@ class TurnRunner:
             execution_path=ctx.backend.execution_path if ctx else None,
         )
         if not await queue.finish_attempt(conn, task, end):
-            raise _ClaimLost
+            raise ClaimLost
         await sink.write(conn, batch)
         if refused and sink.message_id is not None:
             await conn.execute(q.FAIL_MESSAGE, sink.message_id, result.failure_reason)
@@ -365,17 +439,40 @@ class TurnRunner:
             )
 
     async def _record_diff(self, ctx: TurnContext, sink: TurnSink, result: TurnResult) -> TurnResult:
-        """The worktree's diff becomes the session's pending change, before the task ends."""
+        """The worktree's diff becomes the session's pending change, before the task ends.
+
+        Recorded only while the claim holds (in the transaction that locks it), and within
+        ``snapshot_timeout``: a snapshot that takes longer is abandoned and the turn fails with
+        ``diff_timeout`` (its edits stay in the worktree), rather than outliving the finalize.
+        """
         assert self._worktrees is not None
+        limit = self._settings.snapshot_limit
         try:
             # The reply first (message_complete), so the pending_change frame follows the output
             # that made it and precedes the task's final state.
             await sink.flush(self._pool)
-            await self._worktrees.record_turn(ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent)
+            with anyio.move_on_after(limit) as snapshot:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    if not await queue.hold_claim(conn, ctx.task):
+                        raise ClaimLost
+                    # The snapshot runs (in git) while this transaction waits.
+                    await conn.execute(q.ALLOW_IDLE_IN_TRANSACTION, str(int((limit + SNAPSHOT_IDLE_SLACK) * 1000)))
+                    await self._worktrees.bound(conn).record_turn(
+                        ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent
+                    )
         except DIFF_ERRORS as exc:
             log.error("turn.diff_failed", task_id=ctx.task.id, error=exc)
             if result.state is TaskState.COMPLETED:
                 return failed("diff_failed", f"the turn's changes could not be recorded: {exc}", result.usage)
+            return result
+        if snapshot.cancelled_caught:
+            log.error("turn.diff_timeout", task_id=ctx.task.id, timeout=limit)
+            if result.state is TaskState.COMPLETED:
+                error = (
+                    f"recording the worktree's changes took longer than {limit:g} s (dispatcher.snapshot_timeout); "
+                    "the edits stay in the worktree and the session's next turn records them"
+                )
+                return failed("diff_timeout", error, result.usage)
         return result
 
 
@@ -400,17 +497,51 @@ def _check_task(task: ClaimedTask) -> int:
     return task.project_id
 
 
+def _check_input_size(task: ClaimedTask, backend: Backend) -> None:
+    """A backend that takes the prompt in a bounded way (a PTY agent: one command-line argument)
+    refuses a longer one by name, rather than failing to start its agent."""
+    limit: int | None = getattr(backend, "max_input_bytes", None)
+    size = len(task.input.encode())
+    if limit is not None and size > limit:
+        raise TaskRejected(
+            "input_too_long",
+            f"the prompt is {size:,} bytes; agent {task.agent!r} ({backend.execution_path}) takes at most "
+            f"{limit:,} bytes (it gets the prompt as one command-line argument); shorten it or use an ACP agent",
+        )
+
+
+async def _check_repository(task: ClaimedTask) -> None:
+    """The project's repository must still be there: a moved or deleted directory is the user's
+    doing, reported once and at once, not retried as if the database had gone away."""
+    path = task.repo_path
+    if path is not None and not await anyio.to_thread.run_sync(os.path.isdir, path):
+        raise TaskRejected(
+            "repository_missing",
+            f"project {task.project_id}'s repository {path} does not exist any more (moved or deleted?); "
+            "restore it, or register the new location with `switchyard project add`",
+        )
+
+
 def session_title(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()[:SESSION_TITLE_CHARS]
 
 
-async def watch_inactivity(handles: Callable[[], Iterable[TurnHandle]], idle_limit: float) -> None:
-    """Abort every turn whose backend has sent no event for ``idle_limit`` seconds; one loop for
-    all turns of a dispatcher, checking a few times per limit."""
+async def watch_turns(handles: Callable[[], Iterable[TurnHandle]], idle_limit: float) -> None:
+    """One loop over all turns of a dispatcher: fence a turn whose lease deadline passed, abort
+    one whose backend has sent no event for ``idle_limit`` seconds (0: never)."""
     while True:
-        await anyio.sleep(min(INACTIVITY_CHECK_MAX, idle_limit / 4))
+        await anyio.sleep(WATCH_INTERVAL)
         now = anyio.current_time()
-        for handle in handles():
+        for handle in list(handles()):
+            if now >= handle.lease_deadline and not handle.fenced:
+                log.error(
+                    "task.lease_expired",
+                    task_id=handle.task.id,
+                    attempt=handle.task.attempt,
+                    why="the lease could not be renewed in time; the turn stops and writes nothing more",
+                )
+                handle.fence(StopReason.LEASE_EXPIRED)
+                continue
             sink = handle.sink
-            if sink is not None and now - sink.last_activity >= idle_limit:
+            if idle_limit > 0 and handle.executing and sink is not None and now - sink.last_activity >= idle_limit:
                 handle.abort(StopReason.INACTIVE)

@@ -482,10 +482,11 @@ async def test_shutdown_hands_running_turns_back_after_the_grace_period(db_url: 
         await wait_state(pool, last, "running")
     assert dispatcher.running_task_ids == frozenset()
     row = await task(pool, again)
-    assert (row["state"], row["failure_reason"], row["attempt"]) == ("pending", "shutdown", 1)
+    # Handed back, not failed: the row carries no failure; the attempt row says why it stopped.
+    assert (row["state"], row["failure_reason"], row["error"], row["attempt"]) == ("pending", None, None, 1)
     row = await task(pool, last)
     assert (row["state"], row["failure_reason"]) == ("failed", "shutdown")
-    assert [a["outcome"] for a in await attempts(pool, again)] == ["interrupted"]
+    assert [(a["outcome"], a["failure_reason"]) for a in await attempts(pool, again)] == [("interrupted", "shutdown")]
     assert sorted(slow.aborted) == sorted([again, last])
     # The next dispatcher runs the handed-back task.
     slow.release()
