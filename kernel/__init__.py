@@ -51,12 +51,16 @@ from kernel.eventlog import (
 )
 from kernel.listen import Connect, Listener
 from kernel.logs import EventLogger, configure_logging, get_logger, redact
+from kernel.metrics import METRIC_PREFIX, METRICS_CONTENT_TYPE, on_scrape, render_metrics
 from kernel.net import free_port, port_is_free
+from kernel.procs import process_gone, process_key
 from kernel.retry import Backoff, exponential
 
 __all__ = [
     "CONNECTION_LOST",
     "DATABASE_ERRORS",
+    "METRICS_CONTENT_TYPE",
+    "METRIC_PREFIX",
     "VALUE_REFUSED",
     "AgentCommandsPayload",
     "BackendError",
@@ -96,9 +100,13 @@ __all__ = [
     "free_port",
     "get_logger",
     "message_complete",
+    "on_scrape",
     "port_is_free",
+    "process_gone",
+    "process_key",
     "read_events",
     "redact",
+    "render_metrics",
     "report",
     "task_state",
 ]

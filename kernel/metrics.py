@@ -22,9 +22,9 @@ from kernel.logs import get_logger
 
 log = get_logger("metrics")
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 REFRESH_TIMEOUT = 2.0
-PREFIX = "switchyard_"
+METRIC_PREFIX = "switchyard_"
 
 Refresh = Callable[[], Awaitable[None]]
 _refreshers: list[Refresh] = []
@@ -41,7 +41,7 @@ def on_scrape(refresh: Refresh) -> Callable[[], None]:
     return unregister
 
 
-async def render() -> bytes:
+async def render_metrics() -> bytes:
     """The process's metrics in the Prometheus text format."""
     for refresh in list(_refreshers):
         try:
@@ -57,7 +57,7 @@ class _PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
-            PREFIX + "db_pool_connections", "Connections of a database pool", labels=["pool", "state"]
+            METRIC_PREFIX + "db_pool_connections", "Connections of a database pool", labels=["pool", "state"]
         )
         for pool in live_pools():
             size, idle = pool.get_size(), pool.get_idle_size()

@@ -29,22 +29,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections import OrderedDict
-from functools import partial
 
 import anyio
 import asyncpg
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kernel import DATABASE_ERRORS, Backoff, Listener, close_quietly, connect, create_pool, get_logger, report
+from orchestrator.db import workers
 from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch.queue import ClaimedTask
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
 from orchestrator.dispatch.sink import FlushScheduler
 from orchestrator.dispatch.turn import StopReason, TaskState, TurnHandle, TurnRunner, watch_turns
+from orchestrator.errors import WorkerIdLost
 from worktrees import WorktreeManager
 
 log = get_logger("dispatcher")
@@ -90,8 +90,20 @@ class Dispatcher:
         settings: DispatcherSettings,
         router: Router,
         worktrees: WorktreeManager | None = None,
+        *,
+        identity_base: str | None = None,
     ) -> None:
-        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        # The worker id: the configured one, else the first free id derived from identity_base
+        # (the service passes <host>:<data_dir>; orchestrator.db.workers).
+        explicit = bool(settings.worker_id)
+        base = identity_base or workers.default_base(os.getcwd())
+        self._lock = workers.WorkerLock(
+            database_url,
+            "dispatcher",
+            [settings.worker_id] if explicit else workers.derived_ids(base),
+            explicit=explicit,
+            application_name=lambda worker_id: self._application_name("lock", worker_id),
+        )
         self._url = database_url
         self._settings = settings
         self._router = router
@@ -99,6 +111,8 @@ class Dispatcher:
         self._running: dict[int, TurnHandle] = {}
         self._recent_cancels: OrderedDict[int, bool] = OrderedDict()
         self._shutdown_requested = False
+        # Why this process lost its worker id while running (it then stops; see _identity_lost).
+        self._identity_lost_because: str | None = None
         # Created in run(): anyio primitives need the running event loop.
         self._stop: anyio.Event | None = None
         self._claims: Wakeup | None = None
@@ -106,18 +120,33 @@ class Dispatcher:
         self._turn_ended: Wakeup | None = None
         self._cancel_queue: MemoryObjectSendStream[int] | None = None
         self._service: TaskGroup | None = None
-        listen_settings = {"application_name": self.application_name("listener")}
         self.listener = Listener(
-            partial(connect, database_url, server_settings=listen_settings),
+            self._connect_listener,
             {TASKS_NEW: self._on_task, TASK_CANCEL: self._on_cancel_notified},
             name="dispatcher",
             health_interval=settings.poll_interval,
             while_subscribed=self._subscribed,
         )
 
+    @property
+    def worker_id(self) -> str:
+        """The id in tasks.claimed_by; known once ``run`` has started (empty before, unless configured)."""
+        return self._lock.worker_id
+
+    @property
+    def worker_lock(self) -> workers.WorkerLock:
+        return self._lock
+
+    async def _connect_listener(self) -> asyncpg.Connection:
+        return await connect(self._url, server_settings={"application_name": self.application_name("listener")})
+
     def application_name(self, role: str) -> str:
         """How this dispatcher's dedicated connections show in pg_stat_activity."""
-        return f"switchyard-{role} {self.worker_id}"[:APPLICATION_NAME_MAX]
+        return self._application_name(role, self.worker_id)
+
+    @staticmethod
+    def _application_name(role: str, worker_id: str) -> str:
+        return f"switchyard-{role} {worker_id}"[:APPLICATION_NAME_MAX]
 
     @property
     def running_task_ids(self) -> frozenset[int]:
@@ -136,19 +165,33 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the service
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until shut down; ``task_status`` is told once the worker id is held and claiming
+        begins. Raises WorkerIdTaken when no id can be held, WorkerIdLost when it was taken away."""
         self._stop = anyio.Event()
         if self._shutdown_requested:
             self._stop.set()
         self._claims, self._maintenance, self._turn_ended = Wakeup(), Wakeup(), Wakeup()
         send, receive = anyio.create_memory_object_stream[int](CANCEL_QUEUE)
         self._cancel_queue = send
-        pool = await self._start()
-        if pool is None:
+        try:
+            pool = await self._start()
+            if pool is None:
+                send.close()
+                receive.close()
+                task_status.started()
+                return
+            log.info("dispatcher.started", worker_id=self.worker_id, max_turns=self._settings.max_concurrent_turns)
+            task_status.started()
+            await self._serve(pool, receive)
+        finally:
             send.close()
-            receive.close()
-            return
-        log.info("dispatcher.started", worker_id=self.worker_id, max_turns=self._settings.max_concurrent_turns)
+            with anyio.CancelScope(shield=True):
+                await self._lock.release()
+        if self._identity_lost_because is not None:
+            raise WorkerIdLost(self._identity_lost_because)
+
+    async def _serve(self, pool: asyncpg.Pool, cancels: MemoryObjectReceiveStream[int]) -> None:
         try:
             settings = self._settings
             flusher = FlushScheduler(pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
@@ -157,17 +200,17 @@ class Dispatcher:
             runner = TurnRunner(pool, settings, self._router, worktrees, flusher)
             async with anyio.create_task_group() as service:
                 self._service = service
+                service.start_soon(self._lock.hold, self._identity_lost)
                 service.start_soon(self.listener.run)
                 service.start_soon(flusher.run)
                 service.start_soon(self._maintain, pool)
-                service.start_soon(self._cancel_pending, pool, receive)
+                service.start_soon(self._cancel_pending, pool, cancels)
                 service.start_soon(watch_turns, self._running.values, settings.inactivity_timeout)
                 async with anyio.create_task_group() as turns:
                     await self._claim_loop(runner, turns)
                     await self._drain()
                 service.cancel_scope.cancel()
         finally:
-            send.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(POOL_CLOSE_TIMEOUT) as closing:
                 await pool.close()
             if closing.cancelled_caught:
@@ -175,15 +218,21 @@ class Dispatcher:
             log.info("dispatcher.stopped", worker_id=self.worker_id)
 
     async def _start(self) -> asyncpg.Pool | None:
-        """Open the pool and recover what this worker left behind, waiting out an unreachable
-        database; None if shutdown was requested first."""
+        """Hold a worker id, open the pool and recover what this id's previous run left running
+        (at once, when that process is certainly gone), waiting out an unreachable database;
+        None if shutdown was requested first."""
         assert self._stop is not None
         backoff = Backoff(RETRY_BACKOFF, RETRY_BACKOFF_MAX)
+        held: workers.Held | None = None
         while not self._stop.is_set():
             pool: asyncpg.Pool | None = None
             try:
+                if held is None:
+                    held = await self._lock.acquire()
+                    log.info("dispatcher.worker_id", worker_id=held.worker_id, recover_now=held.predecessor_gone)
                 pool = await self._create_pool()
-                await self._recover(pool, left_behind_by=self.worker_id)
+                if held.predecessor_gone:
+                    await self._recover(pool, left_behind_by=self.worker_id)
                 return pool
             except DATABASE_ERRORS as exc:
                 if pool is not None:
@@ -193,6 +242,15 @@ class Dispatcher:
                 with anyio.move_on_after(delay):
                     await self._stop.wait()
         return None
+
+    def _identity_lost(self, reason: str) -> None:
+        """Another process holds our worker id now and may recover our tasks at any moment: stop
+        every turn without writing, stop claiming, and let ``run`` fail with the reason."""
+        log.error("dispatcher.worker_id_lost", worker_id=self.worker_id, why=reason)
+        self._identity_lost_because = reason
+        for handle in self._running.values():
+            handle.fence(StopReason.LEASE_LOST)
+        self.request_shutdown()
 
     async def _create_pool(self) -> asyncpg.Pool:
         """The dispatcher's own pool: turn writes and maintenance, shared with nobody else.

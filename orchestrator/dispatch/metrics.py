@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 
-from kernel.metrics import PREFIX
-from orchestrator.dispatch import queries as q
+from kernel import METRIC_PREFIX as PREFIX
+from orchestrator.dispatch.queue import queue_summary
 
-TASK_STATES = ("pending", "running", "completed", "failed", "cancelled")
 # Seconds: a no-op claim takes about a millisecond, an agent turn minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
@@ -45,12 +44,7 @@ RECOVERED = Counter(PREFIX + "tasks_recovered_total", "Running tasks moved on af
 
 async def refresh_tasks(db: asyncpg.Pool) -> None:
     """Set ``switchyard_tasks`` from the database (the kernel.metrics refresher)."""
-    rows = await db.fetch(q.COUNT_TASKS)
-    counts = {state: 0 for state in TASK_STATES}
-    runnable = 0
-    for row in rows:
-        counts[row["state"]] = row["count"]
-        runnable += row["runnable"]
-    for state, count in counts.items():
+    summary = await queue_summary(db)
+    for state, count in summary.states.items():
         TASKS.labels(state).set(count)
-    RUNNABLE.set(runnable)
+    RUNNABLE.set(summary.runnable)

@@ -283,3 +283,5 @@ SELECT state, count(*) AS count,
   FROM tasks
  GROUP BY state
 """
+
+OLDEST_PENDING = "SELECT extract(epoch FROM now() - min(created_at))::float8 FROM tasks WHERE state = 'pending'"

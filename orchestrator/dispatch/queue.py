@@ -34,6 +34,7 @@ from kernel import Event, SessionFrame, append_events, connect, message_complete
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch.routing import NATIVE
 
+TASK_STATES = ("pending", "running", "completed", "failed", "cancelled")
 # A claim that loses the one-running-per-session race is repeated at once this often.
 CLAIM_RACE_RETRIES = 3
 
@@ -240,3 +241,20 @@ async def _announce(conn: asyncpg.Connection, rows: Iterable[asyncpg.Record]) ->
         frames.append((SessionFrame.TASK_STATE, state))
     for session_id, frames in by_session.items():
         await append_events(conn, session_id, frames)
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """How many tasks are in each state, how many pending ones may run now, the oldest one's age."""
+
+    states: dict[str, int]
+    runnable: int
+    oldest_pending_seconds: float | None
+
+
+async def queue_summary(db: asyncpg.Connection | asyncpg.Pool) -> QueueSummary:
+    rows = await db.fetch(q.COUNT_TASKS)
+    states = {state: 0 for state in TASK_STATES}
+    states.update({row["state"]: row["count"] for row in rows})
+    oldest = await db.fetchval(q.OLDEST_PENDING)
+    return QueueSummary(states, sum(row["runnable"] for row in rows), oldest)

@@ -155,6 +155,10 @@ class TurnResult:
         return {TaskState.COMPLETED: "complete", TaskState.CANCELLED: "cancelled"}.get(self.state, "failed")
 
 
+class _SnapshotOverran(Exception):
+    """The worktree snapshot took longer than snapshot_timeout (its transaction is rolled back)."""
+
+
 def failed(reason: str, error: str, usage: Usage | None = None) -> TurnResult:
     return TurnResult(TaskState.FAILED, "failed", reason, error, stop_reason=reason, usage=usage)
 
@@ -451,21 +455,19 @@ class TurnRunner:
             # The reply first (message_complete), so the pending_change frame follows the output
             # that made it and precedes the task's final state.
             await sink.flush(self._pool)
-            with anyio.move_on_after(limit) as snapshot:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    if not await queue.hold_claim(conn, ctx.task):
-                        raise ClaimLost
-                    # The snapshot runs (in git) while this transaction waits.
-                    await conn.execute(q.ALLOW_IDLE_IN_TRANSACTION, str(int((limit + SNAPSHOT_IDLE_SLACK) * 1000)))
+            async with self._pool.acquire() as conn, conn.transaction():
+                if not await queue.hold_claim(conn, ctx.task):
+                    raise ClaimLost
+                # The snapshot runs (in git) while this transaction waits.
+                await conn.execute(q.ALLOW_IDLE_IN_TRANSACTION, str(int((limit + SNAPSHOT_IDLE_SLACK) * 1000)))
+                # Only the snapshot is given up on, so the transaction still ends (rolled back) cleanly.
+                with anyio.move_on_after(limit) as snapshot:
                     await self._worktrees.bound(conn).record_turn(
                         ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent
                     )
-        except DIFF_ERRORS as exc:
-            log.error("turn.diff_failed", task_id=ctx.task.id, error=exc)
-            if result.state is TaskState.COMPLETED:
-                return failed("diff_failed", f"the turn's changes could not be recorded: {exc}", result.usage)
-            return result
-        if snapshot.cancelled_caught:
+                if snapshot.cancelled_caught:
+                    raise _SnapshotOverran
+        except _SnapshotOverran:
             log.error("turn.diff_timeout", task_id=ctx.task.id, timeout=limit)
             if result.state is TaskState.COMPLETED:
                 error = (
@@ -473,6 +475,12 @@ class TurnRunner:
                     "the edits stay in the worktree and the session's next turn records them"
                 )
                 return failed("diff_timeout", error, result.usage)
+            return result
+        except DIFF_ERRORS as exc:
+            log.error("turn.diff_failed", task_id=ctx.task.id, error=exc)
+            if result.state is TaskState.COMPLETED:
+                return failed("diff_failed", f"the turn's changes could not be recorded: {exc}", result.usage)
+            return result
         return result
 
 
