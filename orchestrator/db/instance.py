@@ -114,5 +114,10 @@ class ClusterOwner:
         return owner is None or process_gone(owner)
 
     def release(self) -> None:
+        """Give up ownership, leaving the cluster to whoever uses it next."""
         if self.is_mine():
-            self.path.unlink(missing_ok=True)
+            self.forget()
+
+    def forget(self) -> None:
+        """The cluster was stopped: nobody owns it."""
+        self.path.unlink(missing_ok=True)

@@ -53,14 +53,15 @@ def _start_or_adopt(cluster: EmbeddedPostgres, data_dir: Path, service: bool) ->
 def _stop_if_mine(cluster: EmbeddedPostgres, data_dir: Path, service: bool) -> None:
     with cluster_decision(data_dir):
         owner = ClusterOwner(data_dir)
-        if not owner.is_mine():
+        # The service also stops one whose starter left it to it (or is gone).
+        if not (owner.is_mine() or (service and owner.orphaned())):
             return
         if not service and service_running_elsewhere(data_dir):
             # A service started on this directory meanwhile and uses the cluster: it is its now.
             owner.release()
             return
         cluster.stop()
-        owner.release()
+        owner.forget()
         log.info("embedded_postgres.stopped", directory=cluster.directory)
 
 
@@ -76,7 +77,7 @@ async def database_url(settings: DatabaseSettings, data_dir: Path, *, service: b
     try:
         yield cluster.url()
     finally:
-        if mine:
+        if mine or service:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_stop_if_mine, cluster, data_dir, service)
 
