@@ -39,8 +39,9 @@ $(CHROMIUM):
 	apt-get update
 	apt-get install -y chromium
 
+# exec: the service replaces the recipe's shell, so a supervisor's SIGTERM reaches it.
 up: install tools
-	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/switchyard up
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" exec $(BIN)/switchyard up
 
 test: install tools $(CHROMIUM)
 	$(BIN)/ruff check .

@@ -1,4 +1,5 @@
-"""Helpers for tests that run turns: waiting on the database, dispatchers in and out of process."""
+"""Helpers for tests that run turns: waiting on the database, dispatchers in and out of process,
+gateways as processes."""
 
 from __future__ import annotations
 
@@ -161,3 +162,33 @@ def dispatcher_processes(db_url: str, *worker_ids: str, **settings: Any) -> Iter
     finally:
         for proc in procs:
             proc.close()
+
+
+@asynccontextmanager
+async def gateway_process(db_url: str, port: int, *, kill: bool = False) -> AsyncIterator[str]:
+    """Run `switchyard gateway --port PORT`; yields its WebSocket URL. Stops it with SIGTERM (or SIGKILL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
+    env["SWITCHYARD_DATABASE_URL"] = db_url
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [*SWITCHYARD, "gateway", "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            with anyio.fail_after(WAIT_TIMEOUT_S):
+                line = await anyio.to_thread.run_sync(proc.stdout.readline)
+            if not line.startswith("gateway: "):
+                stderr.seek(0)
+                raise AssertionError(f"gateway did not start: {line!r} {stderr.read().decode()}")
+            yield line.removeprefix("gateway: ").strip()
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(proc.wait, WAIT_TIMEOUT_S)
+            assert code == (-signal.SIGKILL if kill else 0)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
