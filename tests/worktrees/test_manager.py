@@ -349,9 +349,9 @@ async def test_the_reaper_removes_only_what_it_may(
 
 
 async def test_a_worktree_the_reaper_keeps_is_reported_once(
-    pool: asyncpg.Pool, repo: Path, settings: WorktreeSettings, caplog: pytest.LogCaptureFixture
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    manager = WorktreeManager(pool, WorktreeSettings(root=settings.root, reap_idle_after=3600))
+    manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
     dirty = await add_repo_session(pool, repo)
     path = (await manager.ensure(dirty)).path
     (path / "unrecorded.txt").write_text("work nobody has seen\n")
