@@ -49,6 +49,12 @@ VALUE_REFUSED: tuple[type[Exception], ...] = (asyncpg.DataError, asyncpg.Integri
 DATABASE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_LOST, asyncpg.PostgresError)
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    return str(exc) or type(exc).__name__
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -58,7 +64,7 @@ async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S, **kwargs)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {_why(exc)}") from exc
     await init_connection(conn)
     return conn
 
@@ -102,8 +108,8 @@ async def _pool_connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     """A pool's new connection; failing to connect is DatabaseUnavailable, as for :func:`connect`."""
     try:
         return await asyncpg.connect(*args, **kwargs)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect: {exc}") from exc
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect: {_why(exc)}") from exc
 
 
 async def create_pool(
@@ -138,7 +144,7 @@ async def create_pool(
         await pool
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         pool.terminate()
-        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {_why(exc)}") from exc
     except DatabaseUnavailable as exc:
         pool.terminate()
         raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {exc.__cause__ or exc}") from exc

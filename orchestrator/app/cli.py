@@ -244,7 +244,7 @@ async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
     config = ctx.config
     settings = config.gateway if args.port is None else replace(config.gateway, port=args.port)
     async with database_url(config.database, config.data_dir) as url:
-        await migrate_url(url)
+        await migrate_url(url, wait=True)
         async with AsyncExitStack() as stack:
             pool = await open_pool(config, url, "gateway")
             stack.push_async_callback(pool.close)

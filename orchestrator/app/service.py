@@ -121,7 +121,7 @@ async def run_dispatcher_only(config: Config, out: TextIO) -> None:
     """``switchyard dispatcher``: a dispatcher and its opencode pool, no gateway."""
     with stop_signals() as signals:
         async with database_url(config.database, config.data_dir) as url:
-            await migrate_url(url)
+            await migrate_url(url, wait=True)
             async with dispatcher_runtime(config, url) as runtime, anyio.create_task_group() as tg:
                 tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
                 await tg.start(run_dispatcher, runtime, tg)
@@ -155,7 +155,7 @@ async def run_service(config: Config, out: TextIO) -> None:
         await anyio.to_thread.run_sync(lock.acquire)
         try:
             async with database_url(config.database, config.data_dir, service=True) as url:
-                version = await migrate_url(url)
+                version = await migrate_url(url, wait=True)
                 async with dispatcher_runtime(config, url) as runtime:
                     await _serve(config, url, version, runtime, signals, out)
         finally:

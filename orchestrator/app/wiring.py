@@ -48,6 +48,9 @@ async def open_pool(config: Config, url: str, name: str) -> asyncpg.Pool:
         config.database.pool_size,
         name=name,
         acquire_timeout=config.database.acquire_timeout,
+        # Connections are made when needed: a database that is away at start-up is waited for
+        # by whoever needs one, as later on, instead of failing the start.
+        min_size=0,
         server_settings={"application_name": f"switchyard-{name}"},
     )
 

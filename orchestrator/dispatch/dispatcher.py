@@ -20,9 +20,12 @@ to finish, then are cancelled and handed back (``pending`` while attempts remain
 ``failed`` with ``failure_reason='shutdown'``). ``run`` returns when they are finalized.
 Cancelling ``run`` does the same without the grace period.
 
-At start-up, tasks this ``worker_id`` left running (a previous run of the same process that
-died) are recovered before anything is claimed; ``worker_id`` must therefore be unique among
-live dispatchers (the default, ``<hostname>:<pid>``, is).
+The ``worker_id`` is held with an advisory lock (orchestrator.db.workers), so no two live
+dispatchers share one; the default is derived from the host and the data directory, so a
+restarted dispatcher is the same worker. At start-up, tasks its id left running are recovered
+before anything is claimed — at once when the previous holder is certainly gone. If another
+process takes the id while this one cannot reach the database, every turn is fenced and ``run``
+raises WorkerIdLost.
 """
 
 from __future__ import annotations

@@ -93,8 +93,12 @@ RETURNING t.session_id
 
 # A turn's write transaction starts with this (see queue.hold_claim_of).
 HOLD_CLAIM = """
-SELECT 1 FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'running' FOR KEY SHARE
+SELECT pg_current_xact_id()::text FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'running' FOR KEY SHARE
 """
+
+
+# Did a transaction whose COMMIT went unanswered (the connection died) commit?
+TRANSACTION_STATUS = "SELECT pg_xact_status($1::xid8)"
 
 
 # For the rest of the transaction (the dispatcher's connections otherwise allow a few seconds).
@@ -193,7 +197,8 @@ SWEEP_PENDING = _END_PENDING.format(only_one="")
 END_PENDING_TASK = _END_PENDING.format(only_one="AND id = $1")
 
 
-# Ends the attempt; nothing happens (no row) if the claim is no longer ours.
+# Ends the attempt; nothing happens (no row) if the claim is no longer ours. Returns the
+# transaction's id (see TRANSACTION_STATUS).
 FINISH_TURN = """
 WITH task AS (
     UPDATE tasks
@@ -217,7 +222,7 @@ attempt AS (
       FROM task
      WHERE a.task_id = task.id AND a.attempt = task.attempt
 )
-SELECT id FROM task
+SELECT pg_current_xact_id()::text FROM task
 """
 
 

@@ -139,17 +139,25 @@ async def create_session(conn: asyncpg.Connection | asyncpg.Pool, task: ClaimedT
     return session_id
 
 
-async def hold_claim_of(conn: asyncpg.Connection, task_id: int, claim_token: uuid.UUID) -> bool:
-    """Inside a turn's write transaction: lock the claim until commit; False if it is not ours.
+async def hold_claim_of(conn: asyncpg.Connection, task_id: int, claim_token: uuid.UUID) -> str | None:
+    """Inside a turn's write transaction: lock the claim until commit; returns the transaction's
+    id (for :func:`transaction_status`), None if the claim is not ours.
 
     ``FOR KEY SHARE`` lets our own lease renewal through but holds off recovery (which locks
     ``FOR UPDATE SKIP LOCKED``), so nobody can take the task between this check and the commit.
     """
-    return bool(await conn.fetchval(q.HOLD_CLAIM, task_id, claim_token))
+    xid: str | None = await conn.fetchval(q.HOLD_CLAIM, task_id, claim_token)
+    return xid
 
 
-async def hold_claim(conn: asyncpg.Connection, task: ClaimedTask) -> bool:
+async def hold_claim(conn: asyncpg.Connection, task: ClaimedTask) -> str | None:
     return await hold_claim_of(conn, task.id, task.claim_token)
+
+
+async def transaction_status(db: asyncpg.Pool | asyncpg.Connection, xid: str) -> str:
+    """``committed``, ``aborted`` or ``in progress`` (PostgreSQL's pg_xact_status; unknown: aborted)."""
+    status: str | None = await db.fetchval(q.TRANSACTION_STATUS, xid)
+    return status or "aborted"
 
 
 async def extend_leases(
@@ -204,10 +212,10 @@ class AttemptEnd:
     execution_path: str | None = None
 
 
-async def finish_attempt(conn: asyncpg.Connection, task: ClaimedTask, end: AttemptEnd) -> bool:
-    """End the task's running attempt (run inside the turn's last transaction); False when the
-    claim is no longer ours, and then nothing was changed."""
-    finished = await conn.fetchval(
+async def finish_attempt(conn: asyncpg.Connection, task: ClaimedTask, end: AttemptEnd) -> str | None:
+    """End the task's running attempt (run inside the turn's last transaction); returns the
+    transaction's id, None when the claim is no longer ours (and then nothing was changed)."""
+    xid: str | None = await conn.fetchval(
         q.FINISH_TURN,
         task.id,
         task.claim_token,
@@ -220,7 +228,7 @@ async def finish_attempt(conn: asyncpg.Connection, task: ClaimedTask, end: Attem
         end.execution_path,
         end.outcome,
     )
-    return finished is not None
+    return xid
 
 
 def _transition(row: asyncpg.Record) -> Transition:

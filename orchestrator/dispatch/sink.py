@@ -43,7 +43,16 @@ from backends import (
     ToolCall,
     Usage,
 )
-from kernel import SessionFrame, TaskStatePayload, append_events, exponential, get_logger, message_complete, report
+from kernel import (
+    CONNECTION_LOST,
+    SessionFrame,
+    TaskStatePayload,
+    append_events,
+    exponential,
+    get_logger,
+    message_complete,
+    report,
+)
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch import queue
 from orchestrator.dispatch.queue import ClaimLost
@@ -342,22 +351,45 @@ class TurnSink:
             batch = self.take()
             if batch.empty:
                 return
+            xid: str | None = None
             try:
                 async with pool.acquire() as conn, conn.transaction():
-                    if self.claim_token is not None and not await queue.hold_claim_of(
-                        conn, self.task_id, self.claim_token
-                    ):
-                        raise ClaimLost
+                    if self.claim_token is not None:
+                        xid = await queue.hold_claim_of(conn, self.task_id, self.claim_token)
+                        if xid is None:
+                            raise ClaimLost
                     await self.write(conn, batch)
             except ClaimLost:
                 self.fence()
                 if self._on_claim_lost is not None:
                     self._on_claim_lost()
                 raise
+            except CONNECTION_LOST:
+                # Written again only if it did not commit (the answer to a COMMIT can be lost).
+                if xid is not None and await _committed(pool, xid):
+                    return
+                if not self.fenced:
+                    self.put_back(batch)
+                raise
             except BaseException:
                 if not self.fenced:
                     self.put_back(batch)
                 raise
+
+
+async def _committed(pool: asyncpg.Pool, xid: str) -> bool:
+    """Whether a flush whose connection died committed; not known yet counts as not committed
+    only once the database answers again (within the flush's own deadline)."""
+    delay = FLUSH_RETRY
+    while True:
+        try:
+            status = await queue.transaction_status(pool, xid)
+        except CONNECTION_LOST:
+            status = "in progress"
+        if status != "in progress":
+            return status == "committed"
+        await anyio.sleep(delay)
+        delay = min(delay * 2, FLUSH_RETRY_MAX)
 
 
 class FlushScheduler:

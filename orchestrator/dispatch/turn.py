@@ -39,7 +39,17 @@ import anyio
 import asyncpg
 
 from backends import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
-from kernel import CONNECTION_LOST, DATABASE_ERRORS, Backoff, WorktreeError, exponential, get_logger, task_state
+from kernel import (
+    CONNECTION_LOST,
+    Backoff,
+    SessionFrame,
+    TaskStatePayload,
+    WorktreeError,
+    append_event,
+    exponential,
+    get_logger,
+    task_state,
+)
 from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask, ClaimLost
@@ -56,7 +66,6 @@ FINALIZE_RETRY = 0.1
 FINALIZE_RETRY_MAX = 2.0
 # The watch over running turns (inactivity, lease deadlines) looks this often (seconds).
 WATCH_INTERVAL = 0.25
-DIFF_ERRORS: tuple[type[Exception], ...] = (WorktreeError, *DATABASE_ERRORS)
 # The diff's transaction may stay idle this much longer than the snapshot may take.
 SNAPSHOT_IDLE_SLACK = 5.0
 
@@ -153,6 +162,14 @@ class TurnResult:
     @property
     def message_status(self) -> str:
         return {TaskState.COMPLETED: "complete", TaskState.CANCELLED: "cancelled"}.get(self.state, "failed")
+
+
+@dataclass
+class _End:
+    """What one attempt at writing a turn's end wrote: its result and its transaction's id."""
+
+    result: TurnResult
+    xid: str | None = None
 
 
 class _SnapshotOverran(Exception):
@@ -368,30 +385,43 @@ class TurnRunner:
     async def finalize(
         self, task: ClaimedTask, ctx: TurnContext | None, sink: TurnSink, result: TurnResult
     ) -> TurnResult | None:
-        """Write the end of the turn; returns what was written, None if the claim was lost."""
+        """Write the end of the turn; returns what was written, None if the claim was lost.
+
+        One transaction writes it all: the rest of the output with the message's end, for a
+        worktree turn its diff (``pending_change``, between the reply and the task's state), the
+        task, its attempt and ``task_state``. So a reply is ``complete`` only if its task is, and a
+        turn interrupted before that commit is retried with nothing of it marked done. A commit
+        whose answer was lost is looked up (``pg_xact_status``) rather than written again.
+        """
         self._flusher.forget(sink)
         sink.end_message(MessageEnd(result.message_status, result.stop_reason, result.usage, result.error))
-        if ctx is not None and ctx.backend.needs_worktree and self._worktrees is not None:
-            try:
-                result = await self._record_diff(ctx, sink, result)
-            except ClaimLost:
-                log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
-                return None
-        sink.add_task_state(task_state(task.id, result.state, task.attempt, result.failure_reason, result.error))
+        with_diff = ctx is not None and ctx.backend.needs_worktree and self._worktrees is not None
+        if not with_diff:
+            sink.add_task_state(self._task_state(task, result))
         backoff = Backoff(FINALIZE_RETRY, FINALIZE_RETRY_MAX)
         refused = False
         while True:
             delay = 0.0
             async with sink.writing:
                 batch = sink.take()
+                end = _End(result)
                 try:
                     async with self._pool.acquire() as conn, conn.transaction():
-                        await self._write_end(conn, task, ctx, sink, batch, result, refused)
-                    return result
+                        await self._write_end(conn, task, ctx, sink, batch, end, refused, with_diff)
+                    return end.result
+                except _SnapshotOverran:
+                    sink.put_back(batch)
+                    log.error("turn.diff_timeout", task_id=task.id, timeout=self._settings.snapshot_limit)
+                    result = self._diff_failed(result, "diff_timeout", self._overrun_error())
+                    with_diff = False
+                    sink.add_task_state(self._task_state(task, result))
+                    continue
                 except ClaimLost:
                     log.warning("turn.claim_lost", task_id=task.id, attempt=task.attempt)
                     return None
                 except CONNECTION_LOST as exc:
+                    if await self._committed(end.xid):
+                        return end.result  # only the answer to the commit was lost
                     sink.put_back(batch)  # the transaction did not happen
                     delay = backoff.next()
                     log.warning("turn.finalize_retry", task_id=task.id, error=exc, retry_in=delay)
@@ -402,6 +432,7 @@ class TurnRunner:
                     log.exception("turn.output_refused", task_id=task.id)
                     result = failed("output_refused", f"the turn's output could not be stored: {exc}", result.usage)
                     refused = True
+                    with_diff = False
                     sink.session_id = None
             await anyio.sleep(delay)
 
@@ -412,23 +443,28 @@ class TurnRunner:
         ctx: TurnContext | None,
         sink: TurnSink,
         batch: Batch,
-        result: TurnResult,
+        end: _End,
         refused: bool,
+        with_diff: bool,
     ) -> None:
-        """The task, its attempt, the rest of the output, the upstream session: one transaction."""
-        end = AttemptEnd(
-            state=result.state.value,
-            outcome=result.attempt_outcome,
-            failure_reason=result.failure_reason,
-            error=result.error,
-            retry_delay=result.retry_delay,
-            output_summary=sink.reply_head or None,
-            cost_tokens=result.usage.total if result.usage else 0,
-            execution_path=ctx.backend.execution_path if ctx else None,
-        )
-        if not await queue.finish_attempt(conn, task, end):
-            raise ClaimLost
-        await sink.write(conn, batch)
+        """The rest of the output, the diff, the task and its attempt, the upstream session."""
+        if with_diff:
+            assert ctx is not None
+            end.xid = await queue.hold_claim(conn, task)
+            if end.xid is None:
+                raise ClaimLost
+            await sink.write(conn, batch)
+            end.result = await self._record_diff(conn, ctx, end.result)
+            if await queue.finish_attempt(conn, task, self._attempt_end(ctx, sink, end.result)) is None:
+                raise ClaimLost
+            if sink.session_id is not None:
+                await append_event(conn, sink.session_id, SessionFrame.TASK_STATE, self._task_state(task, end.result))
+        else:
+            end.xid = await queue.finish_attempt(conn, task, self._attempt_end(ctx, sink, end.result))
+            if end.xid is None:
+                raise ClaimLost
+            await sink.write(conn, batch)
+        result = end.result
         if refused and sink.message_id is not None:
             await conn.execute(q.FAIL_MESSAGE, sink.message_id, result.failure_reason)
         if result.agent_session is not None and ctx is not None:
@@ -442,45 +478,72 @@ class TurnRunner:
                 upstream.server_key,
             )
 
-    async def _record_diff(self, ctx: TurnContext, sink: TurnSink, result: TurnResult) -> TurnResult:
-        """The worktree's diff becomes the session's pending change, before the task ends.
+    @staticmethod
+    def _task_state(task: ClaimedTask, result: TurnResult) -> TaskStatePayload:
+        return task_state(task.id, result.state, task.attempt, result.failure_reason, result.error)
 
-        Recorded only while the claim holds (in the transaction that locks it), and within
-        ``snapshot_timeout``: a snapshot that takes longer is abandoned and the turn fails with
-        ``diff_timeout`` (its edits stay in the worktree), rather than outliving the finalize.
+    @staticmethod
+    def _attempt_end(ctx: TurnContext | None, sink: TurnSink, result: TurnResult) -> AttemptEnd:
+        return AttemptEnd(
+            state=result.state.value,
+            outcome=result.attempt_outcome,
+            failure_reason=result.failure_reason,
+            error=result.error,
+            retry_delay=result.retry_delay,
+            output_summary=sink.reply_head or None,
+            cost_tokens=result.usage.total if result.usage else 0,
+            execution_path=ctx.backend.execution_path if ctx else None,
+        )
+
+    async def _committed(self, xid: str | None) -> bool:
+        """Whether the transaction ``xid`` committed, asked again while the database is away."""
+        if xid is None:
+            return False
+        backoff = Backoff(FINALIZE_RETRY, FINALIZE_RETRY_MAX)
+        while True:
+            try:
+                status = await queue.transaction_status(self._pool, xid)
+            except CONNECTION_LOST:
+                status = "in progress"  # unknown yet
+            if status != "in progress":
+                return status == "committed"
+            await anyio.sleep(backoff.next())
+
+    async def _record_diff(self, conn: asyncpg.Connection, ctx: TurnContext, result: TurnResult) -> TurnResult:
+        """The worktree's diff becomes the session's pending change, inside the end's transaction.
+
+        Within ``snapshot_timeout``: a snapshot that takes longer is abandoned (_SnapshotOverran:
+        the end is written again without it, the turn failed ``diff_timeout``, its edits left in
+        the worktree), rather than outliving the finalize and the turn running again.
         """
         assert self._worktrees is not None
         limit = self._settings.snapshot_limit
+        # The snapshot runs (in git) while this transaction waits.
+        await conn.execute(q.ALLOW_IDLE_IN_TRANSACTION, str(int((limit + SNAPSHOT_IDLE_SLACK) * 1000)))
         try:
-            # The reply first (message_complete), so the pending_change frame follows the output
-            # that made it and precedes the task's final state.
-            await sink.flush(self._pool)
-            async with self._pool.acquire() as conn, conn.transaction():
-                if not await queue.hold_claim(conn, ctx.task):
-                    raise ClaimLost
-                # The snapshot runs (in git) while this transaction waits.
-                await conn.execute(q.ALLOW_IDLE_IN_TRANSACTION, str(int((limit + SNAPSHOT_IDLE_SLACK) * 1000)))
-                # Only the snapshot is given up on, so the transaction still ends (rolled back) cleanly.
-                with anyio.move_on_after(limit) as snapshot:
-                    await self._worktrees.bound(conn).record_turn(
-                        ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent
-                    )
-                if snapshot.cancelled_caught:
-                    raise _SnapshotOverran
-        except _SnapshotOverran:
-            log.error("turn.diff_timeout", task_id=ctx.task.id, timeout=limit)
-            if result.state is TaskState.COMPLETED:
-                error = (
-                    f"recording the worktree's changes took longer than {limit:g} s (dispatcher.snapshot_timeout); "
-                    "the edits stay in the worktree and the session's next turn records them"
-                )
-                return failed("diff_timeout", error, result.usage)
-            return result
-        except DIFF_ERRORS as exc:
+            with anyio.move_on_after(limit) as snapshot:
+                await self._worktrees.bound(conn).record_turn(ctx.session_id, task_id=ctx.task.id, agent=ctx.task.agent)
+        except CONNECTION_LOST:
+            raise
+        except (WorktreeError, asyncpg.PostgresError) as exc:
+            # record_turn's own savepoint is rolled back: the rest of the end still goes in.
             log.error("turn.diff_failed", task_id=ctx.task.id, error=exc)
-            if result.state is TaskState.COMPLETED:
-                return failed("diff_failed", f"the turn's changes could not be recorded: {exc}", result.usage)
-            return result
+            return self._diff_failed(result, "diff_failed", f"the turn's changes could not be recorded: {exc}")
+        if snapshot.cancelled_caught:
+            raise _SnapshotOverran
+        return result
+
+    def _overrun_error(self) -> str:
+        return (
+            f"recording the worktree's changes took longer than {self._settings.snapshot_limit:g} s "
+            "(dispatcher.snapshot_timeout); the edits stay in the worktree and the session's next turn records them"
+        )
+
+    @staticmethod
+    def _diff_failed(result: TurnResult, reason: str, error: str) -> TurnResult:
+        """A completed turn whose changes were not recorded fails; any other ending stays as it is."""
+        if result.state is TaskState.COMPLETED:
+            return failed(reason, error, result.usage)
         return result
 
 
