@@ -118,9 +118,14 @@ class WorkerLock:
         return bool(previous["host"] == self._host and process_gone(previous["process"]))
 
     async def set_url(self, url: str) -> None:
+        """Record where this process serves (metrics, WebSocket); best effort: a connection lost
+        meanwhile is reopened by :meth:`hold`, which records it then."""
         self.url = url
         if self._conn is not None and not self._conn.is_closed():
-            await self._conn.execute(q.SET_WORKER_URL, self.worker_id, url)
+            try:
+                await self._conn.execute(q.SET_WORKER_URL, self.worker_id, url)
+            except DATABASE_ERRORS as exc:
+                report(log, "worker_lock.url_not_recorded", exc, worker_id=self.worker_id)
 
     async def hold(self, on_lost: Callable[[str], None]) -> None:
         """Keep the lock until cancelled; ``on_lost(reason)`` (and return) if another process took it."""

@@ -315,6 +315,18 @@ class Dispatcher:
     def _register(self, task: ClaimedTask, claimed_at: float) -> TurnHandle:
         # The lease runs from the claim, whose statement was sent at claimed_at (or later).
         handle = TurnHandle(task, self._lease_deadline(claimed_at))
+        earlier = self._running.get(task.id)
+        if earlier is not None:
+            # Our own earlier attempt was fenced and recovered, and is still winding down (its
+            # cleanup waiting on the database); it writes nothing and is forgotten here.
+            log.warning(
+                "task.claimed_while_stopping",
+                task_id=task.id,
+                attempt=task.attempt,
+                earlier_attempt=earlier.task.attempt,
+                backend_running=earlier.executing,
+            )
+            metrics.RUNNING_TURNS.dec()
         self._running[task.id] = handle
         metrics.RUNNING_TURNS.inc()
         log.debug("task.claimed", task_id=task.id, session_id=task.session_id, attempt=task.attempt)
@@ -332,8 +344,9 @@ class Dispatcher:
             log.exception("task.unfinished", task_id=task.id, attempt=task.attempt)
             result = None
         finally:
-            del self._running[task.id]
-            metrics.RUNNING_TURNS.dec()
+            if self._running.get(task.id) is handle:
+                del self._running[task.id]
+                metrics.RUNNING_TURNS.dec()
             self._wake_claims()
             if self._turn_ended is not None:
                 self._turn_ended.set()

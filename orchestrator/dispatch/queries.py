@@ -98,7 +98,7 @@ SELECT pg_current_xact_id()::text FROM tasks WHERE id = $1 AND claim_token = $2 
 
 
 # Did a transaction whose COMMIT went unanswered (the connection died) commit?
-TRANSACTION_STATUS = "SELECT pg_xact_status($1::xid8)"
+TRANSACTION_STATUS = "SELECT pg_xact_status($1::text::xid8)"
 
 
 # For the rest of the transaction (the dispatcher's connections otherwise allow a few seconds).
