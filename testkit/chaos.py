@@ -80,8 +80,9 @@ class ChaosConfig:
     drop_every: float = 5.0
     partitions: int = 2
     client_drop_every: float = 3.0
-    # Short, so partitions outlast it; the margin covers an opencode abort (up to 5 s).
-    lease_seconds: float = 10.0
+    # Short, so partitions (lease + 3 s) outlast it; the margin covers an opencode abort (up to
+    # 5 s); what is left (10 s) outlasts a PostgreSQL restart on a busy machine.
+    lease_seconds: float = 16.0
     lease_margin: float = 6.0
     max_attempts: int = 6
     seed: int = 16

@@ -18,7 +18,7 @@ import pytest
 
 from backends import TextDelta, Turn, TurnOutcome
 from backends.base import Emit
-from orchestrator.dispatch import Router
+from orchestrator.dispatch import Router, queue
 from orchestrator.dispatch.queue import ClaimLost
 from orchestrator.dispatch.sink import TurnSink
 from testkit.proxy import PausableProxy
@@ -150,3 +150,20 @@ async def test_a_flush_after_the_claim_was_lost_writes_nothing(pool: asyncpg.Poo
     await sink.flush(pool)
     assert len(await events(pool, session)) == 2
     assert (await task(pool, task_id))["state"] == "running"
+
+
+async def test_a_write_whose_commit_went_unanswered_is_looked_up_not_repeated(pool: asyncpg.Pool) -> None:
+    project = await add_project(pool)
+    session = await add_session(pool, project)
+    task_id = await start_turn(pool, session)
+    token = await pool.fetchval("SELECT claim_token FROM tasks WHERE id = $1", task_id)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            committed = await queue.hold_claim_of(conn, task_id, token)
+        tx = conn.transaction()
+        await tx.start()
+        rolled_back = await queue.hold_claim_of(conn, task_id, token)
+        await tx.rollback()
+    assert committed is not None and rolled_back is not None
+    assert await queue.transaction_status(pool, committed) == "committed"
+    assert await queue.transaction_status(pool, rolled_back) == "aborted"
