@@ -42,5 +42,9 @@ class ProtectedPathError(BackendError):
     """A path inside the worktree that agents may not write (the git metadata)."""
 
 
+class FileTooLargeError(BackendError):
+    """A file an agent asked to read is larger than the cap."""
+
+
 class BadModelError(BackendError):
-    """A task asks for a model its agent cannot be given."""
+    """A task asks for a model or a mode its agent cannot be given."""

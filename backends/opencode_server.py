@@ -49,6 +49,7 @@ from backends.base import (
     HistoryMessage,
     PermissionDecision,
     Status,
+    ToolCall,
     Turn,
     TurnOutcome,
     Usage,
@@ -161,6 +162,8 @@ class _TurnRun:
         self.finished = False
         self.last_event = self.last_check = time.monotonic()
         self.stream_error = ""
+        # Tool call id -> its input, so a permission request knows where its command runs.
+        self.tool_inputs: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ the turn
 
@@ -321,6 +324,8 @@ class _TurnRun:
                         return await self._give_up(item)
                     await self.emit(Status("retrying", f"attempt {item.attempt}: {item.message}"))
                 else:
+                    if isinstance(item, ToolCall) and item.input is not None:
+                        self.tool_inputs[item.tool_call_id] = item.input
                     await self.emit(item)
 
     # ------------------------------------------------------------------------------- endings
@@ -416,7 +421,7 @@ class _TurnRun:
     # ----------------------------------------------------------------------------- permissions
 
     async def _answer(self, asked: PermissionAsked) -> None:
-        request = permission_request(asked)
+        request = permission_request(asked, self.tool_inputs.get(asked.tool_call_id or ""))
         root = Path(self.directory)
         verdict = await anyio.to_thread.run_sync(decide, self.backend.policy, request, root)
         body: dict[str, str] = {"reply": "once" if verdict.allowed else "reject"}
@@ -450,11 +455,16 @@ def new_message_id() -> str:
     return "msg_" + stamp.to_bytes(6, "big").hex() + "".join(secrets.choice(_BASE62) for _ in range(14))
 
 
-def permission_request(asked: PermissionAsked) -> PermissionRequest:
-    """An opencode ``permission.asked`` as the policy's transport-neutral request."""
+def permission_request(asked: PermissionAsked, tool_input: Any = None) -> PermissionRequest:
+    """An opencode ``permission.asked`` as the policy's transport-neutral request.
+
+    ``tool_input`` is the asking tool call's input, if the stream showed it: a bash command's
+    ``workdir`` says where it runs.
+    """
     metadata = asked.metadata
     paths = tuple(str(metadata[k]) for k in PERMISSION_PATH_KEYS if isinstance(metadata.get(k), str))
     command = metadata.get("command")
+    workdir = tool_input.get("workdir") if isinstance(tool_input, Mapping) else None
     if asked.permission == "external_directory":
         # Its patterns are the directories outside the worktree it wants; the policy refuses them.
         paths += tuple(p.removesuffix("/*").removesuffix("*") for p in asked.patterns)
@@ -466,6 +476,7 @@ def permission_request(asked: PermissionAsked) -> PermissionRequest:
         title=asked.permission,
         paths=paths,
         command=command if isinstance(command, str) else None,
+        cwd=workdir if isinstance(workdir, str) else None,
     )
 
 

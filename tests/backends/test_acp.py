@@ -25,6 +25,7 @@ from backends.base import (
     TurnOutcome,
     Usage,
 )
+from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
 from backends.permissions import PermissionPolicy
 from backends.processes import descendants, process_table
@@ -91,17 +92,19 @@ async def test_the_agent_runs_in_the_worktree(worktree: Path) -> None:
     assert f"cwd={real} session_cwd={real}" in emit.text
 
 
-async def test_a_command_outside_the_allow_list_is_denied_and_visible(worktree: Path) -> None:
+async def test_a_command_the_rules_do_not_allow_is_denied_and_visible(worktree: Path) -> None:
     outcome, emit = await run("PERMISSION", worktree)
     assert outcome.status is OutcomeStatus.COMPLETED
     [decision] = emit.of(PermissionDecision)
-    assert decision == PermissionDecision("call_1", "execute", "denied", "permissions.execute is deny")
+    assert (decision.tool_call_id, decision.permission, decision.decision) == ("call_1", "execute", "denied")
+    allowed = "cat, find, git, grep, head, ls, pwd, rg, tail, wc"
+    assert decision.reason == f"'rm' is not an allowed program (allowed: {allowed}); permissions.execute is deny"
     assert "permission=selected:opt-reject" in emit.text
     assert emit.of(ToolCall)[-1].status is ToolStatus.FAILED
 
 
 async def test_an_allowed_command_gets_the_allow_once_option(worktree: Path) -> None:
-    policy = PermissionPolicy(execute_allow=("rm -rf build",))
+    policy = PermissionPolicy(commands={"rm": CommandRule(args=ANY)})
     outcome, emit = await run("PERMISSION", worktree, policy)
     assert outcome.status is OutcomeStatus.COMPLETED
     [decision] = emit.of(PermissionDecision)
@@ -245,7 +248,7 @@ async def wait_for_descendant(cmdline: bytes) -> int:
 async def test_opencode_acp_cancel_stops_its_tool_processes(worktree: Path) -> None:
     emit = Recorder()
     async with FakeModel(models=("fake-model",)) as fm:
-        backend = opencode_backend(fm.base_url, PermissionPolicy(execute_allow=("sleep",)))
+        backend = opencode_backend(fm.base_url, PermissionPolicy(commands={"sleep": CommandRule(args=ANY)}))
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(backend.run_turn, turn(worktree, "SLEEP_TOOL"), emit)

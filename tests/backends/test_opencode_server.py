@@ -35,6 +35,7 @@ from backends.base import (
     Turn,
     TurnOutcome,
 )
+from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, marked_processes
 from backends.opencode_server import OpencodeServerBackend
@@ -48,7 +49,7 @@ from worktrees.manager import WorktreeManager
 pytestmark = pytest.mark.anyio
 
 _session_ids = itertools.count(1000)
-SLEEP_ALLOWED = PermissionPolicy(execute_allow=("sleep",))
+SLEEP_ALLOWED = PermissionPolicy(commands={"sleep": CommandRule(args=ANY)})
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
+from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, marked_processes
 from backends.opencode_server import OpencodeServerBackend
@@ -58,7 +59,7 @@ async def project(pool: asyncpg.Pool, tmp_path: Path) -> int:
 @pytest.fixture
 async def dispatcher(db_url: str, pool: asyncpg.Pool, oc_pool: OpencodePool, tmp_path: Path) -> AsyncIterator[None]:
     # `sleep` is allowed so a turn can be caught running a tool.
-    backend = partial(OpencodeServerBackend, oc_pool, PermissionPolicy(execute_allow=("sleep",)))
+    backend = partial(OpencodeServerBackend, oc_pool, PermissionPolicy(commands={"sleep": CommandRule(args=ANY)}))
     worktrees = WorktreeManager(pool, WorktreeSettings(root=tmp_path / "worktrees"))
     settings = DispatcherSettings(poll_interval=0.5, retry_backoff=0.05, finalize_timeout=10)
     running = Dispatcher(db_url, settings, Router(agents={"opencode": backend}), worktrees)
