@@ -358,7 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler, what in (
         ("accept", cmd_accept, "apply a pending change to the project checkout (3-way; conflicts change nothing)"),
-        ("reject", cmd_reject, "put the session's worktree back to its base for a pending change's files"),
+        (
+            "reject",
+            cmd_reject,
+            "put the session's worktree back to its base for a pending change's files; what it discards "
+            "is kept at refs/switchyard/<session>/rejected/<change> for good (the reaper keeps it too)",
+        ),
     ):
         review = _command(sub, name, what, handler)
         review.add_argument("change_id", type=int, metavar="ID")

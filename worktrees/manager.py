@@ -23,6 +23,12 @@ Review (orchestrator.review wraps these for the CLI and the WebSocket gateway): 
 Git refs kept per session, all under ``refs/switchyard/<session_id>/``: ``base`` (the current
 base), ``snapshot`` (the open change's content) and ``rejected/<change_id>`` (what a reject
 discarded, so it can still be recovered); they also keep these commits from garbage collection.
+The reaper deletes ``base`` and ``snapshot`` with the worktree and keeps every ``rejected/*``
+ref until someone deletes it (``git update-ref -d``).
+
+Every git command on a worktree goes through :class:`worktrees.git.Checkout` (git dir and work
+tree found from the repository, never from the worktree's ``.git`` file, which ``ensure`` and
+every snapshot restore).
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ class Worktree:
     branch: str
     base_commit: str
     repo_path: Path
+
+    @property
+    def git_dir(self) -> Path:
+        """The project repository's git directory, where the worktree's git metadata lives."""
+        return git.common_dir(self.repo_path)
 
 
 @dataclass(frozen=True)
@@ -206,12 +217,15 @@ class WorktreeManager:
             repo_path=Path(row["repo_path"]),
         )
 
-    def _checked(self, wt: Worktree) -> Path:
-        """The worktree's real path; refuses one outside the root or that is not a worktree."""
+    def _checked(self, wt: Worktree) -> git.Checkout:
+        """The worktree as git sees it, ``.git`` restored; refuses one outside the root or not a worktree."""
         real = git.inside_root(self.root, wt.path)
-        if not git.is_worktree(real):
+        checkout = git.find_checkout(wt.repo_path, real)
+        if checkout is None:
             raise WorktreeBroken(f"{wt.path} (session {wt.session_id}) is not a git worktree any more")
-        return real
+        if git.restore_dotgit(checkout):
+            log.warning("session %s: the worktree's .git file was changed; restored", wt.session_id)
+        return checkout
 
     # ------------------------------------------------------------------------ ensure
 
@@ -226,7 +240,11 @@ class WorktreeManager:
             return await self._create(conn, session_id)
 
     def _usable(self, wt: Worktree) -> bool:
-        return git.is_worktree(git.inside_root(self.root, wt.path))
+        try:
+            self._checked(wt)
+        except WorktreeBroken:
+            return False
+        return True
 
     async def _create(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
         async with conn.transaction():
@@ -280,8 +298,8 @@ class WorktreeManager:
             return await self._insert(conn, session_id, task_id, agent, wt.base_commit, snapshot, new)
 
     def _snapshot_diff(self, wt: Worktree) -> tuple[str, Diff]:
-        path = self._checked(wt)
-        snapshot = git.snapshot(path, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+        checkout = self._checked(wt)
+        snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
         git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "snapshot", snapshot)
         return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
 
@@ -423,12 +441,11 @@ class WorktreeManager:
         The worktree's own index follows for the accepted paths, so ``git status`` inside the
         worktree shows only unaccepted work. Files are never touched; failures only log.
         """
-        if not git.is_worktree(wt.path):
-            return
         try:
+            checkout = self._checked(wt)
             if git.update_ref(wt.repo_path, f"refs/heads/{wt.branch}", new_base, wt.base_commit):
-                git.sync_index_paths(wt.path, paths)
-        except GitCommandFailed as exc:
+                git.sync_index_paths(checkout, paths)
+        except (GitCommandFailed, WorktreeBroken) as exc:
             log.warning("session %s: branch %s not advanced: %s", wt.session_id, wt.branch, exc)
 
     async def reject(
@@ -463,11 +480,11 @@ class WorktreeManager:
         chosen = select_files(change.id, entries, names)
         kept_at = None
         if os.path.lexists(wt.path):  # a deleted directory has nothing left to restore
-            path = self._checked(wt)
-            kept = git.snapshot(path, base, f"switchyard: worktree before rejecting change {change.id}")
+            checkout = self._checked(wt)
+            kept = git.snapshot(checkout, base, f"switchyard: worktree before rejecting change {change.id}")
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
-            git.restore_paths(path, base, restore_plan(chosen))
+            git.restore_paths(checkout, base, restore_plan(chosen))
         if len(chosen) == len(entries):
             return _Restored(kept_at, None, None)
         paths = tuple(p for e in chosen for p in e.paths)
@@ -546,11 +563,13 @@ class WorktreeManager:
     def _remove(self, wt: Worktree) -> None:
         real = git.inside_root(self.root, wt.path)
         if os.path.lexists(real):
-            self._checked(wt)
-            snapshot = git.snapshot(real, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+            checkout = self._checked(wt)
+            snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
             if diff.changes(wt.repo_path, wt.base_commit, snapshot):
                 raise WorktreeDirty(f"{wt.path} has changes that were never recorded as a pending change")
-        git.remove_worktree(wt.repo_path, real, wt.branch, refs_prefix(wt.session_id))
+        # refs/switchyard/<session>/rejected/* stay: what a reject discarded is kept for good.
+        prefix = refs_prefix(wt.session_id)
+        git.remove_worktree(wt.repo_path, real, wt.branch, (prefix + "base", prefix + "snapshot"))
         if real.parent != Path(os.path.realpath(self.root)):
             with contextlib.suppress(OSError):
                 real.parent.rmdir()  # the project's directory, once its last worktree is gone
