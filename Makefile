@@ -6,8 +6,10 @@ OPENCODE_VERSION := 1.18.33
 TOOLS := .tools
 OPENCODE := $(TOOLS)/node_modules/.bin/opencode
 STAMP := $(VENV)/.installed
+# What the service needs from the system, as <command>:<Debian package>; installed when missing.
+SYSTEM_COMMANDS := bwrap:bubblewrap
 
-.PHONY: up test lint bench install tools clean
+.PHONY: up test lint bench install tools system clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +26,16 @@ $(OPENCODE):
 
 tools: $(OPENCODE)
 
-up: install tools
+system:
+	@missing=""; for pair in $(SYSTEM_COMMANDS); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
+
+up: install tools system
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/switchyard up
 
-test: install tools
+test: install tools system
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
@@ -37,7 +45,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: install tools
+bench: install tools system
 	for b in bench/*.py; do PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python $$b || exit 1; done
 
 clean:

@@ -126,7 +126,15 @@ class AcpBackend(OneShotBackend):
     async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
         root = Path(await anyio.to_thread.run_sync(workdir.resolve))
         settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
-        async with prepare(self.spec, turn.model, opencode=settings, parent_env=self.parent_env) as launch:
+        async with prepare(
+            self.spec,
+            turn.model,
+            workdir=root,
+            sandbox=self.sandbox,
+            git_dir=turn.git_dir,
+            opencode=settings,
+            parent_env=self.parent_env,
+        ) as launch:
             return await _AcpTurn(self, turn, root, launch, emit).run()
 
 
@@ -153,7 +161,7 @@ class _AcpTurn:
         except (OSError, ValueError) as exc:
             return TurnOutcome.failed("agent_unavailable", f"cannot start {self.launch.argv[0]}: {exc}")
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-        tree = ProcessTree(process.pid, self.launch.run_id)
+        tree = self.launch.tree(process.pid)
         # TurnClient implements what the advertised capabilities need; the SDK refuses the rest.
         conn = connect_to_agent(cast(Client, self.client), NdjsonStdio(process.stdout, process.stdin, self.spec.name))
         try:

@@ -56,9 +56,11 @@ from backends.base import (
 )
 from backends.errors import BadModelError, OpencodeServerError
 from backends.launch import opencode_model
+from backends.modes import Mode, check_mode
 from backends.opencode_events import EarlyError, Idle, PermissionAsked, Retrying, SessionError, TurnTranslator
-from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer
+from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer, ProjectPlace
 from backends.permissions import PermissionPolicy, PermissionRequest, decide
+from backends.sandbox import SandboxUnavailable
 
 log = logging.getLogger("switchyard.backends.opencode_server")
 
@@ -92,6 +94,8 @@ PERMISSION_KINDS = {
     "todowrite": "think",
     "todoread": "think",
 }
+# opencode agents a prompt may name (subagents are only started by other agents).
+PRIMARY_AGENT_MODES = ("primary", "all")
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
 
@@ -121,11 +125,17 @@ class OpencodeServerBackend:
         except BadModelError as exc:
             return TurnOutcome.failed("bad_input", str(exc))
         directory = str(await anyio.to_thread.run_sync(turn.workdir.resolve))
+        # The worktree is <root>/<project_id>/<session_id>: the project's servers may write its parent.
+        place = ProjectPlace(turn.project_id, Path(directory).parent, turn.git_dir)
         previous = turn.agent_session
         try:
-            async with self.pool.lease(turn.session_id, directory, previous.server_key if previous else None) as server:
+            async with self.pool.lease(
+                place, turn.session_id, directory, previous.server_key if previous else None
+            ) as server:
                 run = _TurnRun(self, turn, emit, server, directory, model)
                 return await run.run()
+        except SandboxUnavailable as exc:
+            return TurnOutcome.failed("agent_unavailable", str(exc))
         except OpencodeServerError as exc:
             return TurnOutcome.failed("agent_unavailable", str(exc), transient=True)
 
@@ -170,6 +180,14 @@ class _TurnRun:
     async def run(self) -> TurnOutcome:
         config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version)
         try:
+            if self.turn.mode_id:
+                modes = await self._modes()
+                check_mode(self.backend.policy.denied_modes, self.turn.mode_id, modes, "opencode")
+        except BadModelError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
+        except (httpx.HTTPError, OpencodeServerError) as exc:
+            return await self._lost(f"could not list opencode's agents: {exc}")
+        try:
             fresh = await self._open_session(config_hash)
         except (httpx.HTTPError, OpencodeServerError) as exc:
             return await self._lost(f"could not open an opencode session: {exc}")
@@ -184,6 +202,17 @@ class _TurnRun:
                 # Cancelled (or crashed out): stop opencode working on a turn nobody waits for.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT):
                     await self._abort()
+
+    async def _modes(self) -> tuple[Mode, ...]:
+        """The opencode agents a task may select (primary ones, not hidden), cached per server."""
+        if self.server.modes is None:
+            agents = await self.server.request("GET", "/agent", directory=self.directory)
+            self.server.modes = tuple(
+                Mode(str(a["name"]), str(a.get("description") or ""))
+                for a in agents if isinstance(a, Mapping) and a.get("name")
+                and a.get("mode") in PRIMARY_AGENT_MODES and not a.get("hidden")
+            )  # fmt: skip
+        return self.server.modes
 
     async def _open_session(self, config_hash: str) -> bool:
         """Reuse the Switchyard session's opencode session if still valid; True if a new one was made."""

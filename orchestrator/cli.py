@@ -219,7 +219,18 @@ async def cmd_agents(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_pool(ctx: CliContext, args: argparse.Namespace) -> int:
     pools = await anyio.to_thread.run_sync(read_pool_status, ctx.config.data_dir / POOL_DIR)
     rows = [{**server, "pool_pid": pool["owner_pid"]} for pool in pools for server in pool["servers"]]
-    columns = ("pool_pid", "key", "state", "pid", "url", "age_seconds", "rss_mb", "active_turns", "sessions")
+    columns = (
+        "pool_pid",
+        "key",
+        "project_id",
+        "state",
+        "pid",
+        "url",
+        "age_seconds",
+        "rss_mb",
+        "active_turns",
+        "sessions",
+    )
     if not rows and not args.json:
         print("no opencode server is running (the pool lives in `switchyard up` / `switchyard dispatcher`)")
     else:

@@ -23,6 +23,7 @@ from backends.noop import NoopBackend
 from backends.opencode_pool import OpencodePool
 from backends.opencode_server import OpencodeServerBackend
 from backends.pty import PtyBackend
+from backends.sandbox import Sandbox
 from orchestrator.config import Config
 from orchestrator.errors import TaskRejected
 
@@ -81,21 +82,29 @@ class Router:
         return backend
 
 
-def build_router(config: Config, *, opencode_pool: OpencodePool | None = None) -> Router:
+def agent_sandbox(config: Config) -> Sandbox:
+    """The sandbox of every agent process; the data directory and the worktree root are hidden in it."""
+    return Sandbox(config.sandbox, protected=(config.data_dir, config.worktrees.root))
+
+
+def build_router(
+    config: Config, *, opencode_pool: OpencodePool | None = None, sandbox: Sandbox | None = None
+) -> Router:
     """The router of a configured service.
 
     Every ``acp`` and ``pty`` agent of the registry (presets plus ``[agents.*]``) is routed to a
-    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy. The ``opencode`` agent
-    runs on the service's warm ``opencode_pool`` (entered once by whoever runs the dispatcher).
+    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy, in ``sandbox`` (default:
+    :func:`agent_sandbox`). The ``opencode`` agent runs on the service's warm ``opencode_pool``
+    (entered once by whoever runs the dispatcher).
     """
+    sandbox = sandbox or agent_sandbox(config)
     agents: dict[str, BackendFactory] = {}
     for spec in config.agent_specs().values():
         # A missing executable fails the turn itself (agent_unavailable), so installing an
         # agent later needs no restart.
-        if spec.transport == "acp":
-            agents[spec.name] = partial(AcpBackend, spec, config.permissions, opencode=config.opencode)
-        elif spec.transport == "pty":
-            agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode)
+        if spec.transport in ("acp", "pty"):
+            track = AcpBackend if spec.transport == "acp" else PtyBackend
+            agents[spec.name] = partial(track, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
     if opencode_pool is not None:
         agents[OPENCODE_SERVER_AGENT] = partial(OpencodeServerBackend, opencode_pool, config.permissions)
     return Router(native=lambda: NativeBackend(config.native), agents=agents)

@@ -23,6 +23,7 @@ import asyncpg
 
 from backends.errors import BackendError
 from backends.opencode_pool import POOL_DIR, OpencodePool
+from backends.sandbox import Sandbox
 from orchestrator import db
 from orchestrator.agents import sync_available_agents
 from orchestrator.config import Config
@@ -31,7 +32,7 @@ from orchestrator.dispatcher import Dispatcher
 from orchestrator.gateway_actions import OrchestratorActions
 from orchestrator.logs import get_logger, redact
 from orchestrator.review import ReviewService
-from orchestrator.routing import build_router
+from orchestrator.routing import agent_sandbox, build_router
 from ws_gateway.auth import create_token, verify_token
 from ws_gateway.server import Gateway
 
@@ -48,6 +49,7 @@ class Runtime:
     review: ReviewService
     pool: asyncpg.Pool
     opencode_pool: OpencodePool | None
+    sandbox: Sandbox
 
 
 async def migrate(url: str) -> int:
@@ -65,20 +67,21 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
     pool = await db.create_pool(url, config.database.pool_size)
     try:
         review = ReviewService(pool, config.worktrees)
+        sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
-            opencode_pool = await _start_opencode_pool(stack, config)
-            router = build_router(config, opencode_pool=opencode_pool)
+            opencode_pool = await _start_opencode_pool(stack, config, sandbox)
+            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
             dispatcher = Dispatcher(url, config.dispatcher, router, review.worktrees)
-            yield Runtime(dispatcher, review, pool, opencode_pool)
+            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
     finally:
         await pool.close()
 
 
-async def _start_opencode_pool(stack: AsyncExitStack, config: Config) -> OpencodePool | None:
+async def _start_opencode_pool(stack: AsyncExitStack, config: Config, sandbox: Sandbox) -> OpencodePool | None:
     """The warm opencode servers; without an opencode binary the service runs without them."""
     try:
         return await stack.enter_async_context(
-            OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR)
+            OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR, sandbox=sandbox)
         )
     except BackendError as exc:
         log.warning("opencode_pool.unavailable", reason=str(exc))
@@ -127,7 +130,8 @@ async def run_dispatcher_only(config: Config, out: TextIO) -> None:
             await migrate(url)
             async with dispatcher_runtime(config, url) as runtime, anyio.create_task_group() as tg:
                 tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
-                print(f"dispatcher {runtime.dispatcher.worker_id}: running", file=out, flush=True)
+                sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
+                print(f"dispatcher {runtime.dispatcher.worker_id}: running; {sandbox}", file=out, flush=True)
                 await run_dispatcher(runtime, tg)
 
 
@@ -155,6 +159,7 @@ async def run_service(config: Config, out: TextIO) -> None:
                         conn, config.agent_specs(), opencode_binary=config.opencode.binary
                     )
                 token = await default_token(runtime.pool, config.data_dir)
+                sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
                 actions = OrchestratorActions(runtime.pool, runtime.review)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
@@ -166,19 +171,21 @@ async def run_service(config: Config, out: TextIO) -> None:
                         gateway=ws_url,
                         worker_id=runtime.dispatcher.worker_id,
                         agents=",".join(a.name for a in agents if a.available),
+                        sandbox=sandbox,
                     )
-                    print_banner(out, url, ws_url, token)
+                    print_banner(out, url, ws_url, token, sandbox)
                     tg.start_soon(run_reaper, runtime, config.worktrees.reap_interval)
                     await run_dispatcher(runtime, tg)
     log.info("service.stop")
 
 
-def print_banner(out: TextIO, url: str, ws_url: str, token: str) -> None:
+def print_banner(out: TextIO, url: str, ws_url: str, token: str, sandbox: str) -> None:
     out.write(
         "Switchyard is up.\n"
         f"  database:  {url}\n"
         f"  websocket: {ws_url}\n"
         f"  token:     {token}\n"
+        f"  {sandbox}\n"
         "Register a repository:  switchyard project add PATH\n"
         f"Submit a task:          psql '{url}' \\\n"
         f'    -c "{SUBMIT_EXAMPLE}"\n'

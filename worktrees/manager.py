@@ -34,6 +34,7 @@ every snapshot restore).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -81,11 +82,8 @@ class Worktree:
     branch: str
     base_commit: str
     repo_path: Path
-
-    @property
-    def git_dir(self) -> Path:
-        """The project repository's git directory, where the worktree's git metadata lives."""
-        return git.common_dir(self.repo_path)
+    # The project repository's git directory, where the worktree's git metadata lives (set by ensure).
+    git_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -235,16 +233,18 @@ class WorktreeManager:
             row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id)
             if row is not None:
                 wt = self._worktree(row)
-                if await anyio.to_thread.run_sync(self._usable, wt):
-                    return wt
+                git_dir = await anyio.to_thread.run_sync(self._usable, wt)
+                if git_dir is not None:
+                    return dataclasses.replace(wt, git_dir=git_dir)
             return await self._create(conn, session_id)
 
-    def _usable(self, wt: Worktree) -> bool:
+    def _usable(self, wt: Worktree) -> Path | None:
+        """The repository's git directory if the worktree is usable (its .git file restored)."""
         try:
-            self._checked(wt)
+            checkout = self._checked(wt)
         except WorktreeBroken:
-            return False
-        return True
+            return None
+        return git.common_dir(checkout.repo)
 
     async def _create(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
         async with conn.transaction():
@@ -266,7 +266,8 @@ class WorktreeManager:
             base = await anyio.to_thread.run_sync(self._materialize, wt)
             await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
         log.info("worktree ready: session %s at %s (base %s)", session_id, wt.path, base)
-        return Worktree(wt.session_id, wt.project_id, wt.path, wt.branch, base, wt.repo_path)
+        git_dir = await anyio.to_thread.run_sync(git.common_dir, wt.repo_path)
+        return dataclasses.replace(wt, base_commit=base, git_dir=git_dir)
 
     def _materialize(self, wt: Worktree) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
