@@ -164,22 +164,20 @@ class Sandbox:
         executable = probe(self.settings.bwrap).executable
         args = [executable, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", str(TMP)]
         covered = [TMP]
-        concealed = []
-        for path in _existing((*self.protected, *hidden, *map(_expand, self.settings.hidden))):
+        concealed = _existing((*self.protected, *hidden, *map(_expand, self.settings.hidden)))
+        for path in concealed:
             if not _within(path, covered):
                 covered.append(path)
-                concealed.append(path)
                 args += _hide(path)
         exposed = _existing((*read_only, *map(_expand, self.settings.read_only)))
-        opened = _existing(writable)
         for path in exposed:
             args += ["--ro-bind", str(path), str(path)]
-        for path in opened:
-            args += ["--bind", str(path), str(path)]
-        # A hidden path inside a directory exposed again stays hidden.
+        # Hidden wins: a hidden path inside (or equal to) one made readable again is hidden again.
         for path in concealed:
-            if any(path != e and path.is_relative_to(e) for e in (*exposed, *opened)):
+            if _within(path, exposed):
                 args += _hide(path)
+        for path in _existing(writable):
+            args += ["--bind", str(path), str(path)]
         for path in _existing(frozen):
             args += ["--ro-bind", str(path), str(path)]
         return [*args, *NAMESPACES, "--chdir", str(cwd), "--", *argv]

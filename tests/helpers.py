@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,3 +46,24 @@ def git_repo(path: Path) -> Path:
     subprocess.run(["git", "-C", str(path), *identity, "add", "."], check=True)
     subprocess.run(["git", "-C", str(path), *identity, "commit", "-qm", "init"], check=True)
     return path
+
+
+def tree_digest(root: Path, *, skip: Iterable[Path] = ()) -> str:
+    """A sha256 of everything under ``root`` (names, modes, contents, link targets), ``skip`` left out.
+
+    Two equal digests mean nothing under ``root`` was created, changed or removed.
+    """
+    skipped = [Path(os.path.realpath(p)) for p in skip]
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if Path(os.path.realpath(here / d)) not in skipped)
+        for name in sorted([*filenames, *(d for d in dirnames if (here / d).is_symlink())]):
+            path = here / name
+            info = path.lstat()
+            digest.update(f"{path.relative_to(root)}\0{info.st_mode:o}\0".encode())
+            if path.is_symlink():
+                digest.update(os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -186,6 +186,37 @@ async def test_mode_and_model_go_through_session_config_options(worktree: Path) 
     assert bad_model.error is not None and "gpt-nonexistent" in bad_model.error
     bad_mode, _ = await run("CHUNKS", worktree, mode="yolo")
     assert bad_mode.stop_reason == "bad_input"
+    assert bad_mode.error == "fake offers no mode 'yolo' (its modes: bypassPermissions, default, plan)"
+
+
+async def test_a_mode_that_bypasses_permission_requests_is_refused(worktree: Path) -> None:
+    # The agent does advertise it; a client may still not select it.
+    outcome, emit = await run("RUN touch%20bypassed", worktree, mode="bypassPermissions")
+    assert (outcome.status, outcome.stop_reason) == (OutcomeStatus.FAILED, "bad_input")
+    assert outcome.error is not None and "lets it act without asking" in outcome.error
+    assert "'bypass' in permissions.denied_modes" in outcome.error
+    assert not (worktree / "bypassed").exists() and not emit.text
+    # Configurable: an operator who empties the list may choose it.
+    allowed, _ = await run("CHUNKS", worktree, PermissionPolicy(denied_modes=("yolo",)), mode="bypassPermissions")
+    assert allowed.status is OutcomeStatus.COMPLETED
+
+
+async def test_an_allow_option_that_switches_to_a_bypassing_mode_is_never_chosen(worktree: Path) -> None:
+    send, receive = anyio.create_memory_object_stream[BackendEvent](10)
+    client = TurnClient(worktree, PermissionPolicy(), send)
+    call = ToolCallUpdate(tool_call_id="c1", kind="switch_mode", title="Ready to code?")
+    options = [
+        PermissionOption(option_id="bypassPermissions", kind="allow_always", name="Yes, and bypass permissions"),
+        PermissionOption(option_id="default", kind="allow_once", name="Yes, and ask before edits"),
+        PermissionOption(option_id="plan", kind="reject_once", name="No, keep planning"),
+    ]
+    chosen = await client.request_permission(options=options, session_id="s", tool_call=call)
+    assert chosen.outcome == AllowedOutcome(outcome="selected", option_id="default")
+    only_bypass = [options[0], options[2]]
+    refused = await client.request_permission(options=only_bypass, session_id="s", tool_call=call)
+    assert refused.outcome == DeniedOutcome(outcome="cancelled")
+    send.close()
+    receive.close()
 
 
 async def test_the_agent_timeout_cancels_the_prompt(worktree: Path) -> None:
