@@ -16,7 +16,7 @@ import asyncpg
 from orchestrator.errors import DatabaseUnavailable, SchemaError
 from orchestrator.logs import redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Any constant works; it only has to be the same for every Switchyard process.
 MIGRATE_LOCK_KEY = 0x5357_4954_4348  # "SWITCH"
 CONNECT_TIMEOUT_S = 10.0

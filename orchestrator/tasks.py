@@ -1,7 +1,8 @@
 """Submitting tasks: the single INSERT shared by the CLI, the WebSocket gateway and the README.
 
 An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
-A repeated ``dispatch_key`` changes nothing and returns the existing task's id.
+A ``dispatch_key`` repeated within the project changes nothing and returns that project's
+existing task; the same key in another project is another task.
 
 Cancelling (:func:`cancel_task`) is the same UPDATE an SQL user makes,
 ``UPDATE tasks SET cancel_requested_at = now()``: a pending task ends ``cancelled`` at once,
@@ -22,11 +23,11 @@ SUBMIT_TASK = """
 INSERT INTO tasks (project_id, session_id, input, agent, model, mode_id, priority,
                    max_attempts, expires_at, dispatch_key, parent_task_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (dispatch_key) DO NOTHING
+ON CONFLICT (project_id, dispatch_key) DO NOTHING
 RETURNING id
 """
 
-TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE dispatch_key = $1"
+TASK_BY_DISPATCH_KEY = "SELECT id FROM tasks WHERE project_id = $1 AND dispatch_key = $2"
 
 # Only the first request counts (and NOTIFYs); a finished task is left alone.
 REQUEST_CANCEL = """
@@ -71,7 +72,7 @@ async def submit_task(conn: asyncpg.Connection | asyncpg.Pool, task: TaskSubmiss
     )
     if task_id is not None:
         return Submitted(task_id, created=True)
-    existing = await conn.fetchval(TASK_BY_DISPATCH_KEY, task.dispatch_key)
+    existing = await conn.fetchval(TASK_BY_DISPATCH_KEY, task.project_id, task.dispatch_key)
     return Submitted(existing, created=False)
 
 

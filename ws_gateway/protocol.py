@@ -10,6 +10,7 @@ docs/PROTOCOL.md describes every frame.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ MAX_ATTEMPTS = 100
 # The frame size limit (gateway.max_frame_bytes) is what bounds a prompt.
 MAX_INPUT_CHARS = 2**31
 REVIEW_ACTIONS = ("accept", "reject")
+# A session id as an object key: a bigint in decimal.
+SESSION_ID_KEY = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ class _Fields:
         if isinstance(value, dict):
             since: dict[int, int] = {}
             for sid, seq in value.items():
-                if not sid.isdigit():
+                # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+                if not SESSION_ID_KEY.fullmatch(sid):
                     raise self.fail(f"{key!r} keys must be session ids")
                 since[_check_int(int(sid), key, 1, MAX_ID, self)] = _check_int(seq, key, 0, MAX_ID, self)
             return since

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import db
-from orchestrator.embedded_pg import EmbeddedPostgres, find_bindir, free_port
+from orchestrator.embedded_pg import EmbeddedPostgres, _write_private, find_bindir, free_port
 from orchestrator.errors import PortInUse, PostgresNotInstalled
 from tests.helpers import reachable_tmp_dir
 
@@ -63,3 +64,19 @@ async def _write_and_read(url: str, *, write: bool) -> str:
         return value
     finally:
         await conn.close()
+
+
+def test_secret_files_are_private_from_the_start_and_never_follow_a_link(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        _write_private(tmp_path / "pw", "s3cret")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pw").read_text() == "s3cret\n"
+    assert (tmp_path / "pw").stat().st_mode & 0o777 == 0o600
+    # A link planted where the file goes is refused, not written through.
+    (tmp_path / "elsewhere").write_text("untouched\n")
+    (tmp_path / "planted").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        _write_private(tmp_path / "planted", "s3cret")
+    assert (tmp_path / "elsewhere").read_text() == "untouched\n"
