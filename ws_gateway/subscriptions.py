@@ -30,8 +30,8 @@ session that is most of the cost of a frame.
 from __future__ import annotations
 
 import contextlib
-import sys
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable
 
