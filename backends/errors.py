@@ -12,7 +12,14 @@ class OpencodeNotFoundError(BackendError):
 
 
 class OpencodeServerError(BackendError):
-    """An ``opencode serve`` process failed to start, stopped answering or went away."""
+    """An ``opencode serve`` process failed to start, stopped answering or went away.
+
+    ``status`` is the HTTP status of an answer the server did give (None: no answer).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AgentNotFoundError(BackendError):

@@ -238,7 +238,8 @@ class OpencodeServer:
         response = await self.client.request(method, path, params=query, json=json_body, timeout=http_timeout)
         if response.status_code >= 400:
             raise OpencodeServerError(
-                f"opencode {method} {path} answered {response.status_code}: {response.text[:300]}"
+                f"opencode {method} {path} answered {response.status_code}: {response.text[:300]}",
+                response.status_code,
             )
         return response.json() if response.content else None
 

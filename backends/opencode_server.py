@@ -36,7 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -94,6 +94,7 @@ PERMISSION_KINDS = {
     "todowrite": "think",
     "todoread": "think",
 }
+HTTP_NOT_FOUND = 404
 # opencode agents a prompt may name (subagents are only started by other agents).
 PRIMARY_AGENT_MODES = ("primary", "all")
 # Metadata keys of a permission request that name a file or directory it touches.
@@ -456,14 +457,19 @@ class _TurnRun:
         body: dict[str, str] = {"reply": "once" if verdict.allowed else "reject"}
         if not verdict.allowed:
             body["message"] = f"Not allowed: {verdict.reason}"
-        await self.server.request(
-            "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
-        )
-        await self.emit(
-            PermissionDecision(
-                asked.tool_call_id, asked.permission, "allowed" if verdict.allowed else "denied", verdict.reason
+        decision: Literal["allowed", "denied", "cancelled"] = "allowed" if verdict.allowed else "denied"
+        reason = verdict.reason
+        try:
+            await self.server.request(
+                "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
             )
-        )
+        except OpencodeServerError as exc:
+            if exc.status != HTTP_NOT_FOUND:
+                raise
+            # Withdrawn meanwhile: opencode rejects a turn's other open requests when one is rejected.
+            decision = "denied" if not verdict.allowed else "cancelled"
+            reason = f"{reason} (opencode had already withdrawn the request)"
+        await self.emit(PermissionDecision(asked.tool_call_id, asked.permission, decision, reason))
 
     def _usage(self) -> Usage | None:
         assert self.translator is not None
