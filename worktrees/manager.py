@@ -6,9 +6,10 @@ The dispatcher's two calls::
     worktree = await manager.ensure(session_id)          # start of every turn -> Worktree (.path)
     change = await manager.record_turn(session_id, task_id=task_id, agent=agent)  # after every turn
 
-``ensure`` costs one UPDATE and two stat calls when the worktree exists; otherwise it creates
-(or heals) ``<root>/<project_id>/<session_id>`` on branch ``switchyard/<session_id>`` under the
-project's advisory lock, so one repository is changed by one process at a time.
+``ensure`` costs one UPDATE and a few file reads (the ``.git`` check, no git) when the worktree
+exists; otherwise it creates (or heals) ``<root>/<project_id>/<session_id>`` on branch
+``switchyard/<session_id>`` under the project's advisory lock, so one repository is changed by
+one process at a time.
 
 ``record_turn`` snapshots the worktree (see worktrees.git), diffs it against the session's
 base, and in one transaction supersedes the open change and inserts the new one (an empty
