@@ -125,11 +125,14 @@ class Sandbox:
         self.settings = settings or SandboxSettings()
         # The service's own secrets and state: hidden whatever the settings say.
         self.protected = tuple(protected)
+        self._probed: SandboxProbe | None = None
         self._warned = False
 
     async def check(self) -> SandboxProbe:
         """The probe (in a thread the first time); raises SandboxUnavailable when it is required."""
-        result = await anyio.to_thread.run_sync(probe, self.settings.bwrap)
+        result = self._probed
+        if result is None:
+            result = self._probed = await anyio.to_thread.run_sync(probe, self.settings.bwrap)
         if not result.usable:
             if self.settings.required:
                 raise SandboxUnavailable(f"{result.line} (sandbox.required = true)")

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -101,6 +102,26 @@ async def test_a_command_the_rules_do_not_allow_is_denied_and_visible(worktree: 
     assert decision.reason == f"'rm' is not an allowed program (allowed: {allowed}); permissions.execute is deny"
     assert "permission=selected:opt-reject" in emit.text
     assert emit.of(ToolCall)[-1].status is ToolStatus.FAILED
+
+
+async def test_commands_and_edits_an_attacker_asks_for_are_judged_by_every_argument(worktree: Path) -> None:
+    asks = {
+        "git log -1 --output=../pwned": "git log: option --output is not allowed",
+        "git diff --no-index /etc/passwd /dev/null": "git diff: option --no-index is not allowed",
+        "cat ../../../api-token": "cat: '../../../api-token' is outside the worktree",
+        "cat /proc/self/environ": "cat: '/proc/self/environ' is outside the worktree",
+        "rg --pre ./x secret": "rg: option --pre is not allowed",
+        "git status --short": "permissions.commands allow the command",
+    }
+    prompt = " ".join(f"ASK_EXEC {quote(c, safe='')}" for c in asks) + " ASK_EDIT .git ASK_EDIT .GIT/config"
+    outcome, emit = await run(prompt, worktree)
+    assert outcome.status is OutcomeStatus.COMPLETED
+    decisions = emit.of(PermissionDecision)
+    assert [d.decision for d in decisions] == ["denied"] * 5 + ["allowed"] + ["denied"] * 2
+    for decision, reason in zip(decisions, asks.values(), strict=False):
+        assert decision.reason.startswith(reason), (decision, reason)
+    assert all("git metadata" in d.reason for d in decisions[-2:])
+    assert not (worktree.parent / "pwned").exists()
 
 
 async def test_an_allowed_command_gets_the_allow_once_option(worktree: Path) -> None:
