@@ -361,7 +361,7 @@ class Soak:
             ) -> None:
                 await conn.execute(
                     """INSERT INTO tasks (project_id, session_id, input, agent, max_attempts, dispatch_key)
-                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dispatch_key) DO NOTHING""",
+                       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project_id, dispatch_key) DO NOTHING""",
                     self.project,
                     s,
                     t,

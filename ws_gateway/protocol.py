@@ -34,6 +34,8 @@ MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
 # list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
 CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
+# A session id as an object key: a bigint in decimal.
+SESSION_ID_KEY = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,8 @@ class _Fields:
         if isinstance(value, dict):
             since: dict[int, int] = {}
             for sid, seq in value.items():
-                if not sid.isdigit():
+                # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+                if not SESSION_ID_KEY.fullmatch(sid):
                     raise self.fail(f"{key!r} keys must be session ids")
                 since[_check_int(int(sid), key, 1, MAX_ID, self)] = _check_int(seq, key, 0, MAX_ID, self)
             return since

@@ -131,7 +131,8 @@ async def run_dispatcher_only(config: Config, out: TextIO) -> None:
                     metrics_url = await tg.start(serve_health, port, partial(database_ok, runtime.pool))
                     await runtime.dispatcher.worker_lock.set_url(metrics_url)
                     where = f"; metrics at {metrics_url}"
-                print(f"dispatcher {runtime.dispatcher.worker_id}: running{where}", file=out, flush=True)
+                sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
+                print(f"dispatcher {runtime.dispatcher.worker_id}: running; {sandbox}{where}", file=out, flush=True)
 
 
 async def default_token(pool: asyncpg.Pool, data_dir: Path) -> str:
@@ -169,6 +170,7 @@ async def _serve(
     async with runtime.pool.acquire() as conn:
         agents = await sync_available_agents(conn, config.agent_specs(), opencode_binary=config.opencode.binary)
     token = await default_token(runtime.pool, config.data_dir)
+    sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
     # The gateway's own pool: a flood of snapshots cannot take the review service's connections.
     gateway_pool = await open_pool(config, url, "gateway")
     try:
@@ -188,20 +190,22 @@ async def _serve(
                 gateway=ws_url,
                 worker_id=runtime.dispatcher.worker_id,
                 agents=",".join(a.name for a in agents if a.available),
+                sandbox=sandbox,
             )
-            print_banner(out, url, ws_url, token, gateway.page_url)
+            print_banner(out, url, ws_url, token, gateway.page_url, sandbox)
             tg.start_soon(run_reaper, runtime.review.worktrees, runtime.opencode_pool, config.worktrees.reap_interval)
     finally:
         await gateway_pool.close()
 
 
-def print_banner(out: TextIO, url: str, ws_url: str, token: str, page_url: str) -> None:
+def print_banner(out: TextIO, url: str, ws_url: str, token: str, page_url: str, sandbox: str) -> None:
     out.write(
         "Switchyard is up.\n"
         f"  open:      {page_url}   (the review page; sign in with the token)\n"
         f"  database:  {url}\n"
         f"  websocket: {ws_url}\n"
         f"  token:     {token}\n"
+        f"  {sandbox}\n"
         "Register a repository:  switchyard project add PATH\n"
         f"Submit a task:          psql '{url}' \\\n"
         f'    -c "{SUBMIT_EXAMPLE}"\n'

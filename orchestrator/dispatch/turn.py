@@ -272,7 +272,7 @@ class TurnRunner:
             if session_id is None:
                 raise ClaimLost
             sink.session_id = session_id
-        workdir = None
+        workdir = git_dir = None
         if backend.needs_worktree:
             if self._worktrees is None:
                 raise TaskRejected(
@@ -280,9 +280,10 @@ class TurnRunner:
                 )
             await _check_repository(task)
             try:
-                workdir = (await self._worktrees.ensure(session_id)).path
+                worktree = await self._worktrees.ensure(session_id)
             except WorktreeError as exc:
                 raise TaskRejected("worktree_error", f"cannot prepare the session's worktree: {exc}") from exc
+            workdir, git_dir = worktree.path, worktree.git_dir
         turn = Turn(
             task_id=task.id,
             session_id=session_id,
@@ -293,6 +294,7 @@ class TurnRunner:
             mode_id=task.mode_id,
             attempt=task.attempt,
             workdir=workdir,
+            git_dir=git_dir,
             history=task.history,
             agent_session=task.agent_session,
         )
