@@ -463,13 +463,15 @@ async def test_a_session_worktree_is_disposed_on_request(oc_pool: OpencodePool, 
 
 
 async def test_a_stream_lost_for_good_aborts_the_prompt_on_the_live_server(
-    oc_pool: OpencodePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    oc_pool: OpencodePool, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reconnects run out while the server lives: the turn fails (transient) and opencode is told
     to stop, so it does not keep editing the worktree while the retry prompts the session."""
     backend = OpencodeServerBackend(oc_pool, SLEEP_ALLOWED)
-    wt, session = worktree(tmp_path), next(_session_ids)
-    server = oc_pool.servers[0]
+    wt, session = worktree(project_dir), next(_session_ids)
+    warm = (await run(backend, make_turn(wt, "hi", session))).outcome
+    assert warm.agent_session is not None
+    (server,) = [s for s in oc_pool.servers if s.key == warm.agent_session.server_key]
     real_events = server.events
 
     class Dead:
@@ -491,8 +493,8 @@ async def test_a_stream_lost_for_good_aborts_the_prompt_on_the_live_server(
 
     monkeypatch.setattr(server, "events", broken)
     monkeypatch.setattr("backends.opencode_server.RECONNECT_DELAYS", (0.05, 0.05))
-    result = await run(backend, make_turn(wt, "SLEEP_TOOL", session))
-    assert result.outcome.status is OutcomeStatus.FAILED
+    result = await run(backend, make_turn(wt, "SLEEP_TOOL", session, agent_session=warm.agent_session))
+    assert result.outcome.status is OutcomeStatus.FAILED, result.outcome
     assert (result.outcome.stop_reason, result.outcome.transient) == ("agent_crashed", True)
     assert "lost the event stream" in (result.outcome.error or "")
     assert not server.exited.is_set()
