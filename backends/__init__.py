@@ -40,7 +40,7 @@ from backends.errors import (
 from backends.native import NativeBackend, NativeSettings, list_models
 from backends.noop import NoopBackend
 from backends.opencode_env import OpencodeSettings
-from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings, read_pool_status
+from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings, ProjectPlace, read_pool_status
 from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import PermissionPolicy
 from backends.pty import PtyBackend
@@ -78,6 +78,7 @@ __all__ = [
     "PermissionDecision",
     "PermissionPolicy",
     "Plan",
+    "ProjectPlace",
     "ProtectedPathError",
     "PtyBackend",
     "ReasoningDelta",

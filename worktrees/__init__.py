@@ -23,6 +23,7 @@ from worktrees.errors import (
 )
 from worktrees.manager import Announce, PendingChange, Reaped, Resolution, Worktree, WorktreeManager
 from worktrees.settings import WorktreeSettings
+from worktrees.spares import Spare, SpareWarmer, SpareWorktrees, Taken, read_spare_status
 
 __all__ = [
     "Announce",
@@ -39,6 +40,10 @@ __all__ = [
     "Resolution",
     "RestoreRefused",
     "SessionNotFound",
+    "Spare",
+    "SpareWarmer",
+    "SpareWorktrees",
+    "Taken",
     "TurnRunning",
     "UnknownFile",
     "Worktree",
@@ -47,4 +52,5 @@ __all__ = [
     "WorktreeError",
     "WorktreeManager",
     "WorktreeSettings",
+    "read_spare_status",
 ]

@@ -128,3 +128,11 @@ UPDATE session_worktrees w SET status = 'removed'
  WHERE w.session_id = $3 AND s.id = w.session_id AND p.id = w.project_id AND {REAPABLE}
 RETURNING {WORKTREE_COLUMNS}
 """
+
+# Projects that started a session within $1 seconds: the ones spare worktrees are kept for.
+RECENT_PROJECTS = """
+SELECT p.id AS project_id, p.repo_path
+  FROM projects p
+ WHERE EXISTS (SELECT 1 FROM sessions s
+                WHERE s.project_id = p.id AND s.created_at > now() - make_interval(secs => $1))
+"""

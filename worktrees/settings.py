@@ -15,6 +15,10 @@ DEFAULT_MAX_TOTAL_BYTES = 8 * 1024 * 1024
 DEFAULT_REAP_IDLE_AFTER = 7 * 24 * 3600.0
 # How often the service's reaper looks.
 DEFAULT_REAP_INTERVAL = 600.0
+# Spare worktrees kept ready per project (worktrees.spares), for projects that started a session
+# within spare_idle seconds.
+DEFAULT_SPARES = 1
+DEFAULT_SPARE_IDLE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,13 @@ class WorktreeSettings:
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     reap_idle_after: float = DEFAULT_REAP_IDLE_AFTER
     reap_interval: float = DEFAULT_REAP_INTERVAL
+    spares: int = DEFAULT_SPARES
+    spare_idle: float = DEFAULT_SPARE_IDLE
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0 or self.max_total_bytes <= 0:
             raise ValueError("max_file_bytes and max_total_bytes must be positive")
         if self.reap_idle_after <= 0 or self.reap_interval <= 0:
             raise ValueError("reap_idle_after and reap_interval must be positive")
+        if self.spares < 0 or self.spare_idle <= 0:
+            raise ValueError("spares must not be negative and spare_idle must be positive")

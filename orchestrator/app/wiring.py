@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import asyncpg
 from prometheus_client import REGISTRY
@@ -28,6 +29,7 @@ from backends import (
     NativeBackend,
     OpencodePool,
     OpencodeServerBackend,
+    ProjectPlace,
     PtyBackend,
     Sandbox,
 )
@@ -37,6 +39,7 @@ from orchestrator.db import default_base
 from orchestrator.dispatch import Dispatcher, Router, refresh_tasks
 from orchestrator.dispatch.routing import OPENCODE_SERVER_AGENT, BackendFactory
 from orchestrator.services import ReviewService
+from worktrees import SpareWorktrees
 
 log = get_logger("wiring")
 
@@ -49,6 +52,24 @@ class Runtime:
     pool: asyncpg.Pool
     opencode_pool: OpencodePool | None
     sandbox: Sandbox
+    spares: SpareWorktrees
+
+
+@dataclass(frozen=True)
+class PoolWarmer:
+    """Spare worktrees warmed on the warm opencode pool (a worktrees.SpareWarmer): a spare's
+    instance is loaded on its project's server, which its session's first turn then leases."""
+
+    pool: OpencodePool
+
+    async def warm(self, project_id: int, directory: Path, git_dir: Path) -> bool:
+        return await self.pool.warm(ProjectPlace(project_id, directory.parent, git_dir), str(directory))
+
+    def claimed(self, directory: Path) -> None:
+        self.pool.unpin(str(directory))
+
+    async def release(self, directory: Path) -> None:
+        await self.pool.dispose_directory(directory)
 
 
 async def open_pool(config: Config, url: str, name: str) -> asyncpg.Pool:
@@ -75,11 +96,21 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
         sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
             opencode_pool = await _start_opencode_pool(stack, config, sandbox)
+            # Entered after the pool, so it stops first: its spares' instances are freed on the servers.
+            spares = await stack.enter_async_context(
+                SpareWorktrees(
+                    pool,
+                    config.worktrees,
+                    warmer=PoolWarmer(opencode_pool) if opencode_pool is not None else None,
+                    status_dir=config.data_dir / POOL_DIR,
+                )
+            )
+            review.worktrees.spares = spares
             router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
             dispatcher = Dispatcher(
                 url, config.dispatcher, router, review.worktrees, identity_base=default_base(str(config.data_dir))
             )
-            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
+            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox, spares)
     finally:
         unregister()
         await pool.close()
