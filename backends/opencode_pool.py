@@ -431,10 +431,15 @@ class OpencodePool:
         """Load ``directory``'s instance on a ready server of ``place``'s project, as far as a first
         prompt would (:data:`WARM_REQUESTS`), and keep it as a spare until a turn uses it.
 
-        True when it is loaded on a ready server (already, or now); False when the project has no
-        ready server (a spare never starts one) or the server did not answer.
+        True when it is loaded on a ready server (already, or now, after waiting for one that is
+        starting); False when the project has no server (a spare never starts one) or the server
+        did not answer.
         """
-        ready = [s for s in self._live(place) if s.state is ServerState.READY]
+        live = self._live(place)
+        ready = [s for s in live if s.state is ServerState.READY]
+        if not ready and live:
+            await live[0].ready.wait()  # set once it is ready or failed to start
+            ready = [s for s in self._live(place) if s.state is ServerState.READY]
         if any(directory in s.directories for s in ready):
             return True
         if not ready:
