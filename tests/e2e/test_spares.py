@@ -23,6 +23,7 @@ from worktrees import read_spare_status
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 WAIT_S = 60
+WORKTREE_PATH = "SELECT path FROM session_worktrees WHERE session_id = $1"
 INSERT_TASK = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, $3, 'opencode') RETURNING id"
 
 
@@ -85,7 +86,7 @@ async def test_a_new_warm_session_takes_the_warmed_spare_and_the_next_one_is_war
         # The project's first session: nothing was wanted yet, its worktree is made the usual way
         # (and its turn starts the project's server).
         first = await new_session_turn(pool, project, "first session")
-        first_path = await pool.fetchval("SELECT path FROM session_worktrees WHERE session_id = $1", first["session_id"])
+        first_path = await pool.fetchval(WORKTREE_PATH, first["session_id"])
         assert Path(first_path).name == str(first["session_id"])
         # Now the project has a spare, warmed on its server.
         await wait_until(lambda: runtime.spares.all_ready() and runtime.spares.ready(project), "a warmed spare")
@@ -131,7 +132,7 @@ async def test_without_spares_every_new_session_makes_its_worktree(
     async with service(config, db_url) as runtime:
         for text in ("one", "two"):
             task = await new_session_turn(pool, project, text)
-            path = await pool.fetchval("SELECT path FROM session_worktrees WHERE session_id = $1", task["session_id"])
+            path = await pool.fetchval(WORKTREE_PATH, task["session_id"])
             assert Path(path).name == str(task["session_id"])
         assert runtime.spares.ready(project) == []
         assert len(worktrees_of(repo)) == 3
