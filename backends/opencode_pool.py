@@ -27,6 +27,11 @@ When a server dies first, its children are reparented and no longer in its tree;
 a server starts therefore inherits an environment marker (:data:`MARKER_ENV`) by which they are
 found and killed, also when a previous service process died without cleaning up. The pool
 publishes its state in a small JSON file that ``switchyard pool`` reads (:func:`read_pool_status`).
+
+A server keeps an instance loaded for every directory it served: the maintenance pass disposes
+those no turn used for ``instance_idle`` seconds (the sessions stay; their next turn loads it
+again). :meth:`OpencodePool.warm` loads a spare worktree's instance before any session has it,
+as far as a first prompt would (:data:`WARM_REQUESTS`); spares are never disposed as idle.
 """
 
 from __future__ import annotations

@@ -147,14 +147,21 @@ class _PoolMetrics(Collector):
         turns = GaugeMetricFamily(
             METRIC_PREFIX + "opencode_server_active_turns", "Turns running on a server", labels=["server"]
         )
+        instances = GaugeMetricFamily(
+            METRIC_PREFIX + "opencode_server_instances",
+            "Directories whose instance a server holds loaded (spare worktrees among them)",
+            labels=["server", "kind"],
+        )
         counts: dict[str, int] = {}
         for status in self._pool.snapshot():
             counts[status.state] = counts.get(status.state, 0) + 1
             rss.add_metric([status.key], status.rss_mb * 2**20)
             turns.add_metric([status.key], status.active_turns)
+            instances.add_metric([status.key, "session"], status.instances - status.spares)
+            instances.add_metric([status.key, "spare"], status.spares)
         for state, count in sorted(counts.items()):
             servers.add_metric([state], count)
-        yield from (servers, rss, turns)
+        yield from (servers, rss, turns, instances)
 
 
 def agent_sandbox(config: Config) -> Sandbox:

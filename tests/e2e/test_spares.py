@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from orchestrator.app.config import Config, build, resolve_paths
-from orchestrator.app.wiring import Runtime, dispatcher_runtime
+from orchestrator.app.wiring import Runtime, _PoolMetrics, dispatcher_runtime
 from testkit.fake_model import FakeModel
 from testkit.repos import git, sample_repo
 from testkit.rows import add_project
@@ -94,6 +94,10 @@ async def test_a_new_warm_session_takes_the_warmed_spare_and_the_next_one_is_war
         assert spare.warmed is True
         (server,) = runtime.opencode_pool.servers
         assert str(spare.path) in server.spares
+        # The pool's gauge counts both loaded instances: the first session's and the spare's.
+        (instances,) = [m for m in _PoolMetrics(runtime.opencode_pool).collect() if m.name.endswith("_instances")]
+        by_kind = {s.labels["kind"]: s.value for s in instances.samples if s.labels["server"] == server.key}
+        assert by_kind == {"session": 1, "spare": 1}
         await runtime.opencode_pool.check()  # writes the status file `switchyard pool` reads
         await wait_until(lambda: read_spare_status(config.data_dir / "opencode-pool"), "the spares' status file")
 
