@@ -8,6 +8,7 @@ __all__ = [
     "AgentConfigError",
     "AgentNotFoundError",
     "BackendError",
+    "BadAgentOptionError",
     "BadModelError",
     "OpencodeNotFoundError",
     "OpencodeServerError",
@@ -47,3 +48,7 @@ class ProtectedPathError(BackendError):
 
 class BadModelError(BackendError):
     """A task asks for a model its agent cannot be given."""
+
+
+class BadAgentOptionError(BackendError):
+    """A task asks for an agent option its agent does not offer (or a value it does not accept)."""

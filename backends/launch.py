@@ -47,6 +47,8 @@ class OneShotBackend(abc.ABC):
     """An agent run once per turn in the session worktree: what the ACP and PTY tracks share."""
 
     needs_worktree = True
+    # Whether the track can apply a task's agent options (ACP session config options).
+    takes_agent_options = False
 
     def __init__(
         self,
@@ -55,15 +57,28 @@ class OneShotBackend(abc.ABC):
         *,
         opencode: OpencodeSettings | None = None,
         parent_env: Mapping[str, str] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.policy = policy or PermissionPolicy()
         self.opencode = opencode or OpencodeSettings()
         self.parent_env = parent_env
+        # Where an opencode agent keeps its sessions (per Switchyard session) between turns, so a
+        # later turn can resume them; None: in the turn's throw-away sandbox.
+        self.state_dir = state_dir
+
+    def session_state(self, turn: Turn) -> Path | None:
+        """The agent's data directory for the turn's Switchyard session (opencode agents only)."""
+        if self.state_dir is None or not self.spec.opencode:
+            return None
+        return self.state_dir / self.spec.name / str(turn.session_id)
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         if turn.workdir is None:
             return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
+        if turn.agent_options and not self.takes_agent_options:
+            error = f"agent {self.spec.name!r} offers no agent options: {dict(turn.agent_options)}"
+            return TurnOutcome.failed("bad_input", error)
         try:
             return await self.run_in(turn, turn.workdir, emit)
         except AgentNotFoundError as exc:
@@ -94,8 +109,10 @@ async def prepare(
     prompt: str | None = None,
     opencode: OpencodeSettings | None = None,
     parent_env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[Launch]:
-    """The launch of one turn; ``prompt`` (PTY track) goes last on the command line.
+    """The launch of one turn; ``prompt`` (PTY track) goes last on the command line; an opencode
+    agent keeps its data (sessions) in ``data_dir`` when given, else in the turn's sandbox.
 
     Raises AgentNotFoundError or BadModelError before anything is created.
     """
@@ -122,6 +139,9 @@ async def prepare(
         if spec.opencode:
             sandbox = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, SANDBOX_PREFIX))
             env = agent_env(spec, parent, opencode_env(settings, sandbox, parent))
+            if data_dir is not None:
+                await anyio.to_thread.run_sync(lambda: data_dir.mkdir(parents=True, exist_ok=True))
+                env["XDG_DATA_HOME"] = str(data_dir)
         else:
             env = agent_env(spec, parent)
         run_id = secrets.token_hex(16)

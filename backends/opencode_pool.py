@@ -1,11 +1,14 @@
 """A pool of warm ``opencode serve`` processes, shared by every turn of the ``opencode_server`` track.
 
 Each server listens on 127.0.0.1 (a free port), requires HTTP Basic auth with a random password,
-and keeps its state in a private sandbox (HOME and XDG directories, see
-:func:`backends.opencode_env.opencode_env`) that is deleted when it stops. Its opencode config
+and runs in a private sandbox (HOME and XDG directories, see
+:func:`backends.opencode_env.opencode_env`) that is deleted when it stops, except its data
+directory (opencode's sessions): that belongs to a *slot* (``<root>/data/slot-N``, locked while a
+server uses it) and outlives the server, so after a restart of the server or of Switchyard a
+Switchyard session finds its opencode session again. Its opencode config
 says ``"permission": "ask"``: every tool use, a subagent's too, waits for the turn to answer it
 with Switchyard's policy. One server hosts many
-worktrees: every request names its directory. A Switchyard session sticks to one server (the
+worktrees: every request names its directory. A Switchyard session sticks to one slot (the
 ``server_key`` persisted in ``agent_sessions``) so its opencode session stays warm.
 
 The pool is a long-lived resource: ``async with OpencodePool(...) as pool:`` once per service.
@@ -23,6 +26,7 @@ publishes its state in a small JSON file that ``switchyard pool`` reads (:func:`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -82,8 +86,10 @@ MARKER_ENV = "SWITCHYARD_OPENCODE_SERVER"
 _LISTENING = re.compile(r"listening on (https?://\S+)")
 _BIND_FAILURE = re.compile(r"ServeError|EADDRINUSE|address already in use", re.IGNORECASE)
 STATUS_PREFIX = "pool-"
-# The pool's directory under the service's data_dir (sandboxes and status files).
+# The pool's directory under the service's data_dir (sandboxes, data slots and status files).
 POOL_DIR = "opencode-pool"
+SLOT_PREFIX = "slot-"
+SLOT_LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -147,9 +153,14 @@ class ServerStatus:
 class OpencodeServer:
     """One ``opencode serve`` process; created and owned by :class:`OpencodePool`."""
 
-    def __init__(self, key: str, sandbox: Path) -> None:
+    def __init__(self, key: str, sandbox: Path, slot: str = "", data_dir: Path | None = None) -> None:
         self.key = key
         self.sandbox = sandbox
+        # The data slot: opencode's database lives in data_dir and outlives the process, so the
+        # slot (``agent_sessions.server_key``) is what a session sticks to.
+        self.slot = slot or key
+        self.data_dir = data_dir
+        self.slot_lock: int | None = None
         self.state = ServerState.STARTING
         self.url = ""
         self.version = ""
@@ -387,7 +398,7 @@ class OpencodePool:
             if self._closed or self._tg is None:
                 raise OpencodeServerError("the opencode server pool is not running")
             live = self._live()
-            server = next((s for s in live if s.key == server_key), None) if server_key else None
+            server = next((s for s in live if s.slot == server_key), None) if server_key else None
             server = server or next((s for s in live if session_id in s.sessions), None)
             if server is None:
                 if len(live) < self.settings.servers and all(s.active_turns for s in live):
@@ -445,8 +456,11 @@ class OpencodePool:
     async def _start(self, server: OpencodeServer) -> anyio.abc.Process:
         assert self._binary is not None
         await anyio.to_thread.run_sync(lambda: server.sandbox.mkdir(parents=True, exist_ok=True))
+        await anyio.to_thread.run_sync(_take_slot, server, self.root / "data")
         # Every tool use is asked of the turn, which answers with Switchyard's policy.
         env = opencode_env(replace(self.opencode, permission=ASK), server.sandbox)
+        if server.data_dir is not None:
+            env["XDG_DATA_HOME"] = str(server.data_dir)
         env["OPENCODE_SERVER_PASSWORD"] = server._password
         env["OPENCODE_SERVER_USERNAME"] = USERNAME
         env[MARKER_ENV] = server.marker
@@ -543,6 +557,9 @@ class OpencodePool:
         if server._client is not None:
             await server._client.aclose()
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(server.sandbox, ignore_errors=True))
+        if server.slot_lock is not None:
+            os.close(server.slot_lock)  # the slot's data stays for the next server
+            server.slot_lock = None
         if server in self._servers:
             self._servers.remove(server)
         server.ready.set()
@@ -601,6 +618,22 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
+
+
+def _take_slot(server: OpencodeServer, data_root: Path) -> None:
+    """Give ``server`` the lowest data slot no other server (of any process) holds: an exclusive
+    flock on the slot, kept until the server is cleaned up."""
+    for number in itertools.count(1):
+        directory = data_root / f"{SLOT_PREFIX}{number}"
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / SLOT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        server.slot, server.data_dir, server.slot_lock = directory.name, directory, fd
+        return
 
 
 def _prepare_root(root: Path) -> None:

@@ -12,14 +12,21 @@ A turn, against one server and the session's worktree (every request names it as
    (:mod:`backends.opencode_events`) knows exactly which assistant messages answer it;
 3. emit text, reasoning, tool snapshots and plans as they stream; answer ``permission.asked``
    (the pool's servers ask for every tool use, subagents' included) with the transport-neutral
-   policy (:mod:`backends.permissions`); the turn is over at ``session.idle``, failed if a
+   policy (:mod:`backends.permissions`), asking a person through the turn's asker where it says
+   ``ask``, and ``question.asked`` (the question tool, on with ``[permissions] questions =
+   "ask"``) with a person's answer, or reject it; the turn is over at ``session.idle``, failed if a
    ``session.error`` came first;
 4. opencode retries a failing model forever: after ``retry_cap`` retries the turn is aborted;
 5. a watchdog aborts a turn whose session shows no event for ``watchdog`` seconds (heartbeats and
-   other sessions' events do not count); after ``QUIET_POLL`` seconds of silence it first asks
-   ``GET /session/status``, in case the stream missed the idle;
+   other sessions' events do not count; time spent waiting for a person neither); after
+   ``QUIET_POLL`` seconds of silence it first asks ``GET /session/status``, in case the stream
+   missed the idle;
 6. a dropped stream is reopened and the turn reconciled from ``GET /session/{id}/message``; if the
    server process died instead, the turn fails at once with the server's exit status.
+
+The task's agent option ``effort`` selects one of the model's variants (``GET /config/providers``),
+sent as the prompt's ``variant``. What the server offers (models, opencode agents as modes, the
+effort option) is emitted once per server as :class:`~backends.base.AgentAdvertised`.
 
 Cancellation (anyio) sends ``POST /session/{id}/abort`` in a shielded, time-bounded ``finally``.
 """
@@ -43,21 +50,32 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
+from backends.approval import ApprovalRequest, AskOption, QuestionRequest
 from backends.base import (
+    CONTEXT_OVERFLOW,
+    AgentAdvertised,
     AgentSession,
     Emit,
-    HistoryMessage,
     PermissionDecision,
     Status,
     Turn,
     TurnOutcome,
     Usage,
+    transcript,
 )
-from backends.errors import BadModelError, OpencodeServerError
+from backends.errors import BadAgentOptionError, BadModelError, OpencodeServerError
 from backends.launch import opencode_model
-from backends.opencode_events import EarlyError, Idle, PermissionAsked, Retrying, SessionError, TurnTranslator
+from backends.opencode_events import (
+    EarlyError,
+    Idle,
+    PermissionAsked,
+    QuestionAsked,
+    Retrying,
+    SessionError,
+    TurnTranslator,
+)
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer
-from backends.permissions import PermissionPolicy, PermissionRequest, decide
+from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from kernel import get_logger
 
 log = get_logger("backends.opencode_server")
@@ -94,6 +112,17 @@ PERMISSION_KINDS = {
 }
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
+# What opencode's permission reply accepts, offered to a person as options.
+REPLY_OPTIONS = (
+    AskOption("once", "allow_once", "Allow once"),
+    AskOption("always", "allow_always", "Always allow"),
+    AskOption("reject", "reject_once", "Reject"),
+)
+# The agent option that picks one of the model's variants (reasoning effort), as opencode acp names it.
+EFFORT_OPTION = "effort"
+EFFORT_CATEGORY = "thought_level"
+# The agent name of this track (registry preset, permission overrides).
+AGENT = "opencode"
 
 
 class Quiet(Enum):
@@ -120,6 +149,8 @@ class OpencodeServerBackend:
         self.policy = policy or PermissionPolicy()
         # The turn limits (watchdog, retry_cap) come from here; default: the pool's settings.
         self.settings = settings or pool.settings
+        # What each server (by key) offers: its model variants and opencode agents.
+        self._offers: dict[str, AgentAdvertised] = {}
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         if turn.workdir is None:
@@ -137,12 +168,22 @@ class OpencodeServerBackend:
         except OpencodeServerError as exc:
             return TurnOutcome.failed("agent_unavailable", str(exc), transient=True)
 
-    def config_hash(self, model: str, agent: str, directory: str, version: str) -> str:
+    async def offers(self, server: OpencodeServer, directory: str) -> AgentAdvertised:
+        """What ``server`` offers (asked once per server): models, opencode agents, the effort option."""
+        found = self._offers.get(server.key)
+        if found is None:
+            providers = await server.request("GET", "/config/providers", directory=directory)
+            agents = await server.request("GET", "/agent", directory=directory)
+            found = offers(self.pool.opencode.provider_id, providers, agents)
+            self._offers[server.key] = found
+        return found
+
+    def config_hash(self, model: str, agent: str, directory: str, version: str, policy: PermissionPolicy) -> str:
         """What must not change for an opencode session to be reused."""
         facts = {
             "model": self.pool.opencode.model_ref(model),
             "agent": agent,
-            "policy": asdict(self.policy),
+            "policy": asdict(policy),
             "directory": directory,
             "version": version,
         }
@@ -163,6 +204,8 @@ class _TurnRun:
         self.directory = directory
         self.model = model
         self.agent = turn.mode_id or DEFAULT_AGENT
+        self.policy = backend.policy.effective(turn.agent or AGENT, turn.project_name)
+        self.variant: str | None = None
         self.session_id = ""
         self.agent_session: AgentSession | None = None
         self.translator: TurnTranslator | None = None
@@ -174,12 +217,17 @@ class _TurnRun:
     # ------------------------------------------------------------------------------ the turn
 
     async def run(self) -> TurnOutcome:
-        config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version)
+        config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version, self.policy)
         try:
+            offered = await self.backend.offers(self.server, self.directory)
+            await self.emit(offered)
+            self.variant = effort_variant(offered, self.turn.agent_options)
             fresh = await self._open_session(config_hash)
+        except BadAgentOptionError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
         except (httpx.HTTPError, OpencodeServerError) as exc:
             return await self._lost(f"could not open an opencode session: {exc}")
-        self.agent_session = AgentSession(self.session_id, config_hash, self.server.key)
+        self.agent_session = AgentSession(self.session_id, config_hash, self.server.slot)
         self.translator = TurnTranslator(self.session_id, new_message_id())
         try:
             outcome = await self._follow(self._prompt_body(fresh))
@@ -194,7 +242,7 @@ class _TurnRun:
     async def _open_session(self, config_hash: str) -> bool:
         """Reuse the Switchyard session's opencode session if still valid; True if a new one was made."""
         previous = self.turn.agent_session
-        if previous and previous.config_hash == config_hash and previous.server_key == self.server.key:
+        if previous and previous.config_hash == config_hash and previous.server_key == self.server.slot:
             try:
                 await self.server.request("GET", f"/session/{previous.upstream_session_id}", directory=self.directory)
             except OpencodeServerError:
@@ -222,8 +270,10 @@ class _TurnRun:
             "model": {"providerID": self.backend.pool.opencode.provider_id, "modelID": self.model},
             "agent": self.agent,
         }
+        if self.variant is not None:
+            body["variant"] = self.variant
         if fresh_session and self.turn.history:
-            body["system"] = history_context(self.turn.history)
+            body["system"] = transcript(self.turn.history)
         return body
 
     async def _follow(self, prompt: dict[str, Any]) -> TurnOutcome:
@@ -333,6 +383,8 @@ class _TurnRun:
                     return await self._finish()
                 case PermissionAsked():
                     await self._answer(item)
+                case QuestionAsked():
+                    await self._question(item)
                 case EarlyError():
                     outcome = await self._refused(item.error)
                     if outcome is not None:
@@ -439,19 +491,54 @@ class _TurnRun:
 
     async def _answer(self, asked: PermissionAsked) -> None:
         request = permission_request(asked)
-        root = Path(self.directory)
-        verdict = await anyio.to_thread.run_sync(decide, self.backend.policy, request, root)
-        body: dict[str, str] = {"reply": "once" if verdict.allowed else "reject"}
-        if not verdict.allowed:
-            body["message"] = f"Not allowed: {verdict.reason}"
+        if asked.permission == "question":
+            # The question tool itself: it goes to a person, or is not there at all.
+            on = self.policy.asks_questions and self.turn.asker is not None
+            verdict = Verdict(on, "permissions.questions is ask" if on else "permissions.questions is deny")
+        else:
+            verdict = await anyio.to_thread.run_sync(decide, self.policy, request, Path(self.directory))
+        allowed, reason = verdict.allowed, verdict.reason
+        reply = "once" if allowed else "reject"
+        if verdict.ask and self.turn.asker is not None:
+            answer = await self.turn.asker.permission(
+                ApprovalRequest(
+                    permission=asked.permission,
+                    tool_kind=request.kind,
+                    title=request.title,
+                    options=REPLY_OPTIONS,
+                    tool_call_id=asked.tool_call_id,
+                    command=request.command if isinstance(request.command, str) else None,
+                    paths=request.paths,
+                    subjects=asked.patterns,
+                    always=asked.always,
+                )
+            )
+            allowed, reason, reply = answer.allowed, answer.reason, answer.option_id or "reject"
+            self._waited()
+        body: dict[str, str] = {"reply": reply}
+        if not allowed:
+            body["message"] = f"Not allowed: {reason}"
         await self.server.request(
             "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
         )
         await self.emit(
-            PermissionDecision(
-                asked.tool_call_id, asked.permission, "allowed" if verdict.allowed else "denied", verdict.reason
-            )
+            PermissionDecision(asked.tool_call_id, asked.permission, "allowed" if allowed else "denied", reason)
         )
+
+    async def _question(self, asked: QuestionAsked) -> None:
+        """A person answers the model's question; nobody to ask (or no answer): it is rejected."""
+        answers = None
+        if self.turn.asker is not None and self.policy.asks_questions:
+            answer = await self.turn.asker.question(QuestionRequest(asked.questions, asked.tool_call_id))
+            answers = answer.answers
+            self._waited()
+        path = f"/question/{asked.request_id}/" + ("reject" if answers is None else "reply")
+        body = None if answers is None else {"answers": [list(a) for a in answers]}
+        await self.server.request("POST", path, directory=self.directory, json_body=body)
+
+    def _waited(self) -> None:
+        """Time spent waiting for a person is no silence of the session (the watchdog)."""
+        self.last_event = self.last_check = time.monotonic()
 
     def _usage(self) -> Usage | None:
         assert self.translator is not None
@@ -491,9 +578,48 @@ def permission_request(asked: PermissionAsked) -> PermissionRequest:
     )
 
 
-def history_context(history: tuple[HistoryMessage, ...]) -> str:
-    lines = [f"{m.role}: {m.content}" for m in history]
-    return "Earlier conversation in this session (for context):\n\n" + "\n\n".join(lines)
+def offers(provider_id: str, providers: Any, agents: Any) -> AgentAdvertised:
+    """What a server offers, from ``GET /config/providers`` and ``GET /agent``."""
+    models: list[str] = []
+    efforts: dict[str, None] = {}
+    for provider in providers.get("providers", []) if isinstance(providers, Mapping) else []:
+        if not isinstance(provider, Mapping) or provider.get("id") != provider_id:
+            continue
+        for name, info in (provider.get("models") or {}).items():
+            models.append(f"{provider_id}/{name}")
+            variants = info.get("variants") if isinstance(info, Mapping) else None
+            efforts.update(dict.fromkeys(variants or {}))
+    modes = tuple(
+        {"id": a["name"], "name": a["name"], **({"description": a["description"]} if a.get("description") else {})}
+        for a in (agents if isinstance(agents, list) else [])
+        if isinstance(a, Mapping) and isinstance(a.get("name"), str) and a.get("mode") in ("primary", "all")
+    )
+    options: tuple[Mapping[str, Any], ...] = ()
+    if efforts:
+        effort = {
+            "id": EFFORT_OPTION,
+            "name": "Effort",
+            "category": EFFORT_CATEGORY,
+            "type": "select",
+            "options": [{"value": v, "name": v.title()} for v in efforts],
+        }
+        options = (effort,)
+    return AgentAdvertised(tuple(models), modes, options)
+
+
+def effort_variant(offered: AgentAdvertised, agent_options: Mapping[str, str | bool]) -> str | None:
+    """The prompt's ``variant`` for the task's agent options; BadAgentOptionError for any other option."""
+    variant: str | None = None
+    for key, value in agent_options.items():
+        if key not in (EFFORT_OPTION, EFFORT_CATEGORY):
+            raise BadAgentOptionError(f"opencode has no option {key!r} (it offers: {EFFORT_OPTION})")
+        values = [v["value"] for o in offered.config_options for v in o["options"]]
+        if value not in values:
+            raise BadAgentOptionError(
+                f"opencode option {EFFORT_OPTION!r} must be one of {', '.join(values) or 'nothing'}, not {value!r}"
+            )
+        variant = str(value)
+    return variant
 
 
 def _decode(sse: ServerSentEvent) -> dict[str, Any]:
@@ -512,7 +638,7 @@ def _error_reason(error: SessionError) -> tuple[str, bool]:
     if error.name == "ProviderAuthError":
         return "model_auth", False
     if error.name == "ContextOverflowError":
-        return "context_overflow", False
+        return CONTEXT_OVERFLOW, False
     if error.name == "MessageAbortedError":
         return "aborted", False
     return "agent_error", False

@@ -13,15 +13,20 @@ Rules, in order:
    delete, move), ``execute``, ``fetch``, and ``other`` for everything else.
 3. ``execute`` is allowed when the command starts with an entry of ``execute_allow`` (compared
    word by word) and contains no shell operators; otherwise the ``execute`` action applies.
-4. ``ask`` is denied: there is no one to ask during an unattended turn.
+4. ``ask`` asks a person when the turn has an asker (backends.approval: the WebSocket's
+   ``permission_request``), and is a denial otherwise (a PTY agent, no asker).
+
+``[permissions.agents.<agent>]`` and ``[permissions.projects.<project name>]`` override the
+actions (and ``execute_allow``) for one agent or one project; a project's override wins over an
+agent's (:meth:`PermissionPolicy.effective`).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +64,24 @@ DEFAULT_EXECUTE_ALLOW: tuple[str, ...] = (
 SHELL_OPERATORS = re.compile(r"[;&|<>`$(){}\\\n\r]")
 
 
+DEFAULT_ASK_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class PermissionOverride:
+    """``[permissions.agents.<name>]`` / ``[permissions.projects.<name>]``: unset keys keep the policy's."""
+
+    read: str | None = None
+    edit: str | None = None
+    execute: str | None = None
+    execute_allow: tuple[str, ...] | None = None
+    fetch: str | None = None
+    other: str | None = None
+
+
 @dataclass(frozen=True)
 class PermissionPolicy:
-    """``[permissions]``: allow | deny | ask per kind of tool; ask means deny when unattended."""
+    """``[permissions]``: allow | deny | ask per kind of tool; ask asks a person when one can be asked."""
 
     read: str = ALLOW
     # Edits are only ever allowed inside the worktree (rule 1).
@@ -71,6 +91,12 @@ class PermissionPolicy:
     execute_allow: tuple[str, ...] = DEFAULT_EXECUTE_ALLOW
     fetch: str = DENY
     other: str = ALLOW
+    # How long an ``ask`` waits for a person; unanswered, the request is denied.
+    ask_timeout: float = DEFAULT_ASK_TIMEOUT
+    # opencode's question tool (the model asks its user): "ask" a person, or "deny" (tool off).
+    questions: str = DENY
+    agents: Mapping[str, PermissionOverride] = field(default_factory=dict)
+    projects: Mapping[str, PermissionOverride] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("read", "edit", "execute", "fetch", "other"):
@@ -79,6 +105,36 @@ class PermissionPolicy:
         for prefix in self.execute_allow:
             if not _split(prefix) or SHELL_OPERATORS.search(prefix):
                 raise ValueError(f"permissions.execute_allow entry {prefix!r} must be plain words")
+        if self.ask_timeout <= 0:
+            raise ValueError("permissions.ask_timeout must be positive")
+        if self.questions not in (ASK, DENY):
+            raise ValueError("permissions.questions must be ask or deny")
+        for scope, overrides in (("agents", self.agents), ("projects", self.projects)):
+            for name, override in overrides.items():
+                self._apply(override, f"permissions.{scope}.{name}")  # validates the values
+
+    def effective(self, agent: str | None, project: str | None) -> PermissionPolicy:
+        """The policy for one turn: the agent's override, then the project's, applied."""
+        policy = replace(self, agents={}, projects={})
+        for override, key in (
+            (self.agents.get(agent or ""), f"permissions.agents.{agent}"),
+            (self.projects.get(project or ""), f"permissions.projects.{project}"),
+        ):
+            if override is not None:
+                policy = policy._apply(override, key)
+        return policy
+
+    def _apply(self, override: PermissionOverride, key: str) -> PermissionPolicy:
+        changes = {f.name: getattr(override, f.name) for f in fields(override) if getattr(override, f.name) is not None}
+        try:
+            return replace(self, agents={}, projects={}, **changes)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+
+    @property
+    def asks_questions(self) -> bool:
+        """Does the model's question tool go to a person (else it is switched off)?"""
+        return self.questions == ASK
 
 
 @dataclass(frozen=True)
@@ -96,6 +152,8 @@ class PermissionRequest:
 class Verdict:
     allowed: bool
     reason: str
+    # The policy says ask: a person decides if one can be asked, else it stays a denial.
+    ask: bool = False
 
 
 def decide(policy: PermissionPolicy, request: PermissionRequest, root: Path) -> Verdict:
@@ -162,7 +220,7 @@ def _action(action: str, field: str) -> Verdict:
     if action == ALLOW:
         return Verdict(True, f"permissions.{field} is allow")
     if action == ASK:
-        return Verdict(False, f"permissions.{field} is ask, and nobody is there to ask")
+        return Verdict(False, f"permissions.{field} is ask, and nobody can be asked", ask=True)
     return Verdict(False, f"permissions.{field} is deny")
 
 

@@ -8,7 +8,10 @@ SwitchyardError
 ├── NotFound                      a project, session, task or change that does not exist
 ├── InvalidProject                a path that cannot be registered as a project
 ├── InvalidReviewAction           a review action other than accept or reject
-└── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
+├── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
+├── BadInput                      a submitted value that cannot be used (an agent option, a reply's option)
+├── AlreadyDecided                a reply to a request someone (or the timeout) decided first
+└── ModelsUnavailable             the native endpoint did not give its model list
 """
 
 from __future__ import annotations
@@ -47,3 +50,15 @@ class TaskRejected(SwitchyardError):
         self.reason = reason
         self.message = message
         super().__init__(message)
+
+
+class BadInput(SwitchyardError):
+    pass
+
+
+class AlreadyDecided(SwitchyardError):
+    pass
+
+
+class ModelsUnavailable(SwitchyardError):
+    pass

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A scripted ACP agent: NDJSON JSON-RPC 2.0 over stdio, standard library only.
 
-Run it as ``python tests/fakes/fake_acp_agent.py``. It answers ``initialize``, ``session/new``,
+Run it as ``python testkit/fake_acp_agent.py``. It answers ``initialize``, ``session/new``,
 ``session/prompt``, ``session/set_mode``, ``session/set_config_option`` and the ``session/cancel``
-notification. Keywords in the prompt text choose what a turn does; they run in the order they
-appear, and a turn without keywords echoes the prompt:
+notification; it cannot resume sessions (``loadSession`` false). Keywords in the prompt's last text
+block choose what a turn does (earlier blocks are context: a transcript); they run in the order
+they appear, and a turn without keywords echoes the whole prompt:
 
   CHUNKS            several agent_message_chunk updates
   THOUGHT           agent_thought_chunk updates
@@ -19,6 +20,7 @@ appear, and a turn without keywords echoes the prompt:
   MALFORMED         write non-JSON lines to stdout between valid messages
   CRASH             write to stderr and exit with code 3 in the middle of the turn
   CWD               report the process's working directory and the session's cwd
+  OPTIONS           report the session's config option values (mode, model, effort)
 
 Every turn ends with one agent_message_chunk that starts with ``Done:`` (or ``Cancelled:``) and lists
 what happened, e.g. ``Done: permission=selected:opt-allow; write ../x=error -32602 outside``, then a
@@ -49,6 +51,7 @@ MODES = [
     {"id": "plan", "name": "Plan", "description": "Read-only planning."},
 ]
 MODELS = ["fake/small", "fake/large"]
+EFFORTS = ["low", "medium", "high"]
 COMMANDS = [
     {"name": "review", "description": "Review the pending changes", "input": {"hint": "files to review"}},
     {"name": "init", "description": "Create an AGENTS.md file"},
@@ -71,6 +74,7 @@ class Session:
         self.cwd = cwd
         self.mode = MODES[0]["id"]
         self.model = MODELS[0]
+        self.effort = EFFORTS[0]
         self.cancel = threading.Event()
         self.busy = threading.Lock()
 
@@ -91,6 +95,14 @@ class Session:
                 "type": "select",
                 "currentValue": self.model,
                 "options": [{"value": m, "name": m} for m in MODELS],
+            },
+            {
+                "id": "effort",
+                "name": "Effort",
+                "category": "thought_level",
+                "type": "select",
+                "currentValue": self.effort,
+                "options": [{"value": e, "name": e.title()} for e in EFFORTS],
             },
         ]
 
@@ -236,6 +248,8 @@ class Agent:
             session.mode = value
         elif config_id == "model" and value in MODELS:
             session.model = value
+        elif config_id == "effort" and value in EFFORTS:
+            session.effort = value
         else:
             raise ValueError(f"bad config option {config_id!r}={value!r}")
         return {"configOptions": session.config_options()}
@@ -245,19 +259,19 @@ class Agent:
         blocks = params.get("prompt")
         if not isinstance(blocks, list):
             raise ValueError("prompt must be a list of content blocks")
-        text = " ".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        texts = [b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
         if not session.busy.acquire(blocking=False):
             raise ValueError("a prompt is already running in this session")
         try:
             session.cancel.clear()
-            return self.run_turn(session, text)
+            return self.run_turn(session, " ".join(texts), texts[-1] if texts else "")
         finally:
             session.busy.release()
 
     # --- the scripted turn -----------------------------------------------------------------------
 
-    def run_turn(self, session: Session, text: str) -> dict[str, Any]:
-        words = text.split()
+    def run_turn(self, session: Session, text: str, commands: str) -> dict[str, Any]:
+        words = commands.split()
         notes: list[str] = []
         stop_reason = "end_turn"
         try:
@@ -342,6 +356,8 @@ class Agent:
             sys.stderr.write("fake agent: simulated crash\n")
             sys.stderr.flush()
             os._exit(3)
+        elif word == "OPTIONS":
+            notes.append(f"options=mode:{session.mode},model:{session.model},effort:{session.effort}")
         elif word == "CWD":
             notes.append(f"cwd={os.getcwd()} session_cwd={session.cwd}")
         return i + 1

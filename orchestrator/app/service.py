@@ -11,6 +11,7 @@ clients see the last frames. A second signal cancels everything at once.
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
@@ -23,7 +24,7 @@ import asyncpg
 from backends import OpencodePool
 from kernel import DATABASE_ERRORS, WorktreeError, get_logger, redact, report
 from orchestrator.app.config import Config
-from orchestrator.app.wiring import Runtime, dispatcher_runtime
+from orchestrator.app.wiring import AGENT_STATE_DIR, Runtime, dispatcher_runtime
 from orchestrator.db import database_url, migrate_url
 from orchestrator.dispatch import Dispatcher
 from orchestrator.services import OrchestratorActions, sync_available_agents
@@ -46,17 +47,28 @@ async def run_dispatcher(runtime: Runtime, tg: anyio.abc.TaskGroup) -> None:
     tg.cancel_scope.cancel()
 
 
-async def run_reaper(worktrees: WorktreeManager, opencode_pool: OpencodePool | None, interval: float) -> None:
-    """Every ``interval``: remove idle worktrees and free their instances in the warm opencode
-    servers. A lost database or a failing worktree is logged and tried again next time."""
+async def run_reaper(
+    worktrees: WorktreeManager, opencode_pool: OpencodePool | None, interval: float, agent_state: Path | None = None
+) -> None:
+    """Every ``interval``: remove idle worktrees, free their instances in the warm opencode
+    servers and drop one-shot agents' sessions of them (``agent_state``). A lost database or a
+    failing worktree is logged and tried again next time."""
     while True:
         try:
             for reaped in await worktrees.reap():
                 if reaped.removed and opencode_pool is not None:
                     await opencode_pool.dispose_directory(reaped.path)
+                if reaped.removed and agent_state is not None:
+                    await anyio.to_thread.run_sync(forget_agent_state, agent_state, reaped.session_id)
         except REAPER_ERRORS as exc:
             report(log, "reaper.failed", exc)
         await anyio.sleep(interval)
+
+
+def forget_agent_state(root: Path, session_id: int) -> None:
+    """Remove every agent's saved sessions of one Switchyard session (``<root>/<agent>/<session>``)."""
+    for agent in root.glob("*"):
+        shutil.rmtree(agent / str(session_id), ignore_errors=True)
 
 
 def stop_signals() -> AbstractContextManager[AsyncIterator[int]]:
@@ -108,10 +120,13 @@ async def run_service(config: Config, out: TextIO) -> None:
             async with dispatcher_runtime(config, url) as runtime:
                 async with runtime.pool.acquire() as conn:
                     agents = await sync_available_agents(
-                        conn, config.agent_specs(), opencode_binary=config.opencode.binary
+                        conn,
+                        config.agent_specs(),
+                        opencode_binary=config.opencode.binary,
+                        opencode_models=[config.opencode.model_ref(m) for m in config.opencode.models],
                     )
                 token = await default_token(runtime.pool, config.data_dir)
-                actions = OrchestratorActions(runtime.pool, runtime.review)
+                actions = OrchestratorActions(runtime.pool, runtime.review, config.native)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
                     gateway = Gateway(config.gateway, runtime.pool, actions, url)
@@ -126,7 +141,11 @@ async def run_service(config: Config, out: TextIO) -> None:
                     )
                     print_banner(out, url, ws_url, token, gateway.page_url)
                     tg.start_soon(
-                        run_reaper, runtime.review.worktrees, runtime.opencode_pool, config.worktrees.reap_interval
+                        run_reaper,
+                        runtime.review.worktrees,
+                        runtime.opencode_pool,
+                        config.worktrees.reap_interval,
+                        config.data_dir / AGENT_STATE_DIR,
                     )
                     await run_dispatcher(runtime, tg)
     log.info("service.stop")

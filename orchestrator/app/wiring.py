@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import asyncpg
 
-from backends import POOL_DIR, AcpBackend, BackendError, NativeBackend, OpencodePool, OpencodeServerBackend, PtyBackend
+from backends import (
+    POOL_DIR,
+    AcpBackend,
+    BackendError,
+    NativeBackend,
+    OpencodePool,
+    OpencodeServerBackend,
+    PtyBackend,
+)
 from kernel import create_pool, get_logger
 from orchestrator.app.config import Config
 from orchestrator.dispatch import Dispatcher, Router
@@ -21,6 +29,9 @@ from orchestrator.dispatch.routing import OPENCODE_SERVER_AGENT, BackendFactory
 from orchestrator.services import ReviewService
 
 log = get_logger("wiring")
+
+# Under data_dir: one-shot opencode agents' data (their sessions), per agent and Switchyard session.
+AGENT_STATE_DIR = "agent-state"
 
 
 @dataclass
@@ -41,7 +52,9 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
         async with AsyncExitStack() as stack:
             opencode_pool = await _start_opencode_pool(stack, config)
             router = build_router(config, opencode_pool=opencode_pool)
-            dispatcher = Dispatcher(url, config.dispatcher, router, review.worktrees)
+            dispatcher = Dispatcher(
+                url, config.dispatcher, router, review.worktrees, ask_timeout=config.permissions.ask_timeout
+            )
             yield Runtime(dispatcher, review, pool, opencode_pool)
     finally:
         await pool.close()
@@ -50,9 +63,9 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
 async def _start_opencode_pool(stack: AsyncExitStack, config: Config) -> OpencodePool | None:
     """The warm opencode servers; without an opencode binary the service runs without them."""
     try:
-        return await stack.enter_async_context(
-            OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR)
-        )
+        # The question tool is on only where a person can answer it.
+        opencode = replace(config.opencode, questions=config.permissions.asks_questions)
+        return await stack.enter_async_context(OpencodePool(config.opencode_pool, opencode, config.data_dir / POOL_DIR))
     except BackendError as exc:
         log.warning("opencode_pool.unavailable", reason=str(exc))
         return None
@@ -62,15 +75,20 @@ def build_router(config: Config, *, opencode_pool: OpencodePool | None = None) -
     """The router of a configured service.
 
     Every ``acp`` and ``pty`` agent of the registry (presets plus ``[agents.*]``) is routed to a
-    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy. The ``opencode`` agent
-    runs on the service's warm ``opencode_pool`` (entered once by whoever runs the dispatcher).
+    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy (each turn applies the
+    agent's and the project's overrides). The ``opencode`` agent runs on the service's warm
+    ``opencode_pool`` (entered once by whoever runs the dispatcher). One-shot opencode agents keep
+    their sessions under ``<data_dir>/agent-state`` so a later turn resumes them.
     """
     agents: dict[str, BackendFactory] = {}
+    state_dir = config.data_dir / AGENT_STATE_DIR
     for spec in config.agent_specs().values():
         # A missing executable fails the turn itself (agent_unavailable), so installing an
         # agent later needs no restart.
         if spec.transport == "acp":
-            agents[spec.name] = partial(AcpBackend, spec, config.permissions, opencode=config.opencode)
+            agents[spec.name] = partial(
+                AcpBackend, spec, config.permissions, opencode=config.opencode, state_dir=state_dir
+            )
         elif spec.transport == "pty":
             agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode)
     if opencode_pool is not None:

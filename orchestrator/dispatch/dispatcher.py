@@ -38,8 +38,11 @@ import asyncpg
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from backends import DEFAULT_ASK_TIMEOUT
 from kernel import DATABASE_ERRORS, Backoff, Listener, close_quietly, connect, create_pool, get_logger, report
 from orchestrator.dispatch import queue
+from orchestrator.dispatch.approvals import CHANNEL as PERMISSION_REPLIES
+from orchestrator.dispatch.approvals import Approvals, ReplyBoard, withdraw_orphans
 from orchestrator.dispatch.queue import ClaimedTask
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -86,8 +89,13 @@ class Dispatcher:
         settings: DispatcherSettings,
         router: Router,
         worktrees: WorktreeManager | None = None,
+        *,
+        ask_timeout: float = DEFAULT_ASK_TIMEOUT,
     ) -> None:
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        # Turns waiting for a person's reply, woken through the listener (orchestrator.dispatch.approvals).
+        self.replies = ReplyBoard()
+        self._ask_timeout = ask_timeout
         self._url = database_url
         self._settings = settings
         self._router = router
@@ -105,7 +113,11 @@ class Dispatcher:
         listen_settings = {"application_name": self.application_name("listener")}
         self.listener = Listener(
             partial(connect, database_url, server_settings=listen_settings),
-            {TASKS_NEW: self._on_task, TASK_CANCEL: self._on_cancel_notified},
+            {
+                TASKS_NEW: self._on_task,
+                TASK_CANCEL: self._on_cancel_notified,
+                PERMISSION_REPLIES: self.replies.on_notify,
+            },
             name="dispatcher",
             health_interval=settings.poll_interval,
             while_subscribed=self._subscribed,
@@ -148,7 +160,8 @@ class Dispatcher:
         try:
             settings = self._settings
             flusher = FlushScheduler(pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
-            runner = TurnRunner(pool, settings, self._router, self._worktrees, flusher)
+            approvals = Approvals(pool, self.replies, self._ask_timeout)
+            runner = TurnRunner(pool, settings, self._router, self._worktrees, flusher, approvals)
             async with anyio.create_task_group() as service:
                 self._service = service
                 service.start_soon(self.listener.run)
@@ -284,6 +297,7 @@ class Dispatcher:
     async def _subscribed(self, conn: asyncpg.Connection) -> None:
         """Each (re)subscribe: notifications may have been missed while the connection was down."""
         self._wake_claims()
+        self.replies.wake_all()
         if self._maintenance is not None:
             self._maintenance.set()
         await self.listener.check_health(conn)
@@ -337,6 +351,8 @@ class Dispatcher:
                 await self._recover(pool)
                 for ended in await queue.sweep_pending(pool):
                     log.info("task.swept", task_id=ended.task_id, state=ended.state, reason=ended.failure_reason)
+                if withdrawn := await withdraw_orphans(pool):
+                    log.info("approvals.withdrawn_orphans", requests=withdrawn)
             except Exception as exc:
                 report(log, "dispatcher.maintenance_failed", exc)
 

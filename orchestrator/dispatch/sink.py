@@ -27,6 +27,7 @@ import anyio
 import asyncpg
 
 from backends import (
+    AgentAdvertised,
     AgentCommands,
     BackendEvent,
     PermissionDecision,
@@ -74,10 +75,12 @@ class Batch:
     tools: dict[str, ToolCall] = field(default_factory=dict)
     end: MessageEnd | None = None
     inserted_message: bool = False
+    # What the agent advertised (for available_agents).
+    advertised: AgentAdvertised | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.frames or self.text or self.reasoning or self.tools or self.end)
+        return not (self.frames or self.text or self.reasoning or self.tools or self.end or self.advertised)
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,11 @@ class TurnSink:
         user_input: str,
         attempt: int,
         on_output: Callable[[TurnSink], None] | None = None,
+        agent: str | None = None,
     ) -> None:
         self.task_id = task_id
+        # The task's agent, whose catalogue entry an AgentAdvertised updates.
+        self.agent = agent
         # None: nothing may be written to any session (see the module docstring).
         self.session_id = session_id
         self._user_input = user_input
@@ -135,6 +141,8 @@ class TurnSink:
         self.usage: Usage | None = None
         self.reply_head = ""
         self.last_activity = anyio.current_time()
+        # Requests of this turn waiting for a person: the inactivity watch leaves the turn alone.
+        self.waiting = 0
         # Held by whoever writes a batch, so batches reach the log in the order they were taken.
         self.writing = anyio.Lock()
         # Consecutive failed flushes (for the retry delay); closed once finalize has taken over.
@@ -207,6 +215,11 @@ class TurnSink:
                 self._push(_Frame(SessionFrame.STATUS, {"state": state, "detail": detail}))
             case Usage():
                 self.usage = event if self.usage is None else self.usage + event
+            case AgentAdvertised():
+                if self.agent is not None:
+                    self._buffer.advertised = event
+                    if self._on_output is not None:
+                        self._on_output(self)
 
     def _push(self, frame: _Frame) -> None:
         if self.session_id is None:
@@ -260,11 +273,21 @@ class TurnSink:
             reasoning=batch.reasoning + newer.reasoning,
             tools={**batch.tools, **newer.tools},
             end=newer.end or batch.end,
+            advertised=newer.advertised or batch.advertised,
         )
 
     async def write(self, conn: asyncpg.Connection, batch: Batch) -> None:
         """Write ``batch`` inside the caller's transaction: the message's rows, then its frames."""
         session_id = self.session_id
+        if batch.advertised is not None and self.agent is not None:
+            offered = batch.advertised
+            await conn.execute(
+                q.ADVERTISE_AGENT,
+                self.agent,
+                list(offered.models),
+                _plain(list(offered.modes)),
+                _plain(list(offered.config_options)),
+            )
         if session_id is None or batch.empty:
             return
         if self.message_opened:

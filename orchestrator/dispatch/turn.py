@@ -2,8 +2,10 @@
 
 - **prepare** checks the claimed row (a bad row fails with a clear ``failure_reason``), routes
   it to a backend, gives a session-less task its new session, ensures the worktree when the
-  backend edits files, and queues the ``task_state: running`` and ``message_started`` frames.
-  The claim already brought the session's history and the agent's upstream session along.
+  backend edits files, and queues the ``task_state: running`` and ``message_started`` frames
+  (and a ``status: fresh_context`` frame for a turn that starts over). The claim already brought
+  the session's history and the agent's upstream session along (neither for a fresh context).
+  The turn gets an asker (orchestrator.dispatch.approvals) for permissions a person decides.
   -> :class:`TurnContext`
 - **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
   deadline, cancellation, shutdown; :func:`watch_inactivity` aborts it when the backend is
@@ -27,10 +29,11 @@ from enum import StrEnum
 import anyio
 import asyncpg
 
-from backends import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
+from backends import AgentSession, Backend, OutcomeStatus, Status, Turn, TurnOutcome, Usage
 from kernel import CONNECTION_LOST, DATABASE_ERRORS, Backoff, WorktreeError, exponential, get_logger, task_state
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch import queue
+from orchestrator.dispatch.approvals import Approvals
 from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask
 from orchestrator.dispatch.routing import NATIVE, Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -45,6 +48,12 @@ FINALIZE_RETRY = 0.1
 FINALIZE_RETRY_MAX = 2.0
 # The inactivity watch looks at least this often (seconds).
 INACTIVITY_CHECK_MAX = 1.0
+# The status frame of a turn that starts without the session's earlier conversation.
+FRESH_CONTEXT = "fresh_context"
+FRESH_ON_REQUEST = "this turn starts with a fresh context, as the task asked (fresh_context)"
+FRESH_AFTER_OVERFLOW = (
+    "the previous turn overflowed the model's context (context_overflow): this turn starts with a fresh context"
+)
 DIFF_ERRORS: tuple[type[Exception], ...] = (WorktreeError, *DATABASE_ERRORS)
 
 
@@ -127,18 +136,20 @@ class TurnRunner:
         router: Router,
         worktrees: WorktreeManager | None,
         flusher: FlushScheduler,
+        approvals: Approvals | None = None,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._router = router
         self._worktrees = worktrees
         self._flusher = flusher
+        self._approvals = approvals
 
     async def run(self, handle: TurnHandle) -> TurnResult | None:
         """Run the claimed task to its end; None when the claim was lost on the way."""
         task = handle.task
         session = task.session_id if task.session_ok else None
-        sink = TurnSink(task.id, session, task.input, task.attempt, on_output=self._flusher.schedule)
+        sink = TurnSink(task.id, session, task.input, task.attempt, on_output=self._flusher.schedule, agent=task.agent)
         ctx: TurnContext | None = None
         result: TurnResult | None = None
         try:
@@ -204,9 +215,15 @@ class TurnRunner:
             workdir=workdir,
             history=task.history,
             agent_session=task.agent_session,
+            agent_options=task.agent_options,
+            project_name=task.project_name or "",
+            asker=None if self._approvals is None else self._approvals.asker(task, sink),
         )
         sink.add_task_state(task_state(task.id, "running", task.attempt))
         sink.open_message()
+        if task.fresh_context:
+            why = FRESH_AFTER_OVERFLOW if task.after_overflow else FRESH_ON_REQUEST
+            await sink.emit(Status(FRESH_CONTEXT, why))
         return TurnContext(task, session_id, backend, turn)
 
     # ------------------------------------------------------------------ execute
@@ -353,6 +370,9 @@ class TurnRunner:
         await sink.write(conn, batch)
         if refused and sink.message_id is not None:
             await conn.execute(q.FAIL_MESSAGE, sink.message_id, result.failure_reason)
+        if result.agent_session is None and ctx is not None and task.fresh_context:
+            # The spoiled upstream session must not be continued by the next turn either.
+            await conn.execute(q.FORGET_AGENT_SESSION, ctx.session_id, task.agent or NATIVE)
         if result.agent_session is not None and ctx is not None:
             upstream = result.agent_session
             await conn.execute(
@@ -405,12 +425,13 @@ def session_title(text: str) -> str:
 
 
 async def watch_inactivity(handles: Callable[[], Iterable[TurnHandle]], idle_limit: float) -> None:
-    """Abort every turn whose backend has sent no event for ``idle_limit`` seconds; one loop for
-    all turns of a dispatcher, checking a few times per limit."""
+    """Abort every turn whose backend has sent no event for ``idle_limit`` seconds (unless it
+    waits for a person); one loop for all turns of a dispatcher, checking a few times per limit."""
     while True:
         await anyio.sleep(min(INACTIVITY_CHECK_MAX, idle_limit / 4))
         now = anyio.current_time()
         for handle in handles():
             sink = handle.sink
-            if sink is not None and now - sink.last_activity >= idle_limit:
+            # A turn waiting for a person is not inactive (the asker bounds the wait).
+            if sink is not None and not sink.waiting and now - sink.last_activity >= idle_limit:
                 handle.abort(StopReason.INACTIVE)

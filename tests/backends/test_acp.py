@@ -62,7 +62,11 @@ async def test_updates_become_events_in_order(worktree: Path) -> None:
     assert outcome.usage == Usage(100, 20)
     kinds = [type(e).__name__ for e in emit.events]
     assert kinds == (
-        ["TextDelta"] * 5 + ["ReasoningDelta"] * 2 + ["ToolCall"] * 3 + ["AgentCommands", "Plan", "TextDelta", "Usage"]
+        ["AgentAdvertised"]
+        + ["TextDelta"] * 5
+        + ["ReasoningDelta"] * 2
+        + ["ToolCall"] * 3
+        + ["AgentCommands", "Plan", "TextDelta", "Usage"]
     )
     assert emit.text.startswith("Hello from the fake agent. Done: chunks; thought; tool; commands; plan")
     assert [e.text for e in emit.of(ReasoningDelta)] == ["Let me think. ", "Thinking done. "]
