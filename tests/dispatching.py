@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import asyncpg
 
 from orchestrator.dispatch import Dispatcher, DispatcherSettings, Router
-from testkit import SWITCHYARD
 from testkit.rows import Db
+from testkit.services import PROCESS_DEFAULTS
 from worktrees import WorktreeManager
 
 WAIT_TIMEOUT_S = 30.0
 POLL_S = 0.02
 # Quick enough for tests; the lease is short so recovery tests do not wait long.
-FAST = DispatcherSettings(poll_interval=0.5, lease_seconds=3.0, retry_backoff=0.05, retry_backoff_max=0.2)
+FAST = DispatcherSettings(**PROCESS_DEFAULTS)
 
 
 async def task(pool: Db, task_id: int) -> asyncpg.Record:
@@ -78,76 +74,3 @@ def holds(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return predicate()
 
     return check
-
-
-# ---------------------------------------------------------------------------- real processes
-
-
-class DispatcherProcess:
-    """``switchyard dispatcher`` as a child process, with its settings in the environment."""
-
-    def __init__(self, db_url: str, worker_id: str, **settings: Any) -> None:
-        self._data_dir = tempfile.TemporaryDirectory(prefix="switchyard-dispatcher-")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
-        env["SWITCHYARD_DATABASE_URL"] = db_url
-        env["SWITCHYARD_LOG_LEVEL"] = "warning"
-        env["SWITCHYARD_DATA_DIR"] = self._data_dir.name
-        # No warm opencode servers: these turns are noop turns.
-        env["SWITCHYARD__OPENCODE_POOL__MIN_SERVERS"] = "0"
-        env["SWITCHYARD__DISPATCHER__WORKER_ID"] = worker_id
-        for key, value in {**_process_defaults(), **settings}.items():
-            env[f"SWITCHYARD__DISPATCHER__{key.upper()}"] = str(value)
-        self.worker_id = worker_id
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self.proc = subprocess.Popen(
-            [*SWITCHYARD, "dispatcher"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )
-
-    async def started(self) -> None:
-        assert self.proc.stdout is not None
-        with anyio.fail_after(WAIT_TIMEOUT_S):
-            line = await anyio.to_thread.run_sync(self.proc.stdout.readline)
-        if "running" not in line:
-            raise AssertionError(f"dispatcher did not start: {line!r} {self.stderr()}")
-
-    def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    async def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return await anyio.to_thread.run_sync(self.proc.wait, WAIT_TIMEOUT_S)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._stderr.close()
-        self._data_dir.cleanup()
-
-
-def _process_defaults() -> dict[str, Any]:
-    return {
-        "poll_interval": FAST.poll_interval,
-        "lease_seconds": FAST.lease_seconds,
-        "retry_backoff": FAST.retry_backoff,
-        "retry_backoff_max": FAST.retry_backoff_max,
-    }
-
-
-@contextmanager
-def dispatcher_processes(db_url: str, *worker_ids: str, **settings: Any) -> Iterator[list[DispatcherProcess]]:
-    procs = [DispatcherProcess(db_url, worker_id, **settings) for worker_id in worker_ids]
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            proc.close()
