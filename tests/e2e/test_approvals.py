@@ -18,6 +18,7 @@ import pytest
 from kernel.net import free_port
 from testkit import fake_acp_agent_command
 from testkit.clients import open_client, recv, request
+from testkit.fake_model import FakeModel, message_text
 from testkit.repos import sample_repo
 from testkit.rows import add_project
 from testkit.services import DispatcherProcess, gateway_process
@@ -71,6 +72,8 @@ async def stack(
         await proc.started()
         async with gateway_process(db_url, free_port()) as url:
             yield Stack(pool, url, project_id, token, stranger, proc)
+        # Gracefully: the dispatcher stops its warm opencode servers.
+        assert await proc.terminate() == 0, proc.stderr()
     finally:
         proc.close()
 
@@ -228,7 +231,7 @@ async def test_a_client_connecting_later_gets_the_open_request_and_another_gatew
 
 async def test_allow_always_is_remembered_for_the_session(db_url: str, pool: asyncpg.Pool, tmp_path: Path) -> None:
     async with stack(db_url, pool, tmp_path, agent_env(edit="ask")) as s, open_client(s.url, s.token) as ws:
-        task_id, session_id = await start(ws, s, "WRITE a.txt first WRITE b.txt second")
+        _, session_id = await start(ws, s, "WRITE a.txt first WRITE b.txt second")
         asked = await next_frame(ws, "permission_request")
         ack = await request(
             ws, {"type": "permission_reply", "id": 1, "request_id": asked["request_id"], "decision": "allow_always"}
@@ -263,3 +266,89 @@ async def test_cancelling_the_task_withdraws_the_request(db_url: str, pool: asyn
             ws, {"type": "permission_reply", "id": 2, "request_id": asked["request_id"], "decision": "allow_once"}
         )
         assert (late["type"], late["code"]) == ("error", "already_decided")
+
+
+# ---------------------------------------------------------------------------- the real opencode
+
+
+@pytest.fixture(scope="module")
+def fake_model() -> Iterator[FakeModel]:
+    with FakeModel(models=("fake-model",)) as model:
+        yield model
+
+
+def opencode_env(fake_model: FakeModel, **permissions: Any) -> dict[str, str]:
+    env = {
+        "SWITCHYARD__OPENCODE__BASE_URL": fake_model.base_url,
+        "SWITCHYARD__OPENCODE__MODELS": '["fake-model"]',
+    }
+    return {**env, **{f"SWITCHYARD__PERMISSIONS__{k.upper()}": str(v) for k, v in permissions.items()}}
+
+
+async def submit(ws: Any, stack: Stack, prompt: str, agent: str) -> tuple[int, int]:
+    assert (await recv(ws))["type"] == "hello"
+    frame = {"type": "submit", "id": "s", "project_id": stack.project_id, "input": prompt, "agent": agent}
+    ack = await request(ws, frame)
+    assert ack["type"] == "ack", ack
+    await request(ws, {"type": "subscribe", "id": "sub", "session_ids": [ack["session_id"]], "since_seq": 0})
+    return ack["task_id"], ack["session_id"]
+
+
+@pytest.mark.parametrize("agent", ["opencode-acp", "opencode"])
+async def test_opencode_asks_before_an_edit_and_writes_once_allowed(
+    db_url: str, pool: asyncpg.Pool, tmp_path: Path, fake_model: FakeModel, agent: str
+) -> None:
+    """``opencode acp`` (one-shot, ACP) and a warm ``opencode serve`` with ``edit = "ask"``."""
+    env = opencode_env(fake_model, edit="ask")
+    if agent == "opencode":
+        env["SWITCHYARD__OPENCODE_POOL__MIN_SERVERS"] = "1"
+    async with stack(db_url, pool, tmp_path, env) as s, open_client(s.url, s.token) as ws:
+        task_id, session_id = await submit(ws, s, "WRITE_FILE notes/asked.txt TOKEN-ASKED", agent)
+        asked = await next_frame(ws, "permission_request")
+        assert asked["tool_kind"] == "edit" and asked["paths"], asked
+        assert {o["kind"] for o in asked["options"]} == {"allow_once", "allow_always", "reject_once"}
+        ack = await request(
+            ws, {"type": "permission_reply", "id": 1, "request_id": asked["request_id"], "decision": "allow_once"}
+        )
+        assert (ack["state"], ack["option_id"]) == ("allowed", "once")
+        frames = await frames_until(ws, "task_state", task_id=task_id, state="completed")
+        assert any(f["type"] == "permission_resolved" and f["state"] == "allowed" for f in frames)
+        assert (await worktree(pool, session_id) / "notes" / "asked.txt").read_text() == "TOKEN-ASKED\n"
+        # Exactly one person's decision: the write that follows the approval is not asked again.
+        assert await pool.fetchval("SELECT count(*) FROM permission_requests") == 1
+
+
+async def test_opencode_rejected_edit_writes_nothing(
+    db_url: str, pool: asyncpg.Pool, tmp_path: Path, fake_model: FakeModel
+) -> None:
+    async with stack(db_url, pool, tmp_path, opencode_env(fake_model, edit="ask")) as s:
+        async with open_client(s.url, s.token) as ws:
+            task_id, session_id = await submit(ws, s, "WRITE_FILE notes/no.txt TOKEN-NO", "opencode-acp")
+            asked = await next_frame(ws, "permission_request")
+            frame = {"type": "permission_reply", "id": 1, "request_id": asked["request_id"], "decision": "reject"}
+            assert (await request(ws, frame))["state"] == "denied"
+            row = await wait_state(pool, task_id, "completed", "failed")
+        assert not (await worktree(pool, session_id) / "notes" / "no.txt").exists(), row["error"]
+
+
+async def test_the_warm_opencode_question_tool_is_answered_by_a_person(
+    db_url: str, pool: asyncpg.Pool, tmp_path: Path, fake_model: FakeModel
+) -> None:
+    env = opencode_env(fake_model, questions="ask")
+    env["SWITCHYARD__OPENCODE_POOL__MIN_SERVERS"] = "1"
+    async with stack(db_url, pool, tmp_path, env) as s, open_client(s.url, s.token) as ws:
+        task_id, _ = await submit(ws, s, "ASK_QUESTION", "opencode")
+        asked = await next_frame(ws, "question")
+        [question] = asked["questions"]
+        assert question["question"] == "Which colour should the button be?"
+        assert [o["label"] for o in question["options"]] == ["red", "blue"]
+        ack = await request(
+            ws, {"type": "question_reply", "id": 1, "request_id": asked["request_id"], "answers": [["blue"]]}
+        )
+        assert (ack["state"], ack["answers"]) == ("answered", [["blue"]])
+        frames = await frames_until(ws, "task_state", task_id=task_id, state="completed")
+        [resolved] = [f for f in frames if f["type"] == "question_resolved"]
+        assert (resolved["state"], resolved["answers"], resolved["decided_by"]) == ("answered", [["blue"]], "token:ide")
+    # The model got the answer as the question tool's result.
+    tool_results = [m for r in fake_model.chat_requests for m in r.messages if m.get("role") == "tool"]
+    assert any("blue" in message_text(m) for m in tool_results)
