@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from backends.permissions import (
+    PermissionOverride,
     PermissionPolicy,
     PermissionRequest,
     command_allowed,
@@ -99,3 +100,34 @@ def test_opencode_permission_mirrors_the_policy() -> None:
     assert config["webfetch"] == "ask"
     # opencode matches rules last-wins: the catch-all first, then the allowed prefixes.
     assert list(config["bash"].items()) == [("*", "deny"), ("git status", "allow"), ("git status *", "allow")]
+
+
+def test_ask_is_a_verdict_of_its_own(tmp_path: Path) -> None:
+    verdict = decide(PermissionPolicy(edit="ask"), PermissionRequest("edit", paths=("a.py",)), tmp_path)
+    assert (verdict.allowed, verdict.ask) == (False, True)
+    # Outside the worktree nobody is asked.
+    outside = decide(PermissionPolicy(edit="ask"), PermissionRequest("edit", paths=("/etc/passwd",)), tmp_path)
+    assert (outside.allowed, outside.ask) == (False, False)
+
+
+def test_agent_and_project_overrides_apply_in_that_order() -> None:
+    policy = PermissionPolicy(
+        execute="deny",
+        agents={"opencode-acp": PermissionOverride(execute="ask", edit="ask")},
+        projects={"web": PermissionOverride(execute="allow", execute_allow=("npm",))},
+    )
+    assert policy.effective("other", "other").execute == "deny"
+    agent = policy.effective("opencode-acp", None)
+    assert (agent.execute, agent.edit) == ("ask", "ask")
+    both = policy.effective("opencode-acp", "web")
+    assert (both.execute, both.edit, both.execute_allow) == ("allow", "ask", ("npm",))
+    assert both.agents == {} and both.projects == {}
+
+
+def test_bad_overrides_and_ask_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"permissions.agents.x: permissions.edit must be one of"):
+        PermissionPolicy(agents={"x": PermissionOverride(edit="sometimes")})
+    with pytest.raises(ValueError, match="ask_timeout must be positive"):
+        PermissionPolicy(ask_timeout=0)
+    with pytest.raises(ValueError, match="questions must be ask or deny"):
+        PermissionPolicy(questions="allow")
