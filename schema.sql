@@ -369,10 +369,18 @@ CREATE TABLE IF NOT EXISTS permission_grants (
     PRIMARY KEY (session_id, tool_kind, pattern)
 );
 
+-- The payload is the decision itself when it is small (a permission's), so the waiting turn needs
+-- no further read; else (a question's answers, long values) just the request id.
 CREATE OR REPLACE FUNCTION switchyard_notify_permission_reply() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    decision text := json_build_object('id', NEW.id, 'state', NEW.state, 'option_id', NEW.option_id,
+                                       'remember', NEW.remember, 'decided_by', NEW.decided_by,
+                                       'reason', NEW.reason)::text;
 BEGIN
-    PERFORM pg_notify('permission_replies', NEW.id::text);
+    PERFORM pg_notify('permission_replies',
+                      CASE WHEN NEW.kind = 'permission' AND octet_length(decision) < 4000 THEN decision
+                           ELSE NEW.id::text END);
     RETURN NULL;
 END;
 $$;

@@ -13,6 +13,8 @@ they appear, and a turn without keywords echoes the whole prompt:
   COMMANDS          available_commands_update
   PLAN              plan
   PERMISSION        session/request_permission (allow_once / reject_once); the outcome is reported
+  PERMISSIONS <n>   n permission requests one after the other, reported with each one's
+                    CLOCK_MONOTONIC nanoseconds when asked and when answered (benchmarks)
   WRITE <path> <c>  fs/write_text_file with the path exactly as given and content ``<c>``
   READ <path>       fs/read_text_file with the path exactly as given
   WAIT_CANCEL       stay busy until session/cancel
@@ -36,6 +38,7 @@ import json
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -328,6 +331,14 @@ class Agent:
             notes.append("plan")
         elif word == "PERMISSION":
             notes.append("permission=" + self.permission(session))
+        elif word == "PERMISSIONS" and i + 1 < len(words):
+            timings = []
+            for _ in range(int(words[i + 1])):
+                asked = time.monotonic_ns()
+                outcome = self.permission(session)
+                timings.append([asked, time.monotonic_ns(), outcome])
+            notes.append("timings=" + json.dumps(timings))
+            return i + 2
         elif word == "WRITE" and i + 2 < len(words):
             path, content = words[i + 1], words[i + 2]
             notes.append(f"write {path}=" + self.fs(session, "fs/write_text_file", {"path": path, "content": content}))

@@ -18,6 +18,7 @@ its lease goes on being renewed like any running turn's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -63,10 +64,15 @@ QUESTION = "question"
 
 
 class ReplyBoard:
-    """The turns of this dispatcher that wait for a reply, woken by ``permission_replies``."""
+    """The turns of this dispatcher that wait for a reply, woken by ``permission_replies``.
+
+    A notification is the request's id, or the decision itself (schema: a permission's, when it
+    is small), which the waiting turn then takes without reading the row again.
+    """
 
     def __init__(self) -> None:
         self._waiting: dict[int, anyio.Event] = {}
+        self._decided: dict[int, dict[str, Any]] = {}
 
     def arm(self, request_id: int) -> anyio.Event:
         event = anyio.Event()
@@ -75,15 +81,22 @@ class ReplyBoard:
 
     def disarm(self, request_id: int) -> None:
         self._waiting.pop(request_id, None)
+        self._decided.pop(request_id, None)
+
+    def decided(self, request_id: int) -> dict[str, Any] | None:
+        return self._decided.get(request_id)
 
     def on_notify(self, payload: str) -> None:
         try:
-            request_id = int(payload)
-        except ValueError:
-            log.warning("approvals.bad_notification", payload=payload)
+            decision = json.loads(payload)
+            request_id = int(decision["id"]) if isinstance(decision, dict) else int(decision)
+        except (ValueError, KeyError, TypeError):
+            log.warning("approvals.bad_notification", payload=payload[:200])
             return
         event = self._waiting.get(request_id)
         if event is not None:
+            if isinstance(decision, dict):
+                self._decided[request_id] = decision
             event.set()
 
     def wake_all(self) -> None:
@@ -112,6 +125,9 @@ class TurnAsker:
         self._pool = approvals.pool
         self._task = task
         self._sink = sink
+        # The session's grants (tool kind -> [(pattern, granted by)]), read at the first ask. Only
+        # this turn's own requests can add any while it runs (one turn per session at a time).
+        self._grants: dict[str, list[tuple[str, str]]] | None = None
 
     # ------------------------------------------------------------------------- permissions
 
@@ -124,9 +140,13 @@ class TurnAsker:
         if granted is not None:
             allow = request.option_of(ALLOW_OPTION_KINDS)
             return ApprovalAnswer(True, allow, f"allowed always for this session by {granted}", remembered=True)
-        row = await self._ask(PERMISSION, request_columns(request))
+        columns = request_columns(request)
+        row = await self._ask(PERMISSION, columns)
         if row is None:
             return ApprovalAnswer(False, reject, "could not ask: the turn no longer holds its task or the session")
+        if row["state"] == "allowed" and row["remember"] == "session" and self._grants is not None:
+            kept = self._grants.setdefault(request.tool_kind, [])
+            kept += [(pattern, str(row["decided_by"])) for pattern in columns["patterns"]]
         return permission_answer(row, request)
 
     async def _granted(self, request: ApprovalRequest) -> str | None:
@@ -134,9 +154,17 @@ class TurnAsker:
         session_id = self._sink.session_id
         if session_id is None:
             return None
-        rows = await self._pool.fetch(q.SESSION_GRANTS, session_id, request.tool_kind)
-        if grant_covers([r["pattern"] for r in rows], request):
-            return str(rows[0]["granted_by"]) if len(rows) == 1 else ", ".join(sorted({r["granted_by"] for r in rows}))
+        if self._grants is None:
+            self._grants = {}
+            for row in await self._pool.fetch(q.SESSION_GRANTS, session_id):
+                self._grants.setdefault(row["tool_kind"], []).append((row["pattern"], row["granted_by"]))
+        grants = self._grants.get(request.tool_kind, [])
+        people = sorted({by for _, by in grants})
+        for person in people:
+            if grant_covers([pattern for pattern, by in grants if by == person], request):
+                return person
+        if grant_covers([pattern for pattern, _ in grants], request):
+            return ", ".join(people)
         return None
 
     # ------------------------------------------------------------------------- questions
@@ -154,7 +182,7 @@ class TurnAsker:
 
     # ------------------------------------------------------------------------- the round trip
 
-    async def _ask(self, kind: str, columns: Mapping[str, Any]) -> asyncpg.Record | None:
+    async def _ask(self, kind: str, columns: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """Insert the request, wait for its end; the closed row (None: it could not be asked)."""
         sink = self._sink
         sink.waiting += 1
@@ -167,9 +195,9 @@ class TurnAsker:
             if created is None:
                 return None
             request_id = created["id"]
-            closed = None
+            closed: Mapping[str, Any] | None = None
             try:
-                closed = await self._wait(request_id, kind, columns)
+                closed = await self._wait(request_id, columns)
                 return closed
             finally:
                 self._approvals.board.disarm(request_id)
@@ -216,12 +244,13 @@ class TurnAsker:
                 raise
         return created
 
-    async def _wait(self, request_id: int, kind: str, columns: Mapping[str, Any]) -> asyncpg.Record:
+    async def _wait(self, request_id: int, columns: Mapping[str, Any]) -> Mapping[str, Any]:
         board = self._approvals.board
         # The row's expires_at tells clients; the turn keeps its own clock (no clock skew).
         deadline = anyio.current_time() + self._approvals.ask_timeout
         while True:
             woken = board.arm(request_id)  # armed before reading: a reply meanwhile is not missed
+            row: Mapping[str, Any] | None
             try:
                 row = await self._pool.fetchrow(q.READ_PERMISSION_REQUEST, request_id)
             except CONNECTION_LOST as exc:
@@ -240,9 +269,13 @@ class TurnAsker:
                 continue  # answered at the last moment
             with anyio.move_on_after(min(left, RECHECK_INTERVAL)):
                 await woken.wait()
+            decided = board.decided(request_id)
+            if decided is not None and decided["state"] != "pending":
+                return decided  # the notification carried the decision
 
-    async def _close(self, request_id: int, state: str, option_id: str | None, reason: str) -> asyncpg.Record | None:
+    async def _close(self, request_id: int, state: str, option_id: str | None, reason: str) -> Mapping[str, Any] | None:
         """End a request still pending (expired, withdrawn) and tell the clients; None if it was not."""
+        row: Mapping[str, Any] | None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(q.CLOSE_PERMISSION_REQUEST, request_id, state, option_id, reason)

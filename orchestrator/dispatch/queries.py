@@ -302,7 +302,7 @@ UPDATE permission_requests
 RETURNING *
 """
 
-SESSION_GRANTS = "SELECT pattern, granted_by FROM permission_grants WHERE session_id = $1 AND tool_kind = $2"
+SESSION_GRANTS = "SELECT tool_kind, pattern, granted_by FROM permission_grants WHERE session_id = $1"
 
 # Requests whose attempt no longer runs (its dispatcher died, the task was recovered): withdrawn.
 WITHDRAW_ORPHAN_REQUESTS = """
