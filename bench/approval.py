@@ -67,8 +67,13 @@ async def main(rounds: int) -> dict[str, Any]:
             dispatcher = DispatcherProcess(url, "bench", env)
             try:
                 await dispatcher.started()
+                # One reply per request, faster than an interactive client's default budget.
+                budget = {
+                    "SWITCHYARD__GATEWAY__REQUESTS_PER_SECOND": "10000",
+                    "SWITCHYARD__GATEWAY__REQUEST_BURST": "10000",
+                }
                 async with (
-                    gateway_process(url, free_port()) as ws_url,
+                    gateway_process(url, free_port(), env=budget) as ws_url,
                     connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws,
                 ):
                     await ws.recv()
@@ -78,8 +83,10 @@ async def main(rounds: int) -> dict[str, Any]:
                     await ws.send(json.dumps({"type": "subscribe", "id": "sub", "session_ids": [ack["session_id"]]}))
                     received: list[int] = []
                     replied: list[int] = []
+                    refused: list[dict[str, Any]] = []
                     while len(replied) < total:
                         frame = json.loads(await ws.recv())
+                        refused += [frame] if frame["type"] == "error" else []
                         if frame["type"] != "permission_request":
                             continue
                         received.append(time.monotonic_ns())
@@ -94,15 +101,18 @@ async def main(rounds: int) -> dict[str, Any]:
                         state = "running"
                         while state == "running":
                             frame = json.loads(await ws.recv())
+                            refused += [frame] if frame["type"] == "error" else []
                             state = frame["state"] if frame["type"] == "task_state" else state
                     content = await pool.fetchval(
                         "SELECT content FROM messages WHERE task_id = $1 AND role = 'assistant'", ack["task_id"]
                     )
+
                 await dispatcher.terminate()
             finally:
                 dispatcher.close()
         finally:
             await pool.close()
+    assert not refused, refused
     timings = json.loads(content.split("timings=", 1)[1])
     assert state == "completed" and len(timings) == total and all(t[2] == "selected:opt-allow" for t in timings)
     asked = [t[0] for t in timings][WARM_UP:]

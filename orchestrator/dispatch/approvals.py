@@ -49,7 +49,7 @@ from kernel import (
 )
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch.queue import ClaimedTask
-from orchestrator.dispatch.sink import TurnSink
+from orchestrator.dispatch.sink import Batch, TurnSink
 
 log = get_logger("approvals")
 
@@ -210,14 +210,18 @@ class TurnAsker:
             sink.last_activity = anyio.current_time()
 
     async def _insert(self, kind: str, columns: Mapping[str, Any]) -> asyncpg.Record | None:
+        """The request's row and frame, in the transaction that writes what the turn buffered."""
         sink, task = self._sink, self._task
         if sink.session_id is None:
             return None
         async with sink.writing:
-            batch = sink.take()
+            taken = rest = sink.take()
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    await sink.write(conn, batch)
+                    if sink.message_id is None:
+                        # The message's first write inserts it: the request names it.
+                        await sink.write(conn, taken)
+                        rest = Batch()
                     created = await conn.fetchrow(
                         q.INSERT_PERMISSION_REQUEST,
                         task.id,
@@ -235,12 +239,14 @@ class TurnAsker:
                         columns.get("questions"),
                         self._approvals.ask_timeout,
                     )
-                    if created is None:
-                        return None
-                    frame = asked_frame(kind, created["id"], task.id, sink.message_id, columns, created["expires_at"])
-                    await append_events(conn, sink.session_id, [frame])
+                    frames = []
+                    if created is not None:
+                        expires = created["expires_at"]
+                        frames.append(asked_frame(kind, created["id"], task.id, sink.message_id, columns, expires))
+                    # The buffered frames (the tool call asked about) first, then the request.
+                    await sink.write(conn, rest, also=frames)
             except BaseException:
-                sink.put_back(batch)
+                sink.put_back(taken)
                 raise
         return created
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,16 @@ from backends import (
     ToolCall,
     Usage,
 )
-from kernel import SessionFrame, TaskStatePayload, append_events, exponential, get_logger, message_complete, report
+from kernel import (
+    Event,
+    SessionFrame,
+    TaskStatePayload,
+    append_events,
+    exponential,
+    get_logger,
+    message_complete,
+    report,
+)
 from orchestrator.dispatch import queries as q
 
 log = get_logger("sink")
@@ -276,8 +285,9 @@ class TurnSink:
             advertised=newer.advertised or batch.advertised,
         )
 
-    async def write(self, conn: asyncpg.Connection, batch: Batch) -> None:
-        """Write ``batch`` inside the caller's transaction: the message's rows, then its frames."""
+    async def write(self, conn: asyncpg.Connection, batch: Batch, also: Sequence[Event] = ()) -> None:
+        """Write ``batch`` inside the caller's transaction: the message's rows, then its frames
+        and the frames ``also`` (complete payloads), in one append."""
         session_id = self.session_id
         if batch.advertised is not None and self.agent is not None:
             offered = batch.advertised
@@ -288,7 +298,7 @@ class TurnSink:
                 _plain(list(offered.modes)),
                 _plain(list(offered.config_options)),
             )
-        if session_id is None or batch.empty:
+        if session_id is None or (batch.empty and not also):
             return
         if self.message_opened:
             await self._write_message(conn, session_id, MessageUpdate.of(batch))
@@ -300,7 +310,7 @@ class TurnSink:
             for f in batch.frames
             if self.message_id is not None or not f.of_message
         ]
-        await append_events(conn, session_id, events)
+        await append_events(conn, session_id, [*events, *also])
 
     async def _write_message(self, conn: asyncpg.Connection, session_id: int, update: MessageUpdate) -> None:
         """Insert the assistant message (and the user's) on the first write, else append to it."""
