@@ -60,6 +60,7 @@ from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import DEFAULT_ASK_TIMEOUT, PermissionOverride, PermissionPolicy
 from backends.pty import PtyBackend
 from backends.registry import PRESETS, AgentConfig, AgentProbe, AgentSpec, build_specs, probe
+from backends.sandbox import Sandbox, SandboxSettings, SandboxUnavailable
 
 __all__ = [
     "ALLOW_OPTION_KINDS",
@@ -108,6 +109,9 @@ __all__ = [
     "QuestionAnswer",
     "QuestionRequest",
     "ReasoningDelta",
+    "Sandbox",
+    "SandboxSettings",
+    "SandboxUnavailable",
     "Status",
     "TextDelta",
     "ToolCall",

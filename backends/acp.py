@@ -107,6 +107,7 @@ from backends.base import (
 from backends.confine import read_text, write_text
 from backends.errors import BackendError, BadAgentOptionError, BadModelError
 from backends.launch import Launch, OneShotBackend, prepare
+from backends.modes import Mode, bypasses, check_mode
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.processes import TERMINATE, ProcessTree
 from kernel import get_logger
@@ -131,7 +132,9 @@ STDERR_TAIL_BYTES = 4096
 OPENCODE_ASK_EVERYTHING = {"*": "ask"}
 
 # Keys of a tool call's rawInput that name a file or directory it touches.
-PATH_KEYS = ("path", "filePath", "filepath", "file_path", "cwd", "directory")
+PATH_KEYS = ("path", "filePath", "filepath", "file_path", "cwd", "workdir", "directory")
+# Keys of a command's rawInput that say where it runs.
+CWD_KEYS = ("cwd", "workdir")
 ALLOW_KINDS = ("allow_once", "allow_always")
 REJECT_KINDS = ("reject_once", "reject_always")
 # What a file access the policy says "ask" for offers a person (no agent options exist for it).
@@ -149,7 +152,14 @@ class AcpBackend(OneShotBackend):
         settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
         data_dir = self.session_state(turn)
         async with prepare(
-            self.spec, turn.model, opencode=settings, parent_env=self.parent_env, data_dir=data_dir
+            self.spec,
+            turn.model,
+            workdir=root,
+            sandbox=self.sandbox,
+            git_dir=turn.git_dir,
+            opencode=settings,
+            parent_env=self.parent_env,
+            data_dir=data_dir,
         ) as launch:
             return await _AcpTurn(self, turn, root, launch, emit, resumable=data_dir is not None).run()
 
@@ -191,7 +201,7 @@ class _AcpTurn:
         except (OSError, ValueError) as exc:
             return TurnOutcome.failed("agent_unavailable", f"cannot start {self.launch.argv[0]}: {exc}")
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-        tree = ProcessTree(process.pid, self.launch.run_id)
+        tree = self.launch.tree(process.pid)
         # TurnClient implements what the advertised capabilities need; the SDK refuses the rest.
         conn = connect_to_agent(cast(Client, self.client), NdjsonStdio(process.stdout, process.stdin, self.spec.name))
         try:
@@ -263,8 +273,9 @@ class _AcpTurn:
         if self.config_hash is not None:
             self.agent_session = AgentSession(session_id, self.config_hash)
         options = list(setup.config_options or ())
-        self.client.queue(advertised(options, setup.modes))
+        self.client.queue(advertised(options, setup.modes, self.client.policy.denied_modes))
         if self.turn.mode_id:
+            check_mode(self.client.policy.denied_modes, self.turn.mode_id, advertised_modes(setup), self.spec.name)
             await self._select(conn, session_id, options, setup.modes, "mode", self.turn.mode_id)
         if self.launch.session_model:
             await self._select(conn, session_id, options, setup.modes, "model", self.launch.session_model)
@@ -548,7 +559,11 @@ class TurnClient:
         request = permission_request(tool_call)
         verdict = await anyio.to_thread.run_sync(decide, self.policy, request, self.root)
         if verdict.ask and self.asker is not None:
-            offered = tuple(AskOption(o.option_id, o.kind, o.name) for o in options if o.kind in OPTION_KINDS)
+            offered = tuple(
+                AskOption(o.option_id, o.kind, o.name)
+                for o in options
+                if o.kind in OPTION_KINDS and not bypasses(self.policy.denied_modes, o.option_id, o.name)
+            )
             asked = ApprovalRequest(
                 permission=permission,
                 tool_kind=request.kind,
@@ -570,7 +585,7 @@ class TurnClient:
             if answer.option_id is None:
                 return cancelled
             return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=answer.option_id))
-        option = choose_option(verdict.allowed, options)
+        option = choose_option(verdict.allowed, options, self.policy.denied_modes)
         if option is None:
             # Neither a matching allow nor reject option: "cancelled" is the only other answer.
             reason = f"{verdict.reason}; the agent offered no matching option"
@@ -686,27 +701,32 @@ class TurnClient:
 
 
 def permission_request(tool_call: ToolCallUpdate) -> PermissionRequest:
-    """An ACP tool call as the policy sees it: kind, paths (locations, rawInput, diffs), command."""
+    """An ACP tool call as the policy sees it: kind, paths (locations, rawInput, diffs), command, cwd."""
     paths = [loc.path for loc in tool_call.locations or ()]
     raw = tool_call.raw_input
     command: str | Sequence[str] | None = None
+    cwd: str | None = None
     if isinstance(raw, dict):
         paths += [raw[key] for key in PATH_KEYS if isinstance(raw.get(key), str)]
         value = raw.get("command")
         if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             command = value
+        cwd = next((raw[key] for key in CWD_KEYS if isinstance(raw.get(key), str)), None)
     for item in tool_call.content or ():
         path = getattr(item, "path", None)
         if isinstance(path, str):
             paths.append(path)
     return PermissionRequest(
-        kind=tool_call.kind or "other", title=tool_call.title or "", paths=tuple(paths), command=command
+        kind=tool_call.kind or "other", title=tool_call.title or "", paths=tuple(paths), command=command, cwd=cwd
     )
 
 
-def advertised(options: Sequence[ConfigOption], modes: SessionModeState | None) -> AgentAdvertised:
+def advertised(
+    options: Sequence[ConfigOption], modes: SessionModeState | None, denied_modes: Sequence[str] = ()
+) -> AgentAdvertised:
     """What a session offers: its models and modes (config options of those categories, or the
-    legacy mode state) and every config option, for the catalogue and agent options."""
+    legacy mode state; not those a task may not select) and every config option, for the
+    catalogue and agent options."""
     models = tuple(value for option in options if option.category == "model" for value in _values(option))
     mode_list: list[dict[str, Any]] = [
         {"id": choice.value, "name": choice.name, **({"description": choice.description} if choice.description else {})}
@@ -716,7 +736,8 @@ def advertised(options: Sequence[ConfigOption], modes: SessionModeState | None) 
     ]
     if not mode_list and modes is not None:
         mode_list = _dump_all(modes.available_modes)
-    return AgentAdvertised(models, tuple(mode_list), tuple(_dump_all(options)))
+    allowed = [m for m in mode_list if not bypasses(denied_modes, str(m["id"]), str(m.get("name", "")))]
+    return AgentAdvertised(models, tuple(allowed), tuple(_dump_all(options)))
 
 
 def check_option(agent: str, options: Sequence[ConfigOption], key: str, value: str | bool) -> str:
@@ -755,13 +776,26 @@ def _join(command: Sequence[str] | None) -> str | None:
     return None if command is None else " ".join(command)
 
 
-def choose_option(allowed: bool, options: Sequence[PermissionOption]) -> str | None:
-    """The agent's option id for the verdict: a one-time allow or reject; None if it offers none."""
+def choose_option(allowed: bool, options: Sequence[PermissionOption], denied_modes: Sequence[str] = ()) -> str | None:
+    """The agent's option id for the verdict: a one-time allow or reject; None if it offers none.
+
+    An allow option that would switch the agent into a permission-bypassing mode (a switch_mode
+    request offers modes as options) is never chosen.
+    """
     for kind in ALLOW_KINDS if allowed else REJECT_KINDS:
         for option in options:
-            if option.kind == kind:
+            if option.kind == kind and not (allowed and bypasses(denied_modes, option.option_id, option.name)):
                 return option.option_id
     return None
+
+
+def advertised_modes(session: SessionSetup) -> list[Mode]:
+    """The modes a session offers: its mode state and its config options of category mode."""
+    modes = [Mode(m.id, m.name) for m in (session.modes.available_modes if session.modes else ())]
+    for option in session.config_options or ():
+        if isinstance(option, SessionConfigOptionSelect) and option.category == "mode":
+            modes += [Mode(c.value, c.name) for c in _choices(option)]
+    return modes
 
 
 def _content_output(content: Sequence[Any]) -> Any:

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from backends.permissions import EXECUTE_KIND, SHELL_OPERATORS
+from backends.commands import SHELL_OPERATORS
+from backends.permissions import EXECUTE_KIND
 
 OptionKind = Literal["allow_once", "allow_always", "reject_once", "reject_always"]
 OPTION_KINDS: tuple[OptionKind, ...] = ("allow_once", "allow_always", "reject_once", "reject_always")

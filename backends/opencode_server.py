@@ -39,11 +39,11 @@ import json
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -58,6 +58,7 @@ from backends.base import (
     Emit,
     PermissionDecision,
     Status,
+    ToolCall,
     Turn,
     TurnOutcome,
     Usage,
@@ -65,6 +66,7 @@ from backends.base import (
 )
 from backends.errors import BadAgentOptionError, BadModelError, OpencodeServerError
 from backends.launch import opencode_model
+from backends.modes import Mode, check_mode
 from backends.opencode_events import (
     EarlyError,
     Idle,
@@ -74,8 +76,9 @@ from backends.opencode_events import (
     SessionError,
     TurnTranslator,
 )
-from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer
+from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer, ProjectPlace
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
+from backends.sandbox import SandboxUnavailable
 from kernel import get_logger
 
 log = get_logger("backends.opencode_server")
@@ -110,6 +113,9 @@ PERMISSION_KINDS = {
     "todowrite": "think",
     "todoread": "think",
 }
+HTTP_NOT_FOUND = 404
+# opencode agents a prompt may name (subagents are only started by other agents).
+PRIMARY_AGENT_MODES = ("primary", "all")
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
 # What opencode's permission reply accepts, offered to a person as options.
@@ -160,21 +166,26 @@ class OpencodeServerBackend:
         except BadModelError as exc:
             return TurnOutcome.failed("bad_input", str(exc))
         directory = str(await anyio.to_thread.run_sync(turn.workdir.resolve))
+        # The worktree is <root>/<project_id>/<session_id>: the project's servers may write its parent.
+        place = ProjectPlace(turn.project_id, Path(directory).parent, turn.git_dir)
         previous = turn.agent_session
         try:
-            async with self.pool.lease(turn.session_id, directory, previous.server_key if previous else None) as server:
+            async with self.pool.lease(
+                place, turn.session_id, directory, previous.server_key if previous else None
+            ) as server:
                 run = _TurnRun(self, turn, emit, server, directory, model)
                 return await run.run()
+        except SandboxUnavailable as exc:
+            return TurnOutcome.failed("agent_unavailable", str(exc))
         except OpencodeServerError as exc:
             return TurnOutcome.failed("agent_unavailable", str(exc), transient=True)
 
-    async def offers(self, server: OpencodeServer, directory: str) -> AgentAdvertised:
+    async def offers(self, server: OpencodeServer, directory: str, modes: Sequence[Mode]) -> AgentAdvertised:
         """What ``server`` offers (asked once per server): models, opencode agents, the effort option."""
         found = self._offers.get(server.key)
         if found is None:
             providers = await server.request("GET", "/config/providers", directory=directory)
-            agents = await server.request("GET", "/agent", directory=directory)
-            found = offers(self.pool.opencode.provider_id, providers, agents)
+            found = offers(self.pool.opencode.provider_id, providers, modes)
             self._offers[server.key] = found
         return found
 
@@ -213,15 +224,25 @@ class _TurnRun:
         self.finished = False
         self.last_event = self.last_check = time.monotonic()
         self.stream_error = ""
+        # Tool call id -> its input, so a permission request knows where its command runs.
+        self.tool_inputs: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ the turn
 
     async def run(self) -> TurnOutcome:
         config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version, self.policy)
         try:
-            offered = await self.backend.offers(self.server, self.directory)
+            modes = await self._modes()
+            if self.turn.mode_id:
+                check_mode(self.policy.denied_modes, self.turn.mode_id, modes, "opencode")
+            offered = await self.backend.offers(self.server, self.directory, modes)
             await self.emit(offered)
             self.variant = effort_variant(offered, self.turn.agent_options)
+        except (BadModelError, BadAgentOptionError) as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
+        except (httpx.HTTPError, OpencodeServerError) as exc:
+            return await self._lost(f"could not list what opencode offers: {exc}")
+        try:
             fresh = await self._open_session(config_hash)
         except BadAgentOptionError as exc:
             return TurnOutcome.failed("bad_input", str(exc))
@@ -238,6 +259,17 @@ class _TurnRun:
                 # Cancelled (or crashed out): stop opencode working on a turn nobody waits for.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT):
                     await self._abort()
+
+    async def _modes(self) -> tuple[Mode, ...]:
+        """The opencode agents a task may select (primary ones, not hidden), cached per server."""
+        if self.server.modes is None:
+            agents = await self.server.request("GET", "/agent", directory=self.directory)
+            self.server.modes = tuple(
+                Mode(str(a["name"]), str(a.get("description") or ""))
+                for a in agents if isinstance(a, Mapping) and a.get("name")
+                and a.get("mode") in PRIMARY_AGENT_MODES and not a.get("hidden")
+            )  # fmt: skip
+        return self.server.modes
 
     async def _open_session(self, config_hash: str) -> bool:
         """Reuse the Switchyard session's opencode session if still valid; True if a new one was made."""
@@ -393,6 +425,9 @@ class _TurnRun:
                     return await self._give_up(item)
                 case Retrying():
                     await self.emit(Status("retrying", f"attempt {item.attempt}: {item.message}"))
+                case ToolCall() if item.input is not None:
+                    self.tool_inputs[item.tool_call_id] = item.input
+                    await self.emit(item)
                 case _:
                     await self.emit(item)
         return None
@@ -490,7 +525,7 @@ class _TurnRun:
     # ----------------------------------------------------------------------------- permissions
 
     async def _answer(self, asked: PermissionAsked) -> None:
-        request = permission_request(asked)
+        request = permission_request(asked, self.tool_inputs.get(asked.tool_call_id or ""))
         if asked.permission == "question":
             # The question tool itself: it goes to a person, or is not there at all.
             on = self.policy.asks_questions and self.turn.asker is not None
@@ -518,12 +553,18 @@ class _TurnRun:
         body: dict[str, str] = {"reply": reply}
         if not allowed:
             body["message"] = f"Not allowed: {reason}"
-        await self.server.request(
-            "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
-        )
-        await self.emit(
-            PermissionDecision(asked.tool_call_id, asked.permission, "allowed" if allowed else "denied", reason)
-        )
+        decision: Literal["allowed", "denied", "cancelled"] = "allowed" if allowed else "denied"
+        try:
+            await self.server.request(
+                "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
+            )
+        except OpencodeServerError as exc:
+            if exc.status != HTTP_NOT_FOUND:
+                raise
+            # Withdrawn meanwhile: opencode rejects a turn's other open requests when one is rejected.
+            decision = "denied" if not allowed else "cancelled"
+            reason = f"{reason} (opencode had already withdrawn the request)"
+        await self.emit(PermissionDecision(asked.tool_call_id, asked.permission, decision, reason))
 
     async def _question(self, asked: QuestionAsked) -> None:
         """A person answers the model's question; nobody to ask (or no answer): it is rejected."""
@@ -559,11 +600,16 @@ def new_message_id() -> str:
     return "msg_" + stamp.to_bytes(6, "big").hex() + "".join(secrets.choice(_BASE62) for _ in range(14))
 
 
-def permission_request(asked: PermissionAsked) -> PermissionRequest:
-    """An opencode ``permission.asked`` as the policy's transport-neutral request."""
+def permission_request(asked: PermissionAsked, tool_input: Any = None) -> PermissionRequest:
+    """An opencode ``permission.asked`` as the policy's transport-neutral request.
+
+    ``tool_input`` is the asking tool call's input, if the stream showed it: a bash command's
+    ``workdir`` says where it runs.
+    """
     metadata = asked.metadata
     paths = tuple(str(metadata[k]) for k in PERMISSION_PATH_KEYS if isinstance(metadata.get(k), str))
     command = metadata.get("command")
+    workdir = tool_input.get("workdir") if isinstance(tool_input, Mapping) else None
     if asked.permission == "external_directory":
         # Its patterns are the directories outside the worktree it wants; the policy refuses them.
         paths += tuple(p.removesuffix("/*").removesuffix("*") for p in asked.patterns)
@@ -575,11 +621,12 @@ def permission_request(asked: PermissionAsked) -> PermissionRequest:
         title=asked.permission,
         paths=paths,
         command=command if isinstance(command, str) else None,
+        cwd=workdir if isinstance(workdir, str) else None,
     )
 
 
-def offers(provider_id: str, providers: Any, agents: Any) -> AgentAdvertised:
-    """What a server offers, from ``GET /config/providers`` and ``GET /agent``."""
+def offers(provider_id: str, providers: Any, modes: Sequence[Mode]) -> AgentAdvertised:
+    """What a server offers, from ``GET /config/providers`` and its opencode agents (modes)."""
     models: list[str] = []
     efforts: dict[str, None] = {}
     for provider in providers.get("providers", []) if isinstance(providers, Mapping) else []:
@@ -589,11 +636,7 @@ def offers(provider_id: str, providers: Any, agents: Any) -> AgentAdvertised:
             models.append(f"{provider_id}/{name}")
             variants = info.get("variants") if isinstance(info, Mapping) else None
             efforts.update(dict.fromkeys(variants or {}))
-    modes = tuple(
-        {"id": a["name"], "name": a["name"], **({"description": a["description"]} if a.get("description") else {})}
-        for a in (agents if isinstance(agents, list) else [])
-        if isinstance(a, Mapping) and isinstance(a.get("name"), str) and a.get("mode") in ("primary", "all")
-    )
+    offered_modes = tuple({"id": m.id, "name": m.id, **({"description": m.name} if m.name else {})} for m in modes)
     options: tuple[Mapping[str, Any], ...] = ()
     if efforts:
         effort = {
@@ -604,7 +647,7 @@ def offers(provider_id: str, providers: Any, agents: Any) -> AgentAdvertised:
             "options": [{"value": v, "name": v.title()} for v in efforts],
         }
         options = (effort,)
-    return AgentAdvertised(tuple(models), modes, options)
+    return AgentAdvertised(tuple(models), offered_modes, options)
 
 
 def effort_variant(offered: AgentAdvertised, agent_options: Mapping[str, str | bool]) -> str | None:

@@ -53,7 +53,7 @@ def measure(repo: Path, worktree: Path, base: str, changed: int) -> dict[str, fl
     samples = []
     for _ in range(RUNS):
         start = time.perf_counter()
-        snapshot = git.snapshot(worktree, base, "bench")
+        snapshot = git.snapshot(git.trusted_checkout(repo, worktree), base, "bench")
         d = compute(repo, base, snapshot, CAPS)
         samples.append((time.perf_counter() - start) * 1000)
         assert len(d.files) == changed, (len(d.files), changed)

@@ -40,6 +40,8 @@ MAX_OPTION_KEY_CHARS = 64
 MAX_ANSWERS = 20
 MAX_LABELS = 50
 MAX_LABEL_CHARS = 2000
+# A session id as an object key: a bigint in decimal.
+SESSION_ID_KEY = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,8 @@ class _Fields:
         if isinstance(value, dict):
             since: dict[int, int] = {}
             for sid, seq in value.items():
-                if not sid.isdigit():
+                # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+                if not SESSION_ID_KEY.fullmatch(sid):
                     raise self.fail(f"{key!r} keys must be session ids")
                 since[_check_int(int(sid), key, 1, MAX_ID, self)] = _check_int(seq, key, 0, MAX_ID, self)
             return since

@@ -21,6 +21,7 @@ from backends import (
     OpencodePool,
     OpencodeServerBackend,
     PtyBackend,
+    Sandbox,
 )
 from kernel import create_pool, get_logger
 from orchestrator.app.config import Config
@@ -40,6 +41,7 @@ class Runtime:
     review: ReviewService
     pool: asyncpg.Pool
     opencode_pool: OpencodePool | None
+    sandbox: Sandbox
 
 
 @asynccontextmanager
@@ -49,37 +51,49 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
     pool = await create_pool(url, config.database.pool_size)
     try:
         review = ReviewService(pool, config.worktrees)
+        sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
-            opencode_pool = await _start_opencode_pool(stack, config)
-            router = build_router(config, opencode_pool=opencode_pool)
+            opencode_pool = await _start_opencode_pool(stack, config, sandbox)
+            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
             dispatcher = Dispatcher(
                 url, config.dispatcher, router, review.worktrees, ask_timeout=config.permissions.ask_timeout
             )
-            yield Runtime(dispatcher, review, pool, opencode_pool)
+            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
     finally:
         await pool.close()
 
 
-async def _start_opencode_pool(stack: AsyncExitStack, config: Config) -> OpencodePool | None:
+async def _start_opencode_pool(stack: AsyncExitStack, config: Config, sandbox: Sandbox) -> OpencodePool | None:
     """The warm opencode servers; without an opencode binary the service runs without them."""
     try:
         # The question tool is on only where a person can answer it.
         opencode = replace(config.opencode, questions=config.permissions.asks_questions)
-        return await stack.enter_async_context(OpencodePool(config.opencode_pool, opencode, config.data_dir / POOL_DIR))
+        return await stack.enter_async_context(
+            OpencodePool(config.opencode_pool, opencode, config.data_dir / POOL_DIR, sandbox=sandbox)
+        )
     except BackendError as exc:
         log.warning("opencode_pool.unavailable", reason=str(exc))
         return None
 
 
-def build_router(config: Config, *, opencode_pool: OpencodePool | None = None) -> Router:
+def agent_sandbox(config: Config) -> Sandbox:
+    """The sandbox of every agent process; the data directory and the worktree root are hidden in it."""
+    return Sandbox(config.sandbox, protected=(config.data_dir, config.worktrees.root))
+
+
+def build_router(
+    config: Config, *, opencode_pool: OpencodePool | None = None, sandbox: Sandbox | None = None
+) -> Router:
     """The router of a configured service.
 
     Every ``acp`` and ``pty`` agent of the registry (presets plus ``[agents.*]``) is routed to a
     one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy (each turn applies the
-    agent's and the project's overrides). The ``opencode`` agent runs on the service's warm
-    ``opencode_pool`` (entered once by whoever runs the dispatcher). One-shot opencode agents keep
-    their sessions under ``<data_dir>/agent-state`` so a later turn resumes them.
+    agent's and the project's overrides), in ``sandbox`` (default: :func:`agent_sandbox`). The
+    ``opencode`` agent runs on the service's warm ``opencode_pool`` (entered once by whoever runs
+    the dispatcher). One-shot opencode agents keep their sessions under ``<data_dir>/agent-state``
+    so a later turn resumes them.
     """
+    sandbox = sandbox or agent_sandbox(config)
     agents: dict[str, BackendFactory] = {}
     state_dir = config.data_dir / AGENT_STATE_DIR
     for spec in config.agent_specs().values():
@@ -87,10 +101,10 @@ def build_router(config: Config, *, opencode_pool: OpencodePool | None = None) -
         # agent later needs no restart.
         if spec.transport == "acp":
             agents[spec.name] = partial(
-                AcpBackend, spec, config.permissions, opencode=config.opencode, state_dir=state_dir
+                AcpBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox, state_dir=state_dir
             )
         elif spec.transport == "pty":
-            agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode)
+            agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
     if opencode_pool is not None:
         agents[OPENCODE_SERVER_AGENT] = partial(OpencodeServerBackend, opencode_pool, config.permissions)
     return Router(native=lambda: NativeBackend(config.native), agents=agents)
