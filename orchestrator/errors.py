@@ -10,7 +10,10 @@ SwitchyardError
 ├── InvalidProject                a path that cannot be registered as a project
 ├── InvalidReviewAction           a review action other than accept or reject
 ├── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
-└── WorkerIdTaken                 another live process holds this worker id
+├── WorkerIdTaken                 another live process holds this worker id
+├── BadInput                      a submitted value that cannot be used (an agent option, a reply's option)
+├── AlreadyDecided                a reply to a request someone (or the timeout) decided first
+└── ModelsUnavailable             the native endpoint did not give its model list
 """
 
 from __future__ import annotations
@@ -61,3 +64,15 @@ class WorkerIdLost(WorkerIdTaken):
 
 class AlreadyRunning(SwitchyardError):
     """A service already runs on this data directory (orchestrator.db.instance)."""
+
+
+class BadInput(SwitchyardError):
+    pass
+
+
+class AlreadyDecided(SwitchyardError):
+    pass
+
+
+class ModelsUnavailable(SwitchyardError):
+    pass

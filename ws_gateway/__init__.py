@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from ws_gateway.actions import (
+    PERMISSION_DECISIONS,
     REVIEW_ACTIONS,
+    AgentInfo,
     CancelResult,
     ChangeInfo,
     DiffInfo,
     GatewayActions,
+    ModelList,
+    PermissionReplyResult,
+    QuestionReplyResult,
     ResolutionInfo,
     ReviewAction,
     SubmitResult,
@@ -19,8 +24,10 @@ from ws_gateway.server import Gateway
 from ws_gateway.settings import GatewaySettings
 
 __all__ = [
+    "PERMISSION_DECISIONS",
     "REVIEW_ACTIONS",
     "ActionRejected",
+    "AgentInfo",
     "CancelResult",
     "ChangeInfo",
     "DiffInfo",
@@ -30,6 +37,9 @@ __all__ = [
     "GatewaySettings",
     "InvalidFrame",
     "MalformedFrame",
+    "ModelList",
+    "PermissionReplyResult",
+    "QuestionReplyResult",
     "ResolutionInfo",
     "ReviewAction",
     "SubmitResult",

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ws_gateway.actions import REVIEW_ACTIONS
+from ws_gateway.actions import PERMISSION_DECISIONS, REVIEW_ACTIONS
 from ws_gateway.errors import InvalidFrame, MalformedFrame
 
 RequestId = str | int
@@ -34,6 +34,12 @@ MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
 # list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
 CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
+MAX_AGENT_OPTIONS = 32
+MAX_OPTION_KEY_CHARS = 64
+# question_reply: questions per request, labels per answer, characters per label.
+MAX_ANSWERS = 20
+MAX_LABELS = 50
+MAX_LABEL_CHARS = 2000
 # A session id as an object key: a bigint in decimal.
 SESSION_ID_KEY = re.compile(r"[1-9][0-9]{0,18}")
 
@@ -69,6 +75,9 @@ class Submit:
     priority: int = 0
     max_attempts: int = 3
     dispatch_key: str | None = None
+    # ACP session config options (or opencode's effort), by option id or category.
+    agent_options: dict[str, str | bool] | None = None
+    fresh_context: bool = False
     id: RequestId | None = None
 
 
@@ -139,8 +148,51 @@ class UnsubscribeProject:
     id: RequestId | None = None
 
 
+@dataclass(frozen=True)
+class PermissionReply:
+    """A person decides a ``permission_request``: by the option's id or by the kind of decision."""
+
+    request_id: int
+    option_id: str | None = None
+    decision: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class QuestionReply:
+    """A person answers a ``question`` (one list of labels per question), or dismisses it."""
+
+    request_id: int
+    answers: tuple[tuple[str, ...], ...] | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListAgents:
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListModels:
+    id: RequestId | None = None
+
+
 DiscoveryFrame = ListProjects | ListSessions | ListTasks | SubscribeProject | UnsubscribeProject
-ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Review | GetDiff | Ping | Auth | DiscoveryFrame
+ReplyFrame = PermissionReply | QuestionReply
+ClientFrame = (
+    Subscribe
+    | Unsubscribe
+    | Submit
+    | Cancel
+    | Review
+    | GetDiff
+    | Ping
+    | Auth
+    | DiscoveryFrame
+    | ReplyFrame
+    | ListAgents
+    | ListModels
+)
 
 
 class _Fields:
@@ -212,6 +264,40 @@ class _Fields:
             raise self.fail(f"{key!r} must hold non-empty strings")
         return tuple(value)
 
+    def flag(self, key: str) -> bool:
+        value = self._take(key, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise self.fail(f"{key!r} must be true or false")
+        return value
+
+    def agent_options(self, key: str) -> dict[str, str | bool] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or len(value) > MAX_AGENT_OPTIONS:
+            raise self.fail(f"{key!r} must be an object of at most {MAX_AGENT_OPTIONS} options")
+        for name, option in value.items():
+            if not name or len(name) > MAX_OPTION_KEY_CHARS:
+                raise self.fail(f"{key!r} keys must be 1 to {MAX_OPTION_KEY_CHARS} characters")
+            if not isinstance(option, bool) and not (isinstance(option, str) and 0 < len(option) <= MAX_NAME_CHARS):
+                raise self.fail(f"{key!r} values must be true, false or a string of 1 to {MAX_NAME_CHARS} characters")
+        return value
+
+    def answers(self, key: str) -> tuple[tuple[str, ...], ...] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not 0 < len(value) <= MAX_ANSWERS:
+            raise self.fail(f"{key!r} must be a list of 1 to {MAX_ANSWERS} answers")
+        for answer in value:
+            if not isinstance(answer, list) or not 0 < len(answer) <= MAX_LABELS:
+                raise self.fail(f"{key!r} must hold lists of 1 to {MAX_LABELS} labels")
+            if not all(isinstance(label, str) and 0 < len(label) <= MAX_LABEL_CHARS for label in answer):
+                raise self.fail(f"{key!r} labels must be strings of 1 to {MAX_LABEL_CHARS} characters")
+        return tuple(tuple(answer) for answer in value)
+
     def done(self) -> None:
         if self._frame:
             raise self.fail(f"unknown field {sorted(self._frame)[0]!r}")
@@ -264,6 +350,8 @@ def _parse_fields(type_: str, f: _Fields) -> ClientFrame:
             priority=f.integer("priority", required=False, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY) or 0,
             max_attempts=f.integer("max_attempts", required=False, maximum=MAX_ATTEMPTS) or 3,
             dispatch_key=f.text("dispatch_key"),
+            agent_options=f.agent_options("agent_options"),
+            fresh_context=f.flag("fresh_context"),
             id=rid,
         )
     if type_ == "cancel":
@@ -304,6 +392,29 @@ def _parse_discovery(type_: str, f: _Fields) -> ClientFrame:
         return SubscribeProject(f.ids("project_ids", "projects"), rid)
     if type_ == "unsubscribe_project":
         return UnsubscribeProject(f.ids("project_ids", "projects"), rid)
+    return _parse_interactive(type_, f)
+
+
+def _parse_interactive(type_: str, f: _Fields) -> ClientFrame:
+    rid = f.request_id
+    if type_ == "permission_reply":
+        request_id = _required(f.integer("request_id"))
+        option_id, decision = f.text("option_id"), f.text("decision")
+        if (option_id is None) == (decision is None):
+            raise f.fail("permission_reply needs exactly one of 'option_id' and 'decision'")
+        if decision is not None and decision not in PERMISSION_DECISIONS:
+            raise f.fail(f"'decision' must be one of {', '.join(PERMISSION_DECISIONS)}")
+        return PermissionReply(request_id, option_id, decision, rid)
+    if type_ == "question_reply":
+        request_id = _required(f.integer("request_id"))
+        answers, dismiss = f.answers("answers"), f.flag("dismiss")
+        if (answers is None) != dismiss:
+            raise f.fail("question_reply needs either 'answers' or 'dismiss': true")
+        return QuestionReply(request_id, answers, rid)
+    if type_ == "list_agents":
+        return ListAgents(rid)
+    if type_ == "list_models":
+        return ListModels(rid)
     raise f.fail(f"unknown frame type {type_!r}")
 
 

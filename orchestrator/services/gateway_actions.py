@@ -9,13 +9,30 @@ the client can act on; the message is the service's own.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+
 import asyncpg
 
-from orchestrator.errors import NotFound
+from backends import NativeSettings
+from orchestrator.errors import AlreadyDecided, BadInput, ModelsUnavailable, NotFound
+from orchestrator.services import approvals
+from orchestrator.services.catalogue import Catalogue
 from orchestrator.services.review import ReviewService, resolution_json
 from orchestrator.services.tasks import cancel_task, submit_task
 from worktrees import ChangeNotFound, ChangeNotPending, RestoreRefused, TurnRunning, UnknownFile, WorktreeError
-from ws_gateway import ActionRejected, CancelResult, DiffInfo, ResolutionInfo, SubmitResult, TaskSubmission
+from ws_gateway import (
+    ActionRejected,
+    AgentInfo,
+    CancelResult,
+    DiffInfo,
+    ModelList,
+    PermissionReplyResult,
+    QuestionReplyResult,
+    ResolutionInfo,
+    SubmitResult,
+    TaskSubmission,
+)
 
 REVIEW_ERROR_CODES: dict[type[WorktreeError], str] = {
     ChangeNotFound: "not_found",
@@ -31,12 +48,16 @@ def _rejected(exc: WorktreeError) -> ActionRejected:
 
 
 class OrchestratorActions:
-    def __init__(self, pool: asyncpg.Pool, review: ReviewService) -> None:
+    def __init__(self, pool: asyncpg.Pool, review: ReviewService, native: NativeSettings | None = None) -> None:
         self._pool = pool
         self._review = review
+        self._catalogue = Catalogue(pool, native)
 
     async def submit(self, request: TaskSubmission) -> SubmitResult:
-        submitted = await submit_task(self._pool, request)
+        try:
+            submitted = await submit_task(self._pool, request)
+        except BadInput as exc:
+            raise ActionRejected("bad_input", str(exc)) from None
         return SubmitResult(task_id=submitted.task_id, created=submitted.created, session_id=submitted.session_id)
 
     async def cancel(self, task_id: int) -> CancelResult:
@@ -59,3 +80,48 @@ class OrchestratorActions:
             return await self._review.diff_info(change_id)
         except WorktreeError as exc:
             raise _rejected(exc) from None
+
+    async def reply_permission(
+        self, request_id: int, option_id: str | None, decision: str | None, by: str
+    ) -> PermissionReplyResult:
+        with _replies_refused():
+            d = await approvals.reply_permission(self._pool, request_id, option_id=option_id, decision=decision, by=by)
+        return PermissionReplyResult(
+            request_id=d.request_id,
+            session_id=d.session_id,
+            state=d.state,
+            option_id=d.option_id,
+            remember=d.remember,
+            decided_by=d.decided_by,
+        )
+
+    async def reply_question(
+        self, request_id: int, answers: Sequence[Sequence[str]] | None, by: str
+    ) -> QuestionReplyResult:
+        with _replies_refused():
+            d = await approvals.reply_question(self._pool, request_id, answers=answers, by=by)
+        return QuestionReplyResult(
+            request_id=d.request_id, session_id=d.session_id, state=d.state, answers=d.answers, decided_by=d.decided_by
+        )
+
+    async def list_agents(self) -> list[AgentInfo]:
+        return await self._catalogue.agents()
+
+    async def list_models(self) -> ModelList:
+        try:
+            return await self._catalogue.models()
+        except ModelsUnavailable as exc:
+            raise ActionRejected("models_unavailable", str(exc)) from None
+
+
+@contextlib.contextmanager
+def _replies_refused() -> Iterator[None]:
+    """A reply's refusals as the codes a client acts on."""
+    try:
+        yield
+    except AlreadyDecided as exc:
+        raise ActionRejected("already_decided", str(exc)) from None
+    except BadInput as exc:
+        raise ActionRejected("bad_input", str(exc)) from None
+    except NotFound as exc:
+        raise ActionRejected("forbidden", f"{exc}, or it belongs to a project this token cannot see") from None
