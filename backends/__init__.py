@@ -8,6 +8,7 @@ confinement of agents to their worktree. Nothing here touches the database.
 from __future__ import annotations
 
 from backends.acp import AcpBackend
+from backends.acp_spares import AgentSpares
 from backends.approval import (
     ALLOW_OPTION_KINDS,
     REJECT_OPTION_KINDS,
@@ -77,6 +78,7 @@ __all__ = [
     "AgentNotFoundError",
     "AgentProbe",
     "AgentSession",
+    "AgentSpares",
     "AgentSpec",
     "ApprovalAnswer",
     "ApprovalRequest",

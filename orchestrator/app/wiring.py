@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from backends import (
     POOL_DIR,
     AcpBackend,
+    AgentSpares,
     BackendError,
     NativeBackend,
     OpencodePool,
@@ -56,6 +57,7 @@ class Runtime:
     opencode_pool: OpencodePool | None
     sandbox: Sandbox
     spares: SpareWorktrees
+    agent_spares: AgentSpares
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
                 )
             )
             review.worktrees.spares = spares
-            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
+            # Entered before the router's backends run turns, left after the dispatcher stopped.
+            agent_spares = await stack.enter_async_context(AgentSpares(config.data_dir / AGENT_STATE_DIR))
+            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox, agent_spares=agent_spares)
             dispatcher = Dispatcher(
                 url,
                 config.dispatcher,
@@ -118,7 +122,7 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
                 identity_base=default_base(str(config.data_dir)),
                 ask_timeout=config.permissions.ask_timeout,
             )
-            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox, spares)
+            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox, spares, agent_spares)
     finally:
         unregister()
         await pool.close()
@@ -180,7 +184,11 @@ def agent_sandbox(config: Config) -> Sandbox:
 
 
 def build_router(
-    config: Config, *, opencode_pool: OpencodePool | None = None, sandbox: Sandbox | None = None
+    config: Config,
+    *,
+    opencode_pool: OpencodePool | None = None,
+    sandbox: Sandbox | None = None,
+    agent_spares: AgentSpares | None = None,
 ) -> Router:
     """The router of a configured service.
 
@@ -189,7 +197,8 @@ def build_router(
     agent's and the project's overrides), in ``sandbox`` (default: :func:`agent_sandbox`). The
     ``opencode`` agent runs on the service's warm ``opencode_pool`` (entered once by whoever runs
     the dispatcher). One-shot opencode agents keep their sessions under ``<data_dir>/agent-state``
-    so a later turn resumes them.
+    so a later turn resumes them. ACP turns take pre-started agents from ``agent_spares`` (entered
+    by whoever runs the dispatcher) when given.
     """
     sandbox = sandbox or agent_sandbox(config)
     agents: dict[str, BackendFactory] = {}
@@ -199,7 +208,13 @@ def build_router(
         # agent later needs no restart.
         if spec.transport == "acp":
             agents[spec.name] = partial(
-                AcpBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox, state_dir=state_dir
+                AcpBackend,
+                spec,
+                config.permissions,
+                opencode=config.opencode,
+                sandbox=sandbox,
+                state_dir=state_dir,
+                spares=agent_spares,
             )
         elif spec.transport == "pty":
             agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
