@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.app.config import Config, build, resolve_paths
 from orchestrator.app.wiring import Runtime, _PoolMetrics, dispatcher_runtime
+from testkit import fake_acp_agent_command
 from testkit.fake_model import FakeModel
 from testkit.repos import git, sample_repo
 from testkit.rows import add_project
@@ -140,3 +141,37 @@ async def test_without_spares_every_new_session_makes_its_worktree(
             assert Path(path).name == str(task["session_id"])
         assert runtime.spares.ready(project) == []
         assert len(worktrees_of(repo)) == 3
+
+
+async def test_a_new_acp_session_takes_a_pre_started_agent_and_none_outlives_the_service(
+    pool: asyncpg.Pool, db_url: str, tmp_path: Path, fake_model: FakeModel
+) -> None:
+    repo = sample_repo(tmp_path / "project")
+    project = await add_project(pool, repo=repo)
+    fake = {"transport": "acp", "command": fake_acp_agent_command()}
+    config = service_config(tmp_path, fake_model, agents={"fake": fake}, worktrees={"spares": 0})
+    insert = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, NULL, 'CWD', 'fake') RETURNING id"
+
+    async def cwd_reply() -> tuple[str, str]:
+        task = await wait_state(pool, await pool.fetchval(insert, project), "completed", "failed", timeout=WAIT_S)
+        assert (task["state"], task["error"]) == ("completed", None)
+        path = await pool.fetchval(WORKTREE_PATH, task["session_id"])
+        reply = await pool.fetchval(
+            "SELECT content FROM messages WHERE task_id = $1 AND role = 'assistant'", task["id"]
+        )
+        return path, reply
+
+    async with service(config, db_url) as runtime:
+        # The first turn of the agent in the project starts its own process, in the worktree.
+        path, reply = await cwd_reply()
+        assert f"cwd={path} session_cwd={path}" in reply
+        root = Path(path).parent
+        await wait_until(lambda: runtime.agent_spares.snapshot() and runtime.agent_spares.all_ready(), "a spare")
+        (kept,) = runtime.agent_spares.snapshot()
+        assert (kept["agent"], kept["project_root"], kept["ready"]) == ("fake", str(root), 1)
+        # The next new session's turn is served by the pre-started one (it runs in the project's
+        # directory; its session in the worktree).
+        path, reply = await cwd_reply()
+        assert f"cwd={root} session_cwd={path}" in reply
+        await wait_until(runtime.agent_spares.all_ready, "the next spare")
+    # no_leftover_processes: no pre-started agent outlived the service.
