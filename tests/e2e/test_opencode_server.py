@@ -564,7 +564,7 @@ async def test_a_spare_directory_is_warmed_on_the_projects_ready_server_and_kept
     session = next(_session_ids)
     result = await run(OpencodeServerBackend(oc_pool), make_turn(spare, "hello spare", session))
     assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
-    assert result.outcome.agent_session is not None and result.outcome.agent_session.server_key == server.key
+    assert result.outcome.agent_session is not None and result.outcome.agent_session.server_key == server.slot
     assert directory not in server.spares and directory in server.directories
 
 
@@ -577,7 +577,7 @@ async def test_a_stream_lost_for_good_aborts_the_prompt_on_the_live_server(
     wt, session = worktree(project_dir), next(_session_ids)
     warm = (await run(backend, make_turn(wt, "hi", session))).outcome
     assert warm.agent_session is not None
-    (server,) = [s for s in oc_pool.servers if s.key == warm.agent_session.server_key]
+    (server,) = [s for s in oc_pool.servers if s.slot == warm.agent_session.server_key]
     real_events = server.events
 
     class Dead:
