@@ -286,9 +286,10 @@ async def run_service(
         async with dispatcher_runtime(config, url) as runtime, anyio.create_task_group() as tg:
             tg.start_soon(runtime.dispatcher.run)
             try:
-                return await body(Bench(runtime, pool, project))
+                result = await body(Bench(runtime, pool, project))
             finally:
                 runtime.dispatcher.request_shutdown()
+        return result
     finally:
         await pool.close()
 
