@@ -10,7 +10,7 @@ import asyncpg
 from kernel import SchemaError, connect
 from orchestrator.db import queries as q
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 # Any constant works; it only has to be the same for every Switchyard process.
 MIGRATE_LOCK_KEY = 0x5357_4954_4348  # "SWITCH"
 

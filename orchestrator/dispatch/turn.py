@@ -20,7 +20,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -215,13 +216,30 @@ class TurnRunner:
         sink.last_activity = anyio.current_time()
         handle.sink = sink
         try:
-            outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
+            async with self._live_diff(ctx, sink):
+                outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
         except Exception as exc:
             log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
             outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
         finally:
             handle.sink = None
         return self._from_outcome(ctx.task, outcome, sink)
+
+    @asynccontextmanager
+    async def _live_diff(self, ctx: TurnContext, sink: TurnSink) -> AsyncIterator[None]:
+        """``worktree_changed`` frames while the backend edits the worktree (worktrees.live);
+        stopped before finalize, so none follows the turn's message_complete."""
+        worktrees = self._worktrees
+        if worktrees is None or ctx.turn.workdir is None or worktrees.settings.live_diff_interval <= 0:
+            yield
+            return
+        task_id = ctx.task.id
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worktrees.follow, ctx.session_id, lambda files: sink.add_worktree_changed(task_id, files))
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     def _from_outcome(self, task: ClaimedTask, outcome: TurnOutcome, sink: TurnSink) -> TurnResult:
         usage = outcome.usage or sink.usage

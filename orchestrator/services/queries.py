@@ -69,3 +69,20 @@ DELETE_UNCONFIGURED_AGENTS = "DELETE FROM available_agents WHERE NOT (name = ANY
 LIST_AVAILABLE_AGENTS = """
 SELECT name, transport, command, version, available, detail, checked_at FROM available_agents ORDER BY name
 """
+
+
+# The agent, model and mode of the turn that made a change (else the session's), for the task
+# a review queues in its session.
+REVIEW_TASK_CONTEXT = """
+SELECT s.project_id,
+       CASE WHEN t.id IS NULL THEN s.agent ELSE t.agent END AS agent,
+       CASE WHEN t.id IS NULL THEN s.model ELSE t.model END AS model,
+       t.mode_id
+  FROM pending_changes c
+  JOIN sessions s ON s.id = c.session_id
+  LEFT JOIN tasks t ON t.id = c.task_id
+ WHERE c.id = $1
+"""
+
+
+LINK_REVIEW_TASK = "UPDATE tasks SET review_change_id = $2 WHERE id = $1"

@@ -56,6 +56,7 @@ async def test_each_status_change_is_a_pending_change_frame(
             {"path": "y.txt", "status": "added", "additions": 1, "deletions": 0, "binary": False, "truncated": False}
         ],
         "truncated": False,
+        "supersedes": second,
     }
 
 
