@@ -13,6 +13,7 @@ appear, and a turn without keywords echoes the prompt:
   PLAN              plan
   PERMISSION        session/request_permission (allow_once / reject_once); the outcome is reported
   WRITE <path> <c>  fs/write_text_file with the path exactly as given and content ``<c>``
+  WRITE_TEXT <path> <c>  the same with ``<c>`` percent-decoded (``%0A`` for a new line, ``%20`` a space)
   READ <path>       fs/read_text_file with the path exactly as given
   WAIT_CANCEL       stay busy until session/cancel
   SLEEP <seconds>   sleep (a cancel ends it early)
@@ -35,6 +36,7 @@ import os
 import sys
 import threading
 from typing import Any
+from urllib.parse import unquote
 
 PROTOCOL_VERSION = 1
 USAGE = {"inputTokens": 100, "outputTokens": 20, "totalTokens": 120}
@@ -344,6 +346,10 @@ class Agent:
             os._exit(3)
         elif word == "CWD":
             notes.append(f"cwd={os.getcwd()} session_cwd={session.cwd}")
+        elif word == "WRITE_TEXT" and i + 2 < len(words):
+            path, content = words[i + 1], unquote(words[i + 2])
+            notes.append(f"write {path}=" + self.fs(session, "fs/write_text_file", {"path": path, "content": content}))
+            return i + 3
         return i + 1
 
     def tool(self, session: Session) -> None:

@@ -50,3 +50,14 @@ def sample_repo(path: Path) -> Path:
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "initial")
     return path
+
+
+def checkout_files(repo: Path) -> dict[str, bytes]:
+    """Every file of a checkout and its index, byte for byte: to show a checkout was not touched."""
+    state = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+    state[".git/index"] = (repo / ".git" / "index").read_bytes()
+    return state

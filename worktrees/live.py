@@ -46,6 +46,7 @@ MAX_FILES = 200
 WATCH_STEP_MS = 50
 WATCH_TIMEOUT_MS = 100
 IGNORE_FILES = (".gitignore",)
+PATTERN_PATHSPECS = {"GIT_LITERAL_PATHSPECS": "0"}
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,11 @@ class LiveIndex:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def _git(self, args: list[str], stdin: bytes | None = None, check: bool = True) -> bytes:
-        return git.run(self.work_tree, [*self._args, *args], env=self._env, stdin=stdin, check=check).stdout
+    def _git(
+        self, args: list[str], stdin: bytes | None = None, check: bool = True, env: dict[str, str] | None = None
+    ) -> bytes:
+        env = {**self._env, **(env or {})}
+        return git.run(self.work_tree, [*self._args, *args], env=env, stdin=stdin, check=check).stdout
 
     def scan(self) -> LiveSummary:
         """Every file of the worktree (the first update of a turn, and after a .gitignore changed)."""
@@ -105,13 +109,18 @@ class LiveIndex:
             return self.scan()
         candidates = self._expand(wanted)
         if candidates:
-            ignored = self._git(["check-ignore", "-z", "--stdin"], stdin=git.nul_joined(candidates), check=False)
-            skip = {os.fsdecode(p) for p in ignored.split(b"\0") if p}
-            chosen = [p for p in candidates if p not in skip]
+            chosen = [p for p in candidates if p not in self._ignored(candidates)]
             if chosen:
                 args = ["update-index", "--add", "--remove", "--replace", "-z", "--stdin"]
                 self._git(args, stdin=git.nul_joined(chosen))
         return self._summary()
+
+    def _ignored(self, paths: list[str]) -> set[str]:
+        """Which untracked ``paths`` .gitignore leaves out. check-ignore refuses literal pathspecs,
+        so each path is given as ``./path``: nothing in it is read as pathspec magic."""
+        listing = git.nul_joined(f"./{p}" for p in paths)
+        out = self._git(["check-ignore", "-z", "--stdin"], stdin=listing, check=False, env=PATTERN_PATHSPECS)
+        return {os.fsdecode(p).removeprefix("./") for p in out.split(b"\0") if p}
 
     def _expand(self, paths: set[str]) -> list[str]:
         """Files for the paths: a directory's files on disk, and the index entries below a path
