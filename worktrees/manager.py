@@ -654,6 +654,10 @@ class WorktreeManager:
                 return _Conflicted(str(exc))
             return self._split(wt, change, chosen, tree, str(exc))
         log.info("change.applied", change_id=change.id, repo=repo, mode=delivery.mode)
+        if committed is not None and git.rev_parse(repo, f"{committed.commit}^{{tree}}") == git.rev_parse(
+            repo, f"{new_base}^{{tree}}"
+        ):
+            new_base = committed.commit  # the reviewer's commit holds exactly the new base: build on it
         git.update_ref(repo, refs_prefix(wt.session_id) + "base", new_base)
         if advance:
             self._advance_branch(wt, new_base, paths)
