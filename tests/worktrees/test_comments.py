@@ -10,7 +10,7 @@ import pytest
 from orchestrator.services import ReviewService
 from testkit.repos import LINES
 from testkit.rows import add_repo_session, finished_turn
-from worktrees import InvalidComment, WorktreeSettings
+from worktrees import InvalidComment
 
 pytestmark = pytest.mark.anyio
 
@@ -21,8 +21,7 @@ def where(comment: object) -> tuple[object, ...]:
     return tuple(getattr(comment, k) for k in ("path", "side", "line", "current_line", "outdated", "body"))
 
 
-async def test_comments_go_on_lines_the_change_has(pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings) -> None:
-    review = ReviewService(pool, worktree_settings)
+async def test_comments_go_on_lines_the_change_has(pool: asyncpg.Pool, repo: Path, review: ReviewService) -> None:
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.py": CODE, "a.txt": LINES.replace("line 3\n", "")})
 
@@ -50,9 +49,8 @@ async def test_comments_go_on_lines_the_change_has(pool: asyncpg.Pool, repo: Pat
 
 
 async def test_comments_follow_their_lines_to_the_next_change_and_go_outdated_when_they_move(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     first = await finished_turn(review, pool, session, {"a.py": CODE, "b.py": "b\n", "c.py": CODE})
     on_3 = await review.comment(first, "line three", path="a.py", line=3, by="r")
@@ -88,9 +86,8 @@ async def test_comments_follow_their_lines_to_the_next_change_and_go_outdated_wh
 
 
 async def test_after_a_partial_accept_the_comments_of_the_rest_stay_with_it(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.py": CODE, "b.py": "b\n"})
     await review.comment(change, "on a", path="a.py", line=2, by="r")

@@ -343,7 +343,9 @@ async def test_reject_during_a_running_turn_is_refused(
 # ---------------------------------------------------------------------------- reaper
 
 
-async def test_the_reaper_removes_only_what_it_may(pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings) -> None:
+async def test_the_reaper_removes_only_what_it_may(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+) -> None:
     manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
     idle, archived, pending, running, dirty, fresh, queued = [await add_repo_session(pool, repo) for _ in range(7)]
     paths = {s: (await manager.ensure(s)).path for s in (idle, archived, pending, running, dirty, fresh, queued)}

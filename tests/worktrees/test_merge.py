@@ -10,7 +10,7 @@ import pytest
 from orchestrator.services import ReviewService
 from testkit.repos import LINES, git
 from testkit.rows import add_repo_session, end_turn, finished_turn, start_turn
-from worktrees import NothingToRebase, TurnRunning, UnresolvedConflicts, WorktreeSettings
+from worktrees import NothingToRebase, TurnRunning, UnresolvedConflicts
 from worktrees import git as wgit
 from worktrees.merge import merge_onto, parse_merge_tree, still_conflicted
 
@@ -61,9 +61,8 @@ def test_the_session_base_is_the_merge_base(repo: Path, tmp_path: Path) -> None:
 
 
 async def test_a_clean_rebase_is_a_new_pending_change_on_the_checkouts_head(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.txt": AGENT})
     with pytest.raises(NothingToRebase, match="base already"):
@@ -87,9 +86,8 @@ async def test_a_clean_rebase_is_a_new_pending_change_on_the_checkouts_head(
 
 
 async def test_a_conflicted_rebase_leaves_markers_until_a_turn_resolves_them(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.txt": AGENT, "x.txt": "x\n"})
     head = commit_in_checkout(repo, {"a.txt": USER})

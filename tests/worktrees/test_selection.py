@@ -10,7 +10,7 @@ import pytest
 from orchestrator.services import ReviewService
 from testkit.repos import LINES, checkout_files, git
 from testkit.rows import add_repo_session, finished_turn
-from worktrees import UnknownFile, UnknownHunk, WorktreeSettings
+from worktrees import UnknownFile, UnknownHunk
 
 pytestmark = pytest.mark.anyio
 
@@ -33,9 +33,8 @@ async def hunk_ids(review: ReviewService, change_id: int, path: str) -> list[int
 
 
 async def test_accepting_hunk_2_of_3_puts_only_it_into_the_checkout(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.txt": edited(HUNK_1, HUNK_2, HUNK_3), "x.txt": "x\n"})
     assert await hunk_ids(review, change, "a.txt") == [1, 2, 3]
@@ -65,9 +64,8 @@ async def test_accepting_hunk_2_of_3_puts_only_it_into_the_checkout(
 
 
 async def test_rejecting_a_hunk_takes_only_it_out_of_the_worktree(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.txt": edited(HUNK_1, HUNK_2, HUNK_3)})
     worktree = (await review.worktrees.ensure(session)).path
@@ -85,9 +83,8 @@ async def test_rejecting_a_hunk_takes_only_it_out_of_the_worktree(
 
 
 async def test_hunks_that_do_not_exist_are_refused_and_change_nothing(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.txt": edited(HUNK_1, HUNK_2), "image.bin": "now text\n"})
     before = checkout_files(repo)

@@ -15,7 +15,7 @@ import pytest
 from kernel.eventlog import read_events
 from orchestrator.services.review import InvalidReviewAction, ReviewService
 from testkit import SWITCHYARD
-from testkit.repos import GIT_ENV, LINES, sample_repo
+from testkit.repos import GIT_ENV, LINES
 from testkit.rows import add_repo_session, finished_turn, start_turn
 from worktrees import NoComments, NoConflicts, TurnRunning, WorktreeSettings
 
@@ -29,9 +29,8 @@ async def frames(pool: asyncpg.Pool, session: int) -> list[tuple[Any, ...]]:
 
 
 async def test_each_status_change_is_a_pending_change_frame(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     first = await finished_turn(review, pool, session, {"x.txt": "x\n"})
     second = await finished_turn(review, pool, session, {"y.txt": "y\n"})
@@ -62,9 +61,8 @@ async def test_each_status_change_is_a_pending_change_frame(
 
 
 async def test_list_diff_and_the_review_frame_share_the_service(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"x.txt": "x\n"})
 
@@ -78,10 +76,7 @@ async def test_list_diff_and_the_review_frame_share_the_service(
     assert (repo / "x.txt").read_text() == "x\n"
 
 
-async def test_a_refused_review_announces_nothing(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
-) -> None:
-    review = ReviewService(pool, worktree_settings)
+async def test_a_refused_review_announces_nothing(pool: asyncpg.Pool, repo: Path, review: ReviewService) -> None:
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"x.txt": "x\n"})
     async with pool.acquire() as conn:
@@ -134,9 +129,8 @@ CODE = "".join(f"code {i}\n" for i in range(1, 11))
 
 
 async def test_request_changes_quotes_each_comment_into_the_sessions_next_task(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.py": CODE})
     with pytest.raises(NoComments):
@@ -167,9 +161,8 @@ async def test_request_changes_quotes_each_comment_into_the_sessions_next_task(
 
 
 async def test_interdiff_shows_only_what_changed_since_an_earlier_change(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     first = await finished_turn(review, pool, session, {"a.py": CODE, "b.py": "b\n"})
     second = await finished_turn(review, pool, session, {"a.py": CODE.replace("code 3\n", "code three\n")})
@@ -186,8 +179,7 @@ async def test_interdiff_shows_only_what_changed_since_an_earlier_change(
     assert [c.id for c in await review.list_changes(session_id=session)] == [second, first]
 
 
-async def test_the_live_diff_is_the_worktree_now(pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings) -> None:
-    review = ReviewService(pool, worktree_settings)
+async def test_the_live_diff_is_the_worktree_now(pool: asyncpg.Pool, repo: Path, review: ReviewService) -> None:
     session = await add_repo_session(pool, repo)
     await finished_turn(review, pool, session, {"a.py": CODE})
     worktree = (await review.worktrees.ensure(session)).path
@@ -201,9 +193,8 @@ async def test_the_live_diff_is_the_worktree_now(pool: asyncpg.Pool, repo: Path,
 
 
 async def test_resolve_with_agent_asks_once_for_the_files_a_rebase_left_conflicted(
-    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+    pool: asyncpg.Pool, repo: Path, review: ReviewService
 ) -> None:
-    review = ReviewService(pool, worktree_settings)
     session = await add_repo_session(pool, repo)
     change = await finished_turn(review, pool, session, {"a.txt": "agent\n"})
     with pytest.raises(NoConflicts):
