@@ -72,6 +72,8 @@ async def test_duplicate_dispatch_key_is_refused_and_on_conflict_is_a_no_op(pool
         ("session_worktrees", "status"),
         ("message_parts", "status"),
         ("available_agents", "transport"),
+        ("review_comments", "state"),
+        ("review_comments", "side"),
     ],
 )
 async def test_unknown_state_values_are_refused(pool: asyncpg.Pool, table: str, column: str) -> None:
