@@ -2,10 +2,11 @@
 
 :class:`LiveIndex` is a scratch index that follows the worktree. It is seeded once per turn by a
 full scan (``git add --all`` from a copy of the worktree's own index, whose stat cache makes that
-cheap), then only the paths that file events name are hashed again (``update-index``; ignored
-files are left out by ``check-ignore``; a changed ``.gitignore`` rescans). Each update writes a
-tree and diffs it against the session's base: one ``diff-tree`` that skips every unchanged
-directory, so an update costs a few git processes whatever the repository's size.
+cheap), then only the paths that file events name are hashed again (``update-index``; new files
+that .gitignore leaves out are skipped by ``check-ignore``; a changed ``.gitignore`` rescans).
+Each update then compares the index with the session's base (``diff-index --cached``, which
+skips unchanged directories by the index's cache tree): two or three git processes per update
+whatever the repository's size, and no tree or object written.
 
 :class:`LiveDiff` runs it: a ``watchfiles`` watcher (inotify) collects the changed paths, and at
 most once per ``interval`` the summary is recomputed and handed to ``on_change`` when it differs
@@ -78,6 +79,7 @@ class LiveIndex:
         self._index = Path(self._tmp.name) / "index"
         self._env = {"GIT_INDEX_FILE": str(self._index)}
         self._args = [f"--git-dir={git_dir}", f"--work-tree={self.work_tree}"]
+        self._tracked: set[str] = set()
 
     def __enter__(self) -> LiveIndex:
         return self
@@ -100,6 +102,7 @@ class LiveIndex:
         if not self._index.exists() and own.is_file():
             shutil.copy2(own, self._index)  # its stat cache spares hashing unchanged files
         self._git(["add", "--all"])
+        self._tracked = {os.fsdecode(p) for p in self._git(["ls-files", "-z"]).split(b"\0") if p}
         return self._summary()
 
     def update(self, paths: Iterable[str]) -> LiveSummary:
@@ -108,16 +111,25 @@ class LiveIndex:
         if not self._index.exists() or any(PurePosixPath(p).name in IGNORE_FILES for p in wanted):
             return self.scan()
         candidates = self._expand(wanted)
-        if candidates:
-            chosen = [p for p in candidates if p not in self._ignored(candidates)]
-            if chosen:
-                args = ["update-index", "--add", "--remove", "--replace", "-z", "--stdin"]
-                self._git(args, stdin=git.nul_joined(chosen))
+        # Tracked files are hashed whatever .gitignore says (as `add --all` does); only new ones
+        # are asked about.
+        ignored = self._ignored([p for p in candidates if p not in self._tracked])
+        chosen = [p for p in candidates if p not in ignored]
+        if chosen:
+            args = ["update-index", "--add", "--remove", "--replace", "-z", "--stdin"]
+            self._git(args, stdin=git.nul_joined(chosen))
+            for path in chosen:
+                if os.path.lexists(self.work_tree / path):
+                    self._tracked.add(path)
+                else:
+                    self._tracked.discard(path)
         return self._summary()
 
     def _ignored(self, paths: list[str]) -> set[str]:
         """Which untracked ``paths`` .gitignore leaves out. check-ignore refuses literal pathspecs,
         so each path is given as ``./path``: nothing in it is read as pathspec magic."""
+        if not paths:
+            return set()
         listing = git.nul_joined(f"./{p}" for p in paths)
         out = self._git(["check-ignore", "-z", "--stdin"], stdin=listing, check=False, env=PATTERN_PATHSPECS)
         return {os.fsdecode(p).removeprefix("./") for p in out.split(b"\0") if p}
@@ -144,8 +156,8 @@ class LiveIndex:
         return sorted(p for p in out if not _in_dotgit(p))
 
     def _summary(self) -> LiveSummary:
-        tree = self._git(["write-tree"]).decode().strip()
-        return LiveSummary(tuple(diff.changes(self.repo, self.base, tree)))
+        listing = self._git(["diff-index", "--cached", "-r", "-M", "-z", "--raw", "--numstat", self.base])
+        return LiveSummary(tuple(diff.parse_changes(listing)))
 
 
 def _relative(root: Path, path: str) -> str | None:
