@@ -433,8 +433,11 @@ class WorktreeManager:
         except LIVE_ERRORS as exc:
             log.warning("live_diff.unavailable", session_id=session_id, error=exc)
             return
-        with LiveIndex(wt.repo_path, path, gitdir, wt.base_commit) as index:
-            await LiveDiff(index, self.settings.live_diff_interval, lambda s: on_change(s.payload())).run()
+        try:
+            with LiveIndex(wt.repo_path, path, gitdir, wt.base_commit) as index:
+                await LiveDiff(index, self.settings.live_diff_interval, lambda s: on_change(s.payload())).run()
+        except Exception as exc:  # a live view must never fail the turn it watches
+            log.warning("live_diff.failed", session_id=session_id, error=exc)
 
     async def live_diff(self, session_id: int) -> tuple[Worktree, Diff]:
         """The session's worktree diffed against its base right now (nothing is recorded)."""

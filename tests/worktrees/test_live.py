@@ -124,3 +124,17 @@ async def test_follow_watches_a_sessions_worktree_until_cancelled(
     other = await add_repo_session(pool, repo)
     with anyio.fail_after(5):
         await manager.follow(other, seen.append)
+
+
+async def test_a_watcher_that_cannot_start_only_logs(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_watches(*args: object, **kwargs: object) -> object:
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr("worktrees.live.awatch", no_watches)
+    manager = WorktreeManager(pool, worktree_settings)
+    session = await add_repo_session(pool, repo)
+    await manager.ensure(session)
+    with anyio.fail_after(5):
+        await manager.follow(session, lambda payload: None)
