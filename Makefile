@@ -9,11 +9,18 @@ OPENCODE := $(TOOLS)/node_modules/.bin/opencode
 DIFF2HTML_VERSION := 3.4.56
 HIGHLIGHTJS_VERSION := 11.12.0
 WEB_VENDOR := $(TOOLS)/.web-vendor-$(DIFF2HTML_VERSION)-$(HIGHLIGHTJS_VERSION)
-# The browser the page's tests and bench/web.py drive (Playwright's own download is not used).
-CHROMIUM := /usr/bin/chromium
 STAMP := $(VENV)/.installed
+# What the service needs from the system, as <command>:<Debian package>; installed when missing.
+SYSTEM_COMMANDS := bwrap:bubblewrap
+# The tests and benchmarks also drive Debian's Chromium (Playwright's own download is not used).
+TEST_SYSTEM_COMMANDS := $(SYSTEM_COMMANDS) chromium:chromium
+# Installs the Debian packages of the <command>:<package> pairs in $(1) whose command is missing.
+install_missing = @missing=""; for pair in $(1); do \
+		command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair\#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
 
-.PHONY: up test lint bench install tools clean
+.PHONY: up test lint bench install tools system test-system clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,14 +42,16 @@ $(WEB_VENDOR): | $(OPENCODE)
 
 tools: $(OPENCODE) $(WEB_VENDOR)
 
-$(CHROMIUM):
-	apt-get update
-	apt-get install -y chromium
+system:
+	$(call install_missing,$(SYSTEM_COMMANDS))
 
-up: install tools
+test-system:
+	$(call install_missing,$(TEST_SYSTEM_COMMANDS))
+
+up: install tools system
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/switchyard up
 
-test: install tools $(CHROMIUM)
+test: install tools test-system
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/pytest $(PYTEST_ARGS)
@@ -52,7 +61,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: install tools $(CHROMIUM)
+bench: install tools test-system
 	for b in bench/*.py; do PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/python $$b || exit 1; done
 
 clean:

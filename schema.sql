@@ -247,6 +247,34 @@ ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS snapshot_commit text
 
 INSERT INTO schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 
+-- ---------------------------------------------------------------- version 3
+
+-- dispatch_key is unique per project, not across all of them: the same key in another project
+-- is another task, and a submitter limited to one project can neither learn nor take another
+-- project's keys. Submitters write ON CONFLICT (project_id, dispatch_key) DO NOTHING.
+ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_dispatch_key_key;
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_project_dispatch_key ON tasks (project_id, dispatch_key);
+
+-- The deterministic key of a (sub-)agent dispatch, so a repeated dispatch is idempotent by
+-- construction: hex sha256 of agent, NUL, dag_task_id, NUL, hex sha256 of prompt, NUL,
+-- parent_session_id in decimal (UTF-8; a NULL counts as empty). For example
+-- INSERT INTO tasks (project_id, input, agent, dispatch_key)
+-- VALUES (1, 'fix it', 'opencode', switchyard_dispatch_key('opencode', 'step-3', 'fix it', 42))
+-- ON CONFLICT (project_id, dispatch_key) DO NOTHING;
+CREATE OR REPLACE FUNCTION switchyard_dispatch_key(
+    agent text, dag_task_id text, prompt text, parent_session_id bigint
+) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT encode(sha256(
+        convert_to(coalesce(agent, ''), 'UTF8') || '\x00'::bytea
+        || convert_to(coalesce(dag_task_id, ''), 'UTF8') || '\x00'::bytea
+        || convert_to(encode(sha256(convert_to(coalesce(prompt, ''), 'UTF8')), 'hex'), 'UTF8') || '\x00'::bytea
+        || convert_to(coalesce(parent_session_id::text, ''), 'UTF8')
+    ), 'hex')
+$$;
+
+INSERT INTO schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+
 -- ---------------------------------------------------------------- version 4
 
 -- The project feed (WebSocket `subscribe_project`): a session created or renamed/archived, one

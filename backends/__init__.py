@@ -45,6 +45,7 @@ from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import PermissionPolicy
 from backends.pty import PtyBackend
 from backends.registry import PRESETS, AgentConfig, AgentProbe, AgentSpec, build_specs, probe
+from backends.sandbox import Sandbox, SandboxSettings, SandboxUnavailable
 
 __all__ = [
     "POOL_DIR",
@@ -80,6 +81,9 @@ __all__ = [
     "ProtectedPathError",
     "PtyBackend",
     "ReasoningDelta",
+    "Sandbox",
+    "SandboxSettings",
+    "SandboxUnavailable",
     "Status",
     "TextDelta",
     "ToolCall",

@@ -58,6 +58,8 @@ from acp.schema import (
     PromptResponse,
     ReadTextFileResponse,
     RequestPermissionResponse,
+    SessionConfigOptionSelect,
+    SessionConfigSelectGroup,
     TextContentBlock,
     ToolCallProgress,
     ToolCallStart,
@@ -86,6 +88,7 @@ from backends.base import (
 from backends.confine import read_text, write_text
 from backends.errors import BackendError, BadModelError
 from backends.launch import Launch, OneShotBackend, prepare
+from backends.modes import Mode, bypasses, check_mode
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.processes import TERMINATE, ProcessTree
 from kernel import get_logger
@@ -110,7 +113,9 @@ STDERR_TAIL_BYTES = 4096
 OPENCODE_ASK_EVERYTHING = {"*": "ask"}
 
 # Keys of a tool call's rawInput that name a file or directory it touches.
-PATH_KEYS = ("path", "filePath", "filepath", "file_path", "cwd", "directory")
+PATH_KEYS = ("path", "filePath", "filepath", "file_path", "cwd", "workdir", "directory")
+# Keys of a command's rawInput that say where it runs.
+CWD_KEYS = ("cwd", "workdir")
 ALLOW_KINDS = ("allow_once", "allow_always")
 REJECT_KINDS = ("reject_once", "reject_always")
 
@@ -121,7 +126,15 @@ class AcpBackend(OneShotBackend):
     async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
         root = Path(await anyio.to_thread.run_sync(workdir.resolve))
         settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
-        async with prepare(self.spec, turn.model, opencode=settings, parent_env=self.parent_env) as launch:
+        async with prepare(
+            self.spec,
+            turn.model,
+            workdir=root,
+            sandbox=self.sandbox,
+            git_dir=turn.git_dir,
+            opencode=settings,
+            parent_env=self.parent_env,
+        ) as launch:
             return await _AcpTurn(self, turn, root, launch, emit).run()
 
 
@@ -148,7 +161,7 @@ class _AcpTurn:
         except (OSError, ValueError) as exc:
             return TurnOutcome.failed("agent_unavailable", f"cannot start {self.launch.argv[0]}: {exc}")
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-        tree = ProcessTree(process.pid, self.launch.run_id)
+        tree = self.launch.tree(process.pid)
         # TurnClient implements what the advertised capabilities need; the SDK refuses the rest.
         conn = connect_to_agent(cast(Client, self.client), NdjsonStdio(process.stdout, process.stdin, self.spec.name))
         try:
@@ -211,6 +224,7 @@ class _AcpTurn:
             return None
         session = await conn.new_session(cwd=str(self.root), mcp_servers=[])
         if self.turn.mode_id:
+            check_mode(self.client.policy.denied_modes, self.turn.mode_id, advertised_modes(session), self.spec.name)
             await self._select(conn, session, "mode", self.turn.mode_id)
         if self.launch.session_model:
             await self._select(conn, session, "model", self.launch.session_model)
@@ -419,7 +433,7 @@ class TurnClient:
         if verdict is None or self.cancelling:
             self.queue(PermissionDecision(call_id, permission, "cancelled", "the turn is being cancelled"))
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
-        option = choose_option(verdict.allowed, options)
+        option = choose_option(verdict.allowed, options, self.policy.denied_modes)
         if option is None:
             # Neither a matching allow nor reject option: "cancelled" is the only other answer.
             reason = f"{verdict.reason}; the agent offered no matching option"
@@ -506,31 +520,48 @@ class TurnClient:
 
 
 def permission_request(tool_call: ToolCallUpdate) -> PermissionRequest:
-    """An ACP tool call as the policy sees it: kind, paths (locations, rawInput, diffs), command."""
+    """An ACP tool call as the policy sees it: kind, paths (locations, rawInput, diffs), command, cwd."""
     paths = [loc.path for loc in tool_call.locations or ()]
     raw = tool_call.raw_input
     command: str | Sequence[str] | None = None
+    cwd: str | None = None
     if isinstance(raw, dict):
         paths += [raw[key] for key in PATH_KEYS if isinstance(raw.get(key), str)]
         value = raw.get("command")
         if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             command = value
+        cwd = next((raw[key] for key in CWD_KEYS if isinstance(raw.get(key), str)), None)
     for item in tool_call.content or ():
         path = getattr(item, "path", None)
         if isinstance(path, str):
             paths.append(path)
     return PermissionRequest(
-        kind=tool_call.kind or "other", title=tool_call.title or "", paths=tuple(paths), command=command
+        kind=tool_call.kind or "other", title=tool_call.title or "", paths=tuple(paths), command=command, cwd=cwd
     )
 
 
-def choose_option(allowed: bool, options: Sequence[PermissionOption]) -> str | None:
-    """The agent's option id for the verdict: a one-time allow or reject; None if it offers none."""
+def choose_option(allowed: bool, options: Sequence[PermissionOption], denied_modes: Sequence[str] = ()) -> str | None:
+    """The agent's option id for the verdict: a one-time allow or reject; None if it offers none.
+
+    An allow option that would switch the agent into a permission-bypassing mode (a switch_mode
+    request offers modes as options) is never chosen.
+    """
     for kind in ALLOW_KINDS if allowed else REJECT_KINDS:
         for option in options:
-            if option.kind == kind:
+            if option.kind == kind and not (allowed and bypasses(denied_modes, option.option_id, option.name)):
                 return option.option_id
     return None
+
+
+def advertised_modes(session: NewSessionResponse) -> list[Mode]:
+    """The modes of ``session/new``: its mode state and its config options of category mode."""
+    modes = [Mode(m.id, m.name) for m in (session.modes.available_modes if session.modes else ())]
+    for option in session.config_options or ():
+        if isinstance(option, SessionConfigOptionSelect) and option.category == "mode":
+            for entry in option.options:
+                choices = entry.options if isinstance(entry, SessionConfigSelectGroup) else [entry]
+                modes += [Mode(c.value, c.name) for c in choices]
+    return modes
 
 
 def _content_output(content: Sequence[Any]) -> Any:

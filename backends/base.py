@@ -48,8 +48,12 @@ class Turn:
     model: str | None = None
     mode_id: str | None = None
     attempt: int = 1
-    # The session's worktree; agents run here and may write nowhere else.
+    # The session's worktree, <worktrees root>/<project_id>/<session_id>; agents run here and may
+    # write nowhere else.
     workdir: Path | None = None
+    # The project repository's git directory (the worktree's objects and refs): agents in the
+    # sandbox may read it, never write it.
+    git_dir: Path | None = None
     # Earlier messages of the session, oldest first (bounded by the orchestrator).
     history: tuple[HistoryMessage, ...] = ()
     agent_session: AgentSession | None = None

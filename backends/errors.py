@@ -21,7 +21,14 @@ class OpencodeNotFoundError(BackendError):
 
 
 class OpencodeServerError(BackendError):
-    """An ``opencode serve`` process failed to start, stopped answering or went away."""
+    """An ``opencode serve`` process failed to start, stopped answering or went away.
+
+    ``status`` is the HTTP status of an answer the server did give (None: no answer).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class AgentNotFoundError(BackendError):
@@ -45,5 +52,9 @@ class ProtectedPathError(BackendError):
     """A path inside the worktree that agents may not write (the git metadata)."""
 
 
+class FileTooLargeError(BackendError):
+    """A file an agent asked to read is larger than the cap."""
+
+
 class BadModelError(BackendError):
-    """A task asks for a model its agent cannot be given."""
+    """A task asks for a model or a mode its agent cannot be given."""

@@ -1,9 +1,10 @@
-"""Starting a one-shot external agent: its argv, its environment, and opencode's sandbox.
+"""Starting a one-shot external agent: its argv, its environment, and its sandbox.
 
 Shared by the ACP and PTY tracks. :func:`prepare` resolves the executable, builds the
 environment (opencode agents get the offline environment of :mod:`backends.opencode_env` with
-a per-turn sandbox for HOME and the XDG dirs, removed afterwards) and places the task's model
-and, for the PTY track, its input on the command line.
+a per-turn directory for HOME and the XDG dirs, removed afterwards), places the task's model
+and, for the PTY track, its input on the command line, and wraps it all in the bubblewrap
+sandbox (:mod:`backends.sandbox`): writable are only the worktree and that HOME.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -26,10 +28,11 @@ from backends.base import Emit, Turn, TurnOutcome
 from backends.errors import AgentNotFoundError, BadModelError
 from backends.opencode_env import OpencodeSettings, opencode_env
 from backends.permissions import PermissionPolicy
-from backends.processes import RUN_MARKER
+from backends.processes import RUN_MARKER, ProcessTree
 from backends.registry import AgentSpec, agent_env, executable
+from backends.sandbox import TMP, Sandbox, SandboxUnavailable
 
-SANDBOX_PREFIX = "switchyard-agent-"
+HOME_PREFIX = "switchyard-agent-"
 END_OF_OPTIONS = "--"
 
 
@@ -41,6 +44,12 @@ class Launch:
     run_id: str
     # The model to select through the ACP session's ``model`` config option (no model_flag).
     session_model: str | None = None
+    # argv starts with bwrap: the agent is in a sandbox, bwrap is the process started.
+    sandboxed: bool = False
+
+    def tree(self, pid: int) -> ProcessTree:
+        """The process tree of the run started as ``pid``."""
+        return ProcessTree(pid, self.run_id, wrapped=self.sandboxed)
 
 
 class OneShotBackend(abc.ABC):
@@ -55,18 +64,20 @@ class OneShotBackend(abc.ABC):
         *,
         opencode: OpencodeSettings | None = None,
         parent_env: Mapping[str, str] | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.spec = spec
         self.policy = policy or PermissionPolicy()
         self.opencode = opencode or OpencodeSettings()
         self.parent_env = parent_env
+        self.sandbox = sandbox or Sandbox()
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         if turn.workdir is None:
             return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
         try:
             return await self.run_in(turn, turn.workdir, emit)
-        except AgentNotFoundError as exc:
+        except (AgentNotFoundError, SandboxUnavailable) as exc:
             return TurnOutcome.failed("agent_unavailable", str(exc))
         except BadModelError as exc:
             return TurnOutcome.failed("bad_input", str(exc))
@@ -91,16 +102,21 @@ async def prepare(
     spec: AgentSpec,
     model: str | None,
     *,
+    workdir: Path,
+    sandbox: Sandbox,
+    git_dir: Path | None = None,
     prompt: str | None = None,
     opencode: OpencodeSettings | None = None,
     parent_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Launch]:
-    """The launch of one turn; ``prompt`` (PTY track) goes last on the command line.
+    """The launch of one turn in ``workdir``; ``prompt`` (PTY track) goes last on the command line.
 
-    Raises AgentNotFoundError or BadModelError before anything is created.
+    ``git_dir`` (the project repository's git directory) stays readable in the sandbox. Raises
+    AgentNotFoundError, BadModelError or SandboxUnavailable before anything is created.
     """
     parent = os.environ if parent_env is None else parent_env
     program = await anyio.to_thread.run_sync(executable, spec, opencode.binary if opencode else None)
+    sandboxed = (await sandbox.check()).usable
     argv = [str(program), *spec.command[1:]]
     session_model = None
     if spec.opencode:
@@ -117,17 +133,28 @@ async def prepare(
             session_model = model
     if prompt is not None:
         argv += [f"{spec.prompt_flag}={prompt}"] if spec.prompt_flag else [END_OF_OPTIONS, prompt]
-    sandbox: Path | None = None
+    home: Path | None = None
     try:
         if spec.opencode:
-            sandbox = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, SANDBOX_PREFIX))
-            env = agent_env(spec, parent, opencode_env(settings, sandbox, parent))
+            home = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, HOME_PREFIX))
+            env = agent_env(spec, parent, opencode_env(settings, home, parent))
         else:
             env = agent_env(spec, parent)
         run_id = secrets.token_hex(16)
         env[RUN_MARKER] = run_id
-        yield Launch(tuple(argv), env, run_id, session_model)
+        if sandboxed:
+            env["TMPDIR"] = str(TMP)
+            wrap = partial(
+                sandbox.command,
+                argv,
+                cwd=workdir,
+                writable=[workdir, *([home] if home else [])],
+                read_only=[program, *([git_dir] if git_dir else [])],
+                frozen=[workdir / ".git"],
+            )
+            argv = await anyio.to_thread.run_sync(wrap)
+        yield Launch(tuple(argv), env, run_id, session_model, sandboxed)
     finally:
-        if sandbox is not None:
+        if home is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(shutil.rmtree, sandbox, True)
+                await anyio.to_thread.run_sync(shutil.rmtree, home, True)

@@ -1,19 +1,28 @@
 """A pool of warm ``opencode serve`` processes, shared by every turn of the ``opencode_server`` track.
 
 Each server listens on 127.0.0.1 (a free port), requires HTTP Basic auth with a random password,
-and keeps its state in a private sandbox (HOME and XDG directories, see
+and keeps its state in a private HOME (and XDG directories, see
 :func:`backends.opencode_env.opencode_env`) that is deleted when it stops. Its opencode config
 says ``"permission": "ask"``: every tool use, a subagent's too, waits for the turn to answer it
-with Switchyard's policy. One server hosts many
-worktrees: every request names its directory. A Switchyard session sticks to one server (the
+with Switchyard's policy.
+
+A server belongs to one project and never serves another (:class:`ProjectPlace`): it runs in the
+bubblewrap sandbox (:mod:`backends.sandbox`) with only that project's worktrees and its own HOME
+writable, everything else of the data directory hidden. Its password is in its environment, which
+its bash tool's commands inherit; with it an agent reaches only its own project's server, which
+can touch nothing the agent could not touch anyway. One server hosts many worktrees of its
+project: every request names its directory. A Switchyard session sticks to one server (the
 ``server_key`` persisted in ``agent_sessions``) so its opencode session stays warm.
 
 The pool is a long-lived resource: ``async with OpencodePool(...) as pool:`` once per service.
-It keeps ``min_servers`` running, starts more (up to ``servers``) when every server is busy,
-restarts a server that crashed, recycles one that fails its health checks, grew too old or too
-large (RSS of its whole process tree), stops servers idle for ``idle_shrink`` seconds, and on exit
-kills everything it started (:class:`~backends.processes.ProcessTree`: the server's group plus
-descendants such as the bash tool's commands, which opencode starts in sessions of their own).
+A project's first turn starts its first server; the pool then keeps ``min_servers`` running for
+each project it has served and starts more when all of a project's servers are busy. ``servers``
+caps the total: a project that needs a server when the pool is full takes the place of another
+project's least recently used idle server, and if none is idle the pool runs over the cap until one
+is. It restarts a server that crashed, recycles one that fails its health checks, grew too old or
+too large (RSS of its whole process tree), stops servers idle for ``idle_shrink`` seconds, and on
+exit kills everything it started (:class:`~backends.processes.ProcessTree`: the server's group
+plus descendants such as the bash tool's commands, which opencode starts in sessions of their own).
 When a server dies first, its children are reparented and no longer in its tree; every process
 a server starts therefore inherits an environment marker (:data:`MARKER_ENV`) by which they are
 found and killed, also when a previous service process died without cleaning up. The pool
@@ -36,6 +45,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -46,9 +56,11 @@ import httpx
 from anyio.streams.buffered import BufferedByteReceiveStream
 from httpx_sse import EventSource, aconnect_sse
 
-from backends.errors import OpencodeServerError
+from backends.errors import BackendError, OpencodeServerError
+from backends.modes import Mode
 from backends.opencode_env import OpencodeSettings, find_opencode, opencode_env
 from backends.processes import ProcessTree
+from backends.sandbox import Sandbox
 from kernel import free_port, get_logger
 
 log = get_logger("backends.opencode_pool")
@@ -129,10 +141,22 @@ class ServerState(StrEnum):
 
 
 @dataclass(frozen=True)
+class ProjectPlace:
+    """Where one project's sessions live: what its servers may write and read (servers are keyed by it)."""
+
+    project_id: int
+    # The project's worktrees (<worktrees root>/<project_id>): writable for its servers.
+    worktrees: Path
+    # The project repository's git directory: readable for its servers.
+    git_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class ServerStatus:
     """One server as ``switchyard pool`` shows it."""
 
     key: str
+    project_id: int
     state: str
     pid: int | None
     url: str
@@ -147,9 +171,10 @@ class ServerStatus:
 class OpencodeServer:
     """One ``opencode serve`` process; created and owned by :class:`OpencodePool`."""
 
-    def __init__(self, key: str, sandbox: Path) -> None:
+    def __init__(self, key: str, home: Path, place: ProjectPlace) -> None:
         self.key = key
-        self.sandbox = sandbox
+        self.home = home
+        self.place = place
         self.state = ServerState.STARTING
         self.url = ""
         self.version = ""
@@ -166,6 +191,8 @@ class OpencodeServer:
         self.health_failures = 0
         self.started_at = time.monotonic()
         self.last_used = time.monotonic()
+        # Its opencode agents a task may select as mode_id (fetched on first need).
+        self.modes: tuple[Mode, ...] | None = None
         self.ready = anyio.Event()  # set once it is ready or failed to start
         self.exited = anyio.Event()
         self._password = secrets.token_urlsafe(24)
@@ -210,7 +237,8 @@ class OpencodeServer:
         response = await self.client.request(method, path, params=query, json=json_body, timeout=http_timeout)
         if response.status_code >= 400:
             raise OpencodeServerError(
-                f"opencode {method} {path} answered {response.status_code}: {response.text[:300]}"
+                f"opencode {method} {path} answered {response.status_code}: {response.text[:300]}",
+                response.status_code,
             )
         return response.json() if response.content else None
 
@@ -227,6 +255,7 @@ class OpencodeServer:
     def status(self) -> ServerStatus:
         return ServerStatus(
             key=self.key,
+            project_id=self.place.project_id,
             state=self.state.value,
             pid=self.pid,
             url=self.url,
@@ -249,11 +278,13 @@ class OpencodePool:
         root: Path,
         *,
         binary: Path | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.settings = settings
         self.opencode = opencode
-        # Sandboxes live under root/servers; the status file is root/pool-<nonce>.json.
+        # Servers' HOMEs live under root/servers; the status file is root/pool-<nonce>.json.
         self.root = root
+        self.sandbox = sandbox or Sandbox()
         self.nonce = f"{os.getpid()}.{secrets.token_hex(4)}"
         self.status_path = root / f"{STATUS_PREFIX}{self.nonce}.json"
         self._binary = binary
@@ -272,9 +303,6 @@ class OpencodePool:
         await anyio.to_thread.run_sync(_prepare_root, self.root)
         await anyio.to_thread.run_sync(kill_orphans)
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-        # Warm when entered; a server that fails to start is reported by the turns that need it.
-        for server in [self._spawn() for _ in range(self.settings.min_servers)]:
-            await server.ready.wait()
         self._tg.start_soon(self._maintain)
         return self
 
@@ -312,15 +340,17 @@ class OpencodePool:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, session_id: int, directory: str, server_key: str | None = None
+        self, place: ProjectPlace, session_id: int, directory: str, server_key: str | None = None
     ) -> AsyncIterator[OpencodeServer]:
-        """A ready server for one turn of ``session_id`` in ``directory``.
+        """A ready server of ``place``'s project for one turn of ``session_id`` in ``directory``.
 
         The session's own server (``server_key``, else the one it used last) when it is still
-        running; otherwise the least busy one, or a new one if all are busy and there is room.
-        Raises :class:`OpencodeServerError` if the server cannot start.
+        running and of this project; otherwise the project's least busy one, or a new one if all
+        are busy and there is room. Raises :class:`OpencodeServerError` if the server cannot start
+        (:class:`~backends.sandbox.SandboxUnavailable` if its sandbox cannot be made).
         """
-        server = await self._choose(session_id, directory, server_key)
+        await self.sandbox.check()
+        server = await self._choose(place, session_id, directory, server_key)
         server.active_turns += 1
         try:
             await server.ready.wait()
@@ -371,40 +401,57 @@ class OpencodePool:
             elif (
                 not server.active_turns
                 and now - server.last_used > self.settings.idle_shrink
-                and len(self._live()) > self.settings.min_servers
+                and len(self._live(server.place)) > self.settings.min_servers
             ):
                 self._recycle(server, "idle", force=True, refill=False)
-        self._fill()
+        for place in {s.place for s in self._live()}:
+            self._fill(place)
+        self._make_room()
         await self._write_status()
 
     # ------------------------------------------------------------------------------- choosing
 
-    def _live(self) -> list[OpencodeServer]:
-        return [s for s in self._servers if s.usable]
+    def _live(self, place: ProjectPlace | None = None) -> list[OpencodeServer]:
+        """Running (or starting) servers, of ``place`` only if given."""
+        return [s for s in self._servers if s.usable and (place is None or s.place == place)]
 
-    async def _choose(self, session_id: int, directory: str, server_key: str | None) -> OpencodeServer:
+    async def _choose(
+        self, place: ProjectPlace, session_id: int, directory: str, server_key: str | None
+    ) -> OpencodeServer:
         async with self._lock:
             if self._closed or self._tg is None:
                 raise OpencodeServerError("the opencode server pool is not running")
-            live = self._live()
+            # Only servers of exactly this place: a server never serves two projects, nor a
+            # directory its sandbox was not made for.
+            live = self._live(place)
             server = next((s for s in live if s.key == server_key), None) if server_key else None
             server = server or next((s for s in live if session_id in s.sessions), None)
             if server is None:
-                if len(live) < self.settings.servers and all(s.active_turns for s in live):
-                    server = self._spawn()
+                if not live or (len(self._live()) < self.settings.servers and all(s.active_turns for s in live)):
+                    server = self._spawn(place)
                 else:
                     server = min(live, key=lambda s: (s.active_turns, len(s.sessions)))
             for other in self._servers:
                 other.sessions.pop(session_id, None)
             server.sessions[session_id] = directory
+            self._make_room(place)
             return server
 
-    def _fill(self) -> None:
-        """Start servers until min_servers are running (or starting)."""
+    def _make_room(self, keep: ProjectPlace | None = None) -> None:
+        """Over the ``servers`` cap: stop the least recently used idle servers (not of ``keep``'s project)."""
+        idle = sorted(
+            (s for s in self._live() if not s.active_turns and s.place != keep),
+            key=lambda s: s.last_used,
+        )
+        for server in idle[: max(0, len(self._live()) - self.settings.servers)]:
+            self._recycle(server, "over the servers cap", force=True, refill=False)
+
+    def _fill(self, place: ProjectPlace) -> None:
+        """Start servers of ``place``'s project until min_servers are running (or starting)."""
         if self._closed or self._tg is None:
             return
-        for _ in range(self.settings.min_servers - len(self._live())):
-            self._spawn()
+        for _ in range(self.settings.min_servers - len(self._live(place))):
+            self._spawn(place)
 
     def _recycle(self, server: OpencodeServer, reason: str, *, force: bool = False, refill: bool = True) -> None:
         log.info("opencode_pool.recycle", server=server.key, reason=reason)
@@ -414,14 +461,14 @@ class OpencodePool:
             self._tg.start_soon(self._stop, server)
         server.state = ServerState.DRAINING if server.state is ServerState.READY else server.state
         if refill:
-            self._fill()
+            self._fill(server.place)
 
     # -------------------------------------------------------------------------------- servers
 
-    def _spawn(self) -> OpencodeServer:
+    def _spawn(self, place: ProjectPlace) -> OpencodeServer:
         assert self._tg is not None
         number = next(self._numbers)
-        server = OpencodeServer(f"{self.nonce}/{number}", self.root / "servers" / f"{self.nonce}-{number}")
+        server = OpencodeServer(f"{self.nonce}/{number}", self.root / "servers" / f"{self.nonce}-{number}", place)
         self._servers.append(server)
         self._tg.start_soon(self._run, server)
         return server
@@ -432,36 +479,50 @@ class OpencodePool:
         try:
             process = await self._start(server)
             crashed = await self._serve(server, process)
-        except (OSError, OpencodeServerError) as exc:
+        except (OSError, BackendError) as exc:
             _start_failed(server, exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._cleanup(server)
         if crashed and not self._closed:
             log.warning("opencode_pool.crashed", error=server.describe_exit())
-            if server.sessions or len(self._live()) < self.settings.min_servers:
-                self._spawn()
+            if server.sessions or len(self._live(server.place)) < self.settings.min_servers:
+                self._spawn(server.place)
 
     async def _start(self, server: OpencodeServer) -> anyio.abc.Process:
         assert self._binary is not None
-        await anyio.to_thread.run_sync(lambda: server.sandbox.mkdir(parents=True, exist_ok=True))
+        binary = self._binary
+        sandboxed = (await self.sandbox.check()).usable
+        await anyio.to_thread.run_sync(lambda: server.home.mkdir(parents=True, exist_ok=True))
         # Every tool use is asked of the turn, which answers with Switchyard's policy.
-        env = opencode_env(replace(self.opencode, permission=ASK), server.sandbox)
+        env = opencode_env(replace(self.opencode, permission=ASK), server.home)
         env["OPENCODE_SERVER_PASSWORD"] = server._password
         env["OPENCODE_SERVER_USERNAME"] = USERNAME
         env[MARKER_ENV] = server.marker
+        place = server.place
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port = free_port()
-            command = [str(self._binary), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+            command = [str(binary), "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+            if sandboxed:
+                wrap = partial(
+                    self.sandbox.command,
+                    command,
+                    cwd=server.home,
+                    writable=(place.worktrees, server.home),
+                    read_only=(binary, *([place.git_dir] if place.git_dir else [])),
+                    # Every other server's HOME, wherever the pool lives.
+                    hidden=(self.root,),
+                )
+                command = await anyio.to_thread.run_sync(wrap)
             process = await anyio.open_process(
                 command,
                 stdin=subprocess.DEVNULL,
-                cwd=server.sandbox,
+                cwd=server.home,
                 env=env,
                 start_new_session=True,
             )
             server.pid = process.pid
-            server.tree = ProcessTree(process.pid)
+            server.tree = ProcessTree(process.pid, wrapped=sandboxed)
             if server.state is ServerState.STOPPING:
                 process.kill()
             url = await self._await_listening(server, process)
@@ -542,7 +603,7 @@ class OpencodePool:
         await anyio.to_thread.run_sync(_kill_server, server)
         if server._client is not None:
             await server._client.aclose()
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(server.sandbox, ignore_errors=True))
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(server.home, ignore_errors=True))
         if server in self._servers:
             self._servers.remove(server)
         server.ready.set()
@@ -610,10 +671,10 @@ def _prepare_root(root: Path) -> None:
         owner = path.name.removeprefix(STATUS_PREFIX).split(".", 1)[0]
         if owner.isdigit() and not _alive(int(owner)):
             path.unlink(missing_ok=True)
-    for sandbox in (root / "servers").iterdir():
-        owner = sandbox.name.split(".", 1)[0]
+    for home in (root / "servers").iterdir():
+        owner = home.name.split(".", 1)[0]
         if owner.isdigit() and not _alive(int(owner)):
-            shutil.rmtree(sandbox, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- processes

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -49,15 +49,18 @@ from backends.base import (
     HistoryMessage,
     PermissionDecision,
     Status,
+    ToolCall,
     Turn,
     TurnOutcome,
     Usage,
 )
 from backends.errors import BadModelError, OpencodeServerError
 from backends.launch import opencode_model
+from backends.modes import Mode, check_mode
 from backends.opencode_events import EarlyError, Idle, PermissionAsked, Retrying, SessionError, TurnTranslator
-from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer
+from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer, ProjectPlace
 from backends.permissions import PermissionPolicy, PermissionRequest, decide
+from backends.sandbox import SandboxUnavailable
 from kernel import get_logger
 
 log = get_logger("backends.opencode_server")
@@ -92,6 +95,9 @@ PERMISSION_KINDS = {
     "todowrite": "think",
     "todoread": "think",
 }
+HTTP_NOT_FOUND = 404
+# opencode agents a prompt may name (subagents are only started by other agents).
+PRIMARY_AGENT_MODES = ("primary", "all")
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
 
@@ -129,11 +135,17 @@ class OpencodeServerBackend:
         except BadModelError as exc:
             return TurnOutcome.failed("bad_input", str(exc))
         directory = str(await anyio.to_thread.run_sync(turn.workdir.resolve))
+        # The worktree is <root>/<project_id>/<session_id>: the project's servers may write its parent.
+        place = ProjectPlace(turn.project_id, Path(directory).parent, turn.git_dir)
         previous = turn.agent_session
         try:
-            async with self.pool.lease(turn.session_id, directory, previous.server_key if previous else None) as server:
+            async with self.pool.lease(
+                place, turn.session_id, directory, previous.server_key if previous else None
+            ) as server:
                 run = _TurnRun(self, turn, emit, server, directory, model)
                 return await run.run()
+        except SandboxUnavailable as exc:
+            return TurnOutcome.failed("agent_unavailable", str(exc))
         except OpencodeServerError as exc:
             return TurnOutcome.failed("agent_unavailable", str(exc), transient=True)
 
@@ -170,11 +182,21 @@ class _TurnRun:
         self.finished = False
         self.last_event = self.last_check = time.monotonic()
         self.stream_error = ""
+        # Tool call id -> its input, so a permission request knows where its command runs.
+        self.tool_inputs: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ the turn
 
     async def run(self) -> TurnOutcome:
         config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version)
+        try:
+            if self.turn.mode_id:
+                modes = await self._modes()
+                check_mode(self.backend.policy.denied_modes, self.turn.mode_id, modes, "opencode")
+        except BadModelError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
+        except (httpx.HTTPError, OpencodeServerError) as exc:
+            return await self._lost(f"could not list opencode's agents: {exc}")
         try:
             fresh = await self._open_session(config_hash)
         except (httpx.HTTPError, OpencodeServerError) as exc:
@@ -190,6 +212,17 @@ class _TurnRun:
                 # Cancelled (or crashed out): stop opencode working on a turn nobody waits for.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT):
                     await self._abort()
+
+    async def _modes(self) -> tuple[Mode, ...]:
+        """The opencode agents a task may select (primary ones, not hidden), cached per server."""
+        if self.server.modes is None:
+            agents = await self.server.request("GET", "/agent", directory=self.directory)
+            self.server.modes = tuple(
+                Mode(str(a["name"]), str(a.get("description") or ""))
+                for a in agents if isinstance(a, Mapping) and a.get("name")
+                and a.get("mode") in PRIMARY_AGENT_MODES and not a.get("hidden")
+            )  # fmt: skip
+        return self.server.modes
 
     async def _open_session(self, config_hash: str) -> bool:
         """Reuse the Switchyard session's opencode session if still valid; True if a new one was made."""
@@ -341,6 +374,9 @@ class _TurnRun:
                     return await self._give_up(item)
                 case Retrying():
                     await self.emit(Status("retrying", f"attempt {item.attempt}: {item.message}"))
+                case ToolCall() if item.input is not None:
+                    self.tool_inputs[item.tool_call_id] = item.input
+                    await self.emit(item)
                 case _:
                     await self.emit(item)
         return None
@@ -438,20 +474,25 @@ class _TurnRun:
     # ----------------------------------------------------------------------------- permissions
 
     async def _answer(self, asked: PermissionAsked) -> None:
-        request = permission_request(asked)
+        request = permission_request(asked, self.tool_inputs.get(asked.tool_call_id or ""))
         root = Path(self.directory)
         verdict = await anyio.to_thread.run_sync(decide, self.backend.policy, request, root)
         body: dict[str, str] = {"reply": "once" if verdict.allowed else "reject"}
         if not verdict.allowed:
             body["message"] = f"Not allowed: {verdict.reason}"
-        await self.server.request(
-            "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
-        )
-        await self.emit(
-            PermissionDecision(
-                asked.tool_call_id, asked.permission, "allowed" if verdict.allowed else "denied", verdict.reason
+        decision: Literal["allowed", "denied", "cancelled"] = "allowed" if verdict.allowed else "denied"
+        reason = verdict.reason
+        try:
+            await self.server.request(
+                "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
             )
-        )
+        except OpencodeServerError as exc:
+            if exc.status != HTTP_NOT_FOUND:
+                raise
+            # Withdrawn meanwhile: opencode rejects a turn's other open requests when one is rejected.
+            decision = "denied" if not verdict.allowed else "cancelled"
+            reason = f"{reason} (opencode had already withdrawn the request)"
+        await self.emit(PermissionDecision(asked.tool_call_id, asked.permission, decision, reason))
 
     def _usage(self) -> Usage | None:
         assert self.translator is not None
@@ -472,11 +513,16 @@ def new_message_id() -> str:
     return "msg_" + stamp.to_bytes(6, "big").hex() + "".join(secrets.choice(_BASE62) for _ in range(14))
 
 
-def permission_request(asked: PermissionAsked) -> PermissionRequest:
-    """An opencode ``permission.asked`` as the policy's transport-neutral request."""
+def permission_request(asked: PermissionAsked, tool_input: Any = None) -> PermissionRequest:
+    """An opencode ``permission.asked`` as the policy's transport-neutral request.
+
+    ``tool_input`` is the asking tool call's input, if the stream showed it: a bash command's
+    ``workdir`` says where it runs.
+    """
     metadata = asked.metadata
     paths = tuple(str(metadata[k]) for k in PERMISSION_PATH_KEYS if isinstance(metadata.get(k), str))
     command = metadata.get("command")
+    workdir = tool_input.get("workdir") if isinstance(tool_input, Mapping) else None
     if asked.permission == "external_directory":
         # Its patterns are the directories outside the worktree it wants; the policy refuses them.
         paths += tuple(p.removesuffix("/*").removesuffix("*") for p in asked.patterns)
@@ -488,6 +534,7 @@ def permission_request(asked: PermissionAsked) -> PermissionRequest:
         title=asked.permission,
         paths=paths,
         command=command if isinstance(command, str) else None,
+        cwd=workdir if isinstance(workdir, str) else None,
     )
 
 

@@ -11,6 +11,10 @@ therefore every process that
 - carries the turn's marker in its environment (:data:`RUN_MARKER`, set at launch and inherited
   by whatever the agent starts, however quickly it detaches).
 
+A sandboxed agent's leader is ``bwrap`` (:mod:`backends.sandbox`), which dies at once of any
+signal and takes its PID namespace down with it; such a tree (``wrapped``) signals the leader
+only with SIGKILL, so the agent itself gets the gentler signals first and may exit cleanly.
+
 :meth:`ProcessTree.terminate` signals every live member, escalating (SIGINT →) SIGTERM → SIGKILL
 until none is left. Linux only (``/proc``).
 """
@@ -92,9 +96,10 @@ def has_marker(pid: int, entry: bytes) -> bool:
 class ProcessTree:
     """The processes of one agent run (see the module docstring for who belongs)."""
 
-    def __init__(self, leader: int, run_id: str | None = None) -> None:
+    def __init__(self, leader: int, run_id: str | None = None, *, wrapped: bool = False) -> None:
         # With start_new_session the leader's pid is also its session and process group id.
         self.leader = leader
+        self.wrapped = wrapped
         self._marker = f"{RUN_MARKER}={run_id}".encode() if run_id else None
         self._known: set[int] = {leader}
 
@@ -115,6 +120,8 @@ class ProcessTree:
         """Send ``sig`` to every live process of the tree; returns the pids signalled."""
         live = self.scan()
         for pid in live:
+            if pid == self.leader and self.wrapped and sig != signal.SIGKILL:
+                continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         return live

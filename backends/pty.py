@@ -110,9 +110,18 @@ class PtyBackend(OneShotBackend):
     execution_path = "pty"
 
     async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
+        if turn.mode_id:
+            raise BadModelError(f"agent {self.spec.name!r} runs in a terminal and offers no modes ({turn.mode_id!r})")
         settings = dataclasses.replace(self.opencode, permission=opencode_permission(self.policy))
         async with prepare(
-            self.spec, turn.model, prompt=turn.input, opencode=settings, parent_env=self.parent_env
+            self.spec,
+            turn.model,
+            workdir=workdir,
+            sandbox=self.sandbox,
+            git_dir=turn.git_dir,
+            prompt=turn.input,
+            opencode=settings,
+            parent_env=self.parent_env,
         ) as launch:
             if launch.session_model is not None:
                 raise BadModelError(f"agent {self.spec.name!r} has no model_flag to pass model {turn.model!r}")
@@ -140,12 +149,11 @@ class PtyBackend(OneShotBackend):
             finally:
                 os.close(devnull)
                 os.close(slave)
-            return await self._supervise(process, launch.run_id, master, emit)
+            return await self._supervise(process, launch.tree(process.pid), master, emit)
         finally:
             os.close(master)
 
-    async def _supervise(self, process: Process, run_id: str, master: int, emit: Emit) -> TurnOutcome:
-        tree = ProcessTree(process.pid, run_id)
+    async def _supervise(self, process: Process, tree: ProcessTree, master: int, emit: Emit) -> TurnOutcome:
         text = TerminalText(self.spec.output_limit)
         finished = False
         try:

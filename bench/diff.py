@@ -60,7 +60,7 @@ def measure(repo: Path, worktree: Path, base: str, changed: int) -> dict[str, fl
     samples = []
     for _ in range(RUNS):
         start = time.perf_counter()
-        snapshot = git.snapshot(worktree, base, "bench")
+        snapshot = git.snapshot(git.trusted_checkout(repo, worktree), base, "bench")
         d = compute(repo, base, snapshot, CAPS)
         samples.append((time.perf_counter() - start) * 1000)
         assert len(d.files) == changed, (len(d.files), changed)
@@ -91,10 +91,9 @@ def edit(worktree: Path, changed: int, marker: str) -> list[str]:
 def measure_live(repo: Path, worktree: Path, base: str, changed: int) -> dict[str, float]:
     """One live update after a file event, with ``changed`` files changed so far."""
     edit(worktree, changed, "changed so far")
-    gitdir = git.worktree_gitdir(worktree)
-    assert gitdir is not None
+    checkout = git.trusted_checkout(repo, worktree)
     samples = []
-    with LiveIndex(repo, worktree, gitdir, base) as index:
+    with LiveIndex(repo, checkout.work_tree, checkout.git_dir, base) as index:
         index.scan()
         for run in range(RUNS):
             event = file_path(worktree, changed + run)
@@ -111,9 +110,10 @@ def measure_live(repo: Path, worktree: Path, base: str, changed: int) -> dict[st
 def measure_interdiff(repo: Path, worktree: Path, base: str, changed: int) -> dict[str, float]:
     """The diff between two snapshots of the session that differ in ``changed`` files."""
     edit(worktree, changed, "turn one")
-    first = git.snapshot(worktree, base, "bench: change N")
+    checkout = git.trusted_checkout(repo, worktree)
+    first = git.snapshot(checkout, base, "bench: change N")
     edit(worktree, changed, "turn two")
-    second = git.snapshot(worktree, base, "bench: change N+1")
+    second = git.snapshot(checkout, base, "bench: change N+1")
     samples = []
     for _ in range(RUNS):
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Dispatcher benchmark: latency to ``running``/``completed`` and no-op turns per second.
 
-Runs its own PostgreSQL cluster (orchestrator.embedded_pg) and real dispatcher processes
-(``python -m orchestrator.cli dispatcher``) with the noop backend, and prints one JSON object:
+Runs its own PostgreSQL cluster (orchestrator.db.embedded) and real dispatcher processes
+(``switchyard dispatcher``) with the noop backend, and prints one JSON object:
 
 - ``latency``: tasks inserted one by one at light load (one every ``--gap`` seconds, over 10
   sessions); milliseconds from the INSERT (``tasks.created_at``) to the claim

@@ -1,6 +1,6 @@
 """Native track latency: from the fake model's first content byte to the first ``delta``.
 
-The fake model (tests/fakes/fake_model.py, a real HTTP server in a thread of this process)
+The fake model (testkit/fake_model.py, a real HTTP server in a thread of this process)
 timestamps each turn's first content chunk right after writing it to the socket. Measured from
 there, per turn:
 

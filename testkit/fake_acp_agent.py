@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A scripted ACP agent: NDJSON JSON-RPC 2.0 over stdio, standard library only.
 
-Run it as ``python tests/fakes/fake_acp_agent.py``. It answers ``initialize``, ``session/new``,
+Run it as ``python testkit/fake_acp_agent.py``. It answers ``initialize``, ``session/new``,
 ``session/prompt``, ``session/set_mode``, ``session/set_config_option`` and the ``session/cancel``
 notification. Keywords in the prompt text choose what a turn does; they run in the order they
 appear, and a turn without keywords echoes the prompt:
@@ -20,6 +20,11 @@ appear, and a turn without keywords echoes the prompt:
   MALFORMED         write non-JSON lines to stdout between valid messages
   CRASH             write to stderr and exit with code 3 in the middle of the turn
   CWD               report the process's working directory and the session's cwd
+  RUN <cmd>         run ``<cmd>`` (percent-encoded) with /bin/sh itself, without asking: a hostile
+                    agent; reports ``run <cmd>=exit <code> <output>``
+  ASK_EXEC <cmd>    session/request_permission for an execute tool call running ``<cmd>`` (percent-
+                    encoded); reports ``ask <cmd>=<outcome>``
+  ASK_EDIT <path>   session/request_permission for an edit of ``<path>``; reports ``ask-edit <path>=<outcome>``
 
 Every turn ends with one agent_message_chunk that starts with ``Done:`` (or ``Cancelled:``) and lists
 what happened, e.g. ``Done: permission=selected:opt-allow; write ../x=error -32602 outside``, then a
@@ -33,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -49,7 +55,10 @@ PERMISSION_OPTIONS = [
 MODES = [
     {"id": "default", "name": "Default", "description": "Asks before risky actions."},
     {"id": "plan", "name": "Plan", "description": "Read-only planning."},
+    {"id": "bypassPermissions", "name": "Bypass Permissions", "description": "Never asks."},
 ]
+RUN_TIMEOUT_SECONDS = 20.0
+RUN_OUTPUT_CHARS = 300
 MODELS = ["fake/small", "fake/large"]
 COMMANDS = [
     {"name": "review", "description": "Review the pending changes", "input": {"hint": "files to review"}},
@@ -346,11 +355,38 @@ class Agent:
             os._exit(3)
         elif word == "CWD":
             notes.append(f"cwd={os.getcwd()} session_cwd={session.cwd}")
+        elif word == "RUN" and i + 1 < len(words):
+            notes.append(f"run {words[i + 1]}=" + self.run(session, unquote(words[i + 1])))
+            return i + 2
+        elif word == "ASK_EXEC" and i + 1 < len(words):
+            command = unquote(words[i + 1])
+            notes.append(f"ask {words[i + 1]}=" + self.permission(session, "execute", command, {"command": command}))
+            return i + 2
+        elif word == "ASK_EDIT" and i + 1 < len(words):
+            path = words[i + 1]
+            tool = {"path": path, "kind": "edit"}
+            notes.append(f"ask-edit {path}=" + self.permission(session, "edit", f"Edit {path}", tool))
+            return i + 2
         elif word == "WRITE_TEXT" and i + 2 < len(words):
             path, content = words[i + 1], unquote(words[i + 2])
             notes.append(f"write {path}=" + self.fs(session, "fs/write_text_file", {"path": path, "content": content}))
             return i + 3
         return i + 1
+
+    def run(self, session: Session, command: str) -> str:
+        try:
+            done = subprocess.run(
+                ["/bin/sh", "-c", command],
+                cwd=session.cwd,
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"error {exc}"
+        output = " ".join((done.stdout + done.stderr).split())[:RUN_OUTPUT_CHARS]
+        return f"exit {done.returncode} {output}".rstrip()
 
     def tool(self, session: Session) -> None:
         call_id = f"call_{next(self.call_ids)}"
@@ -380,15 +416,23 @@ class Agent:
             },
         )
 
-    def permission(self, session: Session) -> str:
+    def permission(
+        self,
+        session: Session,
+        kind: str = "execute",
+        title: str = "rm -rf build",
+        raw_input: dict[str, Any] | None = None,
+    ) -> str:
         call_id = f"call_{next(self.call_ids)}"
-        tool_call = {
+        tool_call: dict[str, Any] = {
             "toolCallId": call_id,
-            "title": "rm -rf build",
-            "kind": "execute",
+            "title": title,
+            "kind": kind,
             "status": "pending",
-            "rawInput": {"command": "rm -rf build"},
+            "rawInput": {"command": "rm -rf build"} if raw_input is None else raw_input,
         }
+        if kind == "edit" and raw_input is not None:
+            tool_call["locations"] = [{"path": raw_input["path"]}]
         self.update(session, {"sessionUpdate": "tool_call", **tool_call})
         params = {"sessionId": session.id, "toolCall": tool_call, "options": PERMISSION_OPTIONS}
         try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 GIT_ENV = {
@@ -50,6 +53,27 @@ def sample_repo(path: Path) -> Path:
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "initial")
     return path
+
+
+def tree_digest(root: Path, *, skip: Iterable[Path] = ()) -> str:
+    """A sha256 of everything under ``root`` (names, modes, contents, link targets), ``skip`` left out.
+
+    Two equal digests mean nothing under ``root`` was created, changed or removed.
+    """
+    skipped = [Path(os.path.realpath(p)) for p in skip]
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if Path(os.path.realpath(here / d)) not in skipped)
+        for name in sorted([*filenames, *(d for d in dirnames if (here / d).is_symlink())]):
+            path = here / name
+            info = path.lstat()
+            digest.update(f"{path.relative_to(root)}\0{info.st_mode:o}\0".encode())
+            if path.is_symlink():
+                digest.update(os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def checkout_files(repo: Path) -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""The README's configuration example stays valid as the settings change."""
+"""The README's configuration examples stay valid as the settings change."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ from orchestrator.app.config import load_config
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_configuration_example_loads(tmp_path: Path) -> None:
-    text = README.read_text()
-    example = text[text.index("```toml") + len("```toml") :]
-    example = example[: example.index("```")]
+def toml_blocks(text: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in text.split("```toml")[1:]]
+
+
+def test_readme_configuration_examples_load(tmp_path: Path) -> None:
+    blocks = toml_blocks(README.read_text())
+    assert len(blocks) == 2
     file = tmp_path / "switchyard.toml"
-    file.write_text(example)
+    for example in blocks:
+        file.write_text(example)
+        load_config(file, environ={})
+    file.write_text(blocks[0])
+    rules = load_config(file, environ={}).permissions.rules
+    assert rules["pytest"].args == "any" and rules["make"].subcommands["test"].args == "any"
+    file.write_text(blocks[1])
     config = load_config(file, environ={})
     assert config.gateway.port == 8765
     assert "my-gemini" in config.agent_specs()

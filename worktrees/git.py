@@ -12,6 +12,13 @@ Two rules keep work from being lost:
 * Writes into the project checkout go through ``git apply``, which applies all of a patch or
   nothing. A 3-way merge is done in a scratch index first; only a clean result, re-expressed
   as a patch against the checkout's current content, is applied.
+
+A session worktree's ``.git`` file is the agent's to rewrite, so it is never trusted: every git
+command on a worktree names its git dir and work tree (``--git-dir``, ``--work-tree``), found
+from the project repository's side (:func:`find_checkout`: the administrative directory whose
+``gitdir`` points back at the worktree), and :func:`restore_dotgit` puts the ``.git`` file back
+before each turn and each snapshot. Worktrees are created locked, so no ``worktree prune`` drops
+one whose ``.git`` file an agent deleted.
 """
 
 from __future__ import annotations
@@ -113,12 +120,6 @@ def update_ref(repo: Path, ref: str, new: str, old: str | None = None) -> bool:
     return run(repo, args, check=old is None).returncode == 0
 
 
-def delete_refs(repo: Path, prefix: str) -> None:
-    refs = output(repo, ["for-each-ref", "--format=%(refname)", prefix]).split()
-    if refs:
-        run(repo, ["update-ref", "--stdin"], stdin="".join(f"delete {r}\n" for r in refs).encode())
-
-
 def commit_tree(repo: Path, tree: str, parent: str, message: str, *, fixed_date: bool = False) -> str:
     env = dict(IDENTITY)
     if fixed_date:
@@ -147,20 +148,78 @@ def tree_with_patch(repo: Path, start: str, patch: bytes, *, reverse: bool = Fal
 # ---------------------------------------------------------------------------- worktrees
 
 
-def worktree_gitdir(worktree: Path) -> Path | None:
-    """The administrative directory a linked worktree's ``.git`` file points at, if valid."""
+@dataclass(frozen=True)
+class Checkout:
+    """A session worktree as Switchyard's git sees it: the work tree and its administrative
+    directory in the project repository (``<repo>/.git/worktrees/<name>``), never its ``.git`` file."""
+
+    repo: Path
+    work_tree: Path
+    git_dir: Path
+
+    @property
+    def args(self) -> list[str]:
+        """The options that make git use exactly this git dir and work tree."""
+        return [f"--git-dir={self.git_dir}", f"--work-tree={self.work_tree}"]
+
+
+def common_dir(repo: Path) -> Path:
+    """The project repository's git directory (objects, refs, and every worktree's admin dir)."""
+    dotgit = repo / ".git"
+    if dotgit.is_dir() and not dotgit.is_symlink():
+        return Path(os.path.realpath(dotgit))
+    return Path(output(repo, ["rev-parse", "--path-format=absolute", "--git-common-dir"]))
+
+
+def find_checkout(repo: Path, worktree: Path) -> Checkout | None:
+    """The worktree's administrative directory, found from the repository's side, if it has one.
+
+    An admin dir belongs to ``worktree`` when its ``gitdir`` file names ``<worktree>/.git``; the
+    one named after the worktree is tried first.
+    """
+    work_tree = Path(os.path.realpath(worktree))
+    if not work_tree.is_dir():
+        return None
+    admin = common_dir(repo) / "worktrees"
+    named = admin / work_tree.name
+    candidates = [named, *(p for p in sorted(admin.iterdir()) if p != named)] if admin.is_dir() else []
+    for candidate in candidates:
+        try:
+            pointer = Path((candidate / "gitdir").read_text().strip())
+        except OSError:
+            continue
+        points_back = pointer.name == ".git" and Path(os.path.realpath(pointer.parent)) == work_tree
+        if points_back and (candidate / "HEAD").is_file():
+            return Checkout(repo, work_tree, candidate)
+    return None
+
+
+def restore_dotgit(checkout: Checkout) -> bool:
+    """Make the worktree's ``.git`` the file git wrote (pointing at its admin dir); True if it was not."""
+    dotgit = checkout.work_tree / ".git"
+    expected = f"gitdir: {checkout.git_dir}\n"
     try:
-        text = (worktree / ".git").read_text()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    if not text.startswith("gitdir: "):
-        return None
-    gitdir = worktree / text.removeprefix("gitdir: ").strip()
-    return gitdir if (gitdir / "HEAD").is_file() else None
+        if dotgit.is_file() and not dotgit.is_symlink() and dotgit.read_text() == expected:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    if dotgit.is_dir() and not dotgit.is_symlink():
+        shutil.rmtree(dotgit)
+    else:
+        dotgit.unlink(missing_ok=True)
+    fd = os.open(dotgit, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(expected)
+    return True
 
 
-def is_worktree(path: Path) -> bool:
-    return path.is_dir() and worktree_gitdir(path) is not None
+def trusted_checkout(repo: Path, worktree: Path) -> Checkout:
+    """:func:`find_checkout` with the ``.git`` file restored; WorktreeBroken if there is none."""
+    checkout = find_checkout(repo, worktree)
+    if checkout is None:
+        raise WorktreeBroken(f"{worktree} is not a git worktree of {repo}")
+    restore_dotgit(checkout)
+    return checkout
 
 
 def inside_root(root: Path, path: Path) -> Path:
@@ -182,51 +241,57 @@ def add_worktree(repo: Path, path: Path, branch: str, base: str) -> None:
     A stale registration of a deleted directory is pruned first. An existing branch is checked
     out as it is (it may hold the agent's own commits); a missing one is recreated at ``base``.
     """
+    if not path.exists():
+        # A registration of the deleted directory is stale; it is locked, so unlock it for prune.
+        run(repo, ["worktree", "unlock", str(path)], check=False)
     run(repo, ["worktree", "prune"])
     if path.exists():
-        if is_worktree(path):
+        existing = find_checkout(repo, path)
+        if existing is not None:
+            restore_dotgit(existing)
             return
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         else:
             raise WorktreeBroken(f"{path} exists but is not a git worktree; move it away to recreate the session")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Locked: a `worktree prune` never drops it, even while an agent has deleted its .git file.
     if branch_exists(repo, branch):
-        run(repo, ["worktree", "add", "--quiet", str(path), branch])
+        run(repo, ["worktree", "add", "--quiet", "--lock", str(path), branch])
     else:
-        run(repo, ["worktree", "add", "--quiet", "-b", branch, str(path), base])
+        run(repo, ["worktree", "add", "--quiet", "--lock", "-b", branch, str(path), base])
 
 
-def remove_worktree(repo: Path, path: Path, branch: str, refs_prefix: str) -> None:
-    """Remove the worktree directory, its registration, its branch and Switchyard's refs."""
+def remove_worktree(repo: Path, path: Path, branch: str, refs: Sequence[str]) -> None:
+    """Remove the worktree directory, its registration, its branch and the named refs."""
     if path.exists():
-        if not is_worktree(path):
-            raise WorktreeBroken(f"{path} is not a git worktree; refusing to delete it")
-        run(repo, ["worktree", "remove", "--force", str(path)])
+        trusted_checkout(repo, path)  # refuses a directory that is not this repository's worktree
+        # Twice: the worktree is locked.
+        run(repo, ["worktree", "remove", "--force", "--force", str(path)])
     run(repo, ["worktree", "prune"])
     if branch_exists(repo, branch):
         run(repo, ["branch", "-D", "--", branch])
-    delete_refs(repo, refs_prefix)
+    run(repo, ["update-ref", "--stdin"], stdin="".join(f"delete {r}\n" for r in refs).encode())
 
 
-def snapshot(worktree: Path, base: str, message: str) -> str:
+def snapshot(checkout: Checkout, base: str, message: str) -> str:
     """A commit (parent ``base``) of everything in the worktree that is not ignored.
 
-    The worktree's own index and HEAD are left as they are. The commit id depends only on the
-    base and the content, so an unchanged worktree gives the same id again.
+    The worktree's own index and HEAD are left as they are, and its ``.git`` file is restored
+    first. The commit id depends only on the base and the content, so an unchanged worktree
+    gives the same id again.
     """
-    gitdir = worktree_gitdir(worktree)
-    if gitdir is None:
-        raise WorktreeBroken(f"{worktree} is not a git worktree")
-    with scratch_index(gitdir / "index") as env:
-        run(worktree, ["add", "--all"], env=env)
-        tree = output(worktree, ["write-tree"], env=env)
-    return commit_tree(worktree, tree, base, message, fixed_date=True)
+    restore_dotgit(checkout)
+    with scratch_index(checkout.git_dir / "index") as env:
+        run(checkout.work_tree, [*checkout.args, "add", "--all"], env=env)
+        tree = output(checkout.work_tree, [*checkout.args, "write-tree"], env=env)
+    return commit_tree(checkout.repo, tree, base, message, fixed_date=True)
 
 
-def sync_index_paths(worktree: Path, paths: Sequence[str]) -> None:
+def sync_index_paths(checkout: Checkout, paths: Sequence[str]) -> None:
     """Reset the worktree's own index entries for ``paths`` to HEAD (files are not touched)."""
-    run(worktree, ["reset", "--quiet", "--pathspec-from-file=-", "--pathspec-file-nul"], stdin=nul_joined(paths))
+    args = [*checkout.args, "reset", "--quiet", "--pathspec-from-file=-", "--pathspec-file-nul"]
+    run(checkout.work_tree, args, stdin=nul_joined(paths))
 
 
 # ---------------------------------------------------------------------------- diffs
@@ -331,12 +396,13 @@ class RestorePlan:
     delete: tuple[str, ...]
 
 
-def restore_paths(worktree: Path, base: str, plan: RestorePlan) -> None:
+def restore_paths(checkout: Checkout, base: str, plan: RestorePlan) -> None:
     """Make ``plan``'s paths in the worktree match ``base``; nothing else is written.
 
     Everything is checked before anything is changed: a path that is now a directory, or that
     lies below something that is no longer a directory, is refused rather than clobbered.
     """
+    worktree = checkout.work_tree
     deleting = set(plan.delete)
     for rel in (*plan.restore, *plan.delete):
         _check_restorable(worktree, rel, deleting)
@@ -347,13 +413,14 @@ def restore_paths(worktree: Path, base: str, plan: RestorePlan) -> None:
             _remove_empty_parents(worktree, target.parent)
     if plan.restore:
         with scratch_index() as env:
-            run(worktree, ["read-tree", base], env=env)
-            run(worktree, ["checkout-index", "--force", "-z", "--stdin"], env=env, stdin=nul_joined(plan.restore))
+            run(worktree, [*checkout.args, "read-tree", base], env=env)
+            args = [*checkout.args, "checkout-index", "--force", "-z", "--stdin"]
+            run(worktree, args, env=env, stdin=nul_joined(plan.restore))
 
 
 def _check_restorable(worktree: Path, rel: str, deleting: set[str]) -> None:
     parts = PurePosixPath(rel).parts
-    if not parts or any(p in ("", ".", "..", ".git") for p in parts):
+    if not parts or any(p in ("", ".", "..") or p.lower() == ".git" for p in parts):
         raise RestoreRefused(f"{rel!r} is not a path inside the worktree")
     for depth in range(1, len(parts)):
         ancestor = "/".join(parts[:depth])

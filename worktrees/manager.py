@@ -7,9 +7,10 @@ The dispatcher's calls::
     await manager.follow(session_id, on_change)          # beside the backend: live diff (worktrees.live)
     change = await manager.record_turn(session_id, task_id=task_id, agent=agent)  # after every turn
 
-``ensure`` costs one UPDATE and two stat calls when the worktree exists; otherwise it creates
-(or heals) ``<root>/<project_id>/<session_id>`` on branch ``switchyard/<session_id>`` under the
-project's advisory lock, so one repository is changed by one process at a time.
+``ensure`` costs one UPDATE and a few file reads (the ``.git`` check, no git) when the worktree
+exists; otherwise it creates (or heals) ``<root>/<project_id>/<session_id>`` on branch
+``switchyard/<session_id>`` under the project's advisory lock, so one repository is changed by
+one process at a time.
 
 ``record_turn`` snapshots the worktree (see worktrees.git), diffs it against the session's
 base, and in one transaction supersedes the open changes and inserts the new one, which
@@ -33,12 +34,19 @@ holds; more than one is open only after a partial accept conflicted: the named p
 Git refs kept per session, all under ``refs/switchyard/<session_id>/``: ``base`` (the current
 base), ``snapshot`` (the content the open changes describe together), ``rejected/<change_id>``
 (what a reject discarded) and ``rebased/<change_id>`` (the worktree before a rebase), so both
-can still be recovered; they also keep these commits from garbage collection.
+can still be recovered; they also keep these commits from garbage collection. The reaper
+deletes ``base`` and ``snapshot`` with the worktree and keeps every ``rejected/*`` and
+``rebased/*`` ref until someone deletes it (``git update-ref -d``).
+
+Every git command on a worktree goes through :class:`worktrees.git.Checkout` (git dir and work
+tree found from the repository, never from the worktree's ``.git`` file, which ``ensure`` and
+every snapshot restore); the live diff (worktrees.live) is given the same two.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -94,6 +102,8 @@ class Worktree:
     branch: str
     base_commit: str
     repo_path: Path
+    # The project repository's git directory, where the worktree's git metadata lives (set by ensure).
+    git_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -279,12 +289,15 @@ class WorktreeManager:
             repo_path=Path(row["repo_path"]),
         )
 
-    def _checked(self, wt: Worktree) -> Path:
-        """The worktree's real path; refuses one outside the root or that is not a worktree."""
+    def _checked(self, wt: Worktree) -> git.Checkout:
+        """The worktree as git sees it, ``.git`` restored; refuses one outside the root or not a worktree."""
         real = git.inside_root(self.root, wt.path)
-        if not git.is_worktree(real):
+        checkout = git.find_checkout(wt.repo_path, real)
+        if checkout is None:
             raise WorktreeBroken(f"{wt.path} (session {wt.session_id}) is not a git worktree any more")
-        return real
+        if git.restore_dotgit(checkout):
+            log.warning("worktree.git_file_restored", session_id=wt.session_id)
+        return checkout
 
     # ------------------------------------------------------------------------ ensure
 
@@ -294,12 +307,18 @@ class WorktreeManager:
             row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id)
             if row is not None:
                 wt = self._worktree(row)
-                if await anyio.to_thread.run_sync(self._usable, wt):
-                    return wt
+                git_dir = await anyio.to_thread.run_sync(self._usable, wt)
+                if git_dir is not None:
+                    return dataclasses.replace(wt, git_dir=git_dir)
             return await self._create(conn, session_id)
 
-    def _usable(self, wt: Worktree) -> bool:
-        return git.is_worktree(git.inside_root(self.root, wt.path))
+    def _usable(self, wt: Worktree) -> Path | None:
+        """The repository's git directory if the worktree is usable (its .git file restored)."""
+        try:
+            checkout = self._checked(wt)
+        except WorktreeBroken:
+            return None
+        return git.common_dir(checkout.repo)
 
     async def _create(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
         async with conn.transaction():
@@ -321,7 +340,8 @@ class WorktreeManager:
             base = await anyio.to_thread.run_sync(self._materialize, wt)
             await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
         log.info("worktree.ready", session_id=session_id, path=wt.path, base=base)
-        return Worktree(wt.session_id, wt.project_id, wt.path, wt.branch, base, wt.repo_path)
+        git_dir = await anyio.to_thread.run_sync(git.common_dir, wt.repo_path)
+        return dataclasses.replace(wt, base_commit=base, git_dir=git_dir)
 
     def _materialize(self, wt: Worktree) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -364,10 +384,10 @@ class WorktreeManager:
     def _snapshot_diff(self, wt: Worktree, marked: tuple[str, ...]) -> tuple[str | None, str, Diff, tuple[str, ...]]:
         """The snapshot before and now, the diff, and which of ``marked`` (files a rebase left
         conflicted) still hold a conflict marker."""
-        path = self._checked(wt)
+        checkout = self._checked(wt)
         ref = refs_prefix(wt.session_id) + "snapshot"
         before = git.rev_parse(wt.repo_path, ref)
-        snapshot = git.snapshot(path, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+        snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
         git.update_ref(wt.repo_path, ref, snapshot)
         conflicted = merge.still_conflicted(wt.repo_path, snapshot, marked)
         return before, snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps), conflicted
@@ -426,15 +446,12 @@ class WorktreeManager:
             if row is None or row["status"] != "active":
                 return
             wt = self._worktree(row)
-            path = await anyio.to_thread.run_sync(self._checked, wt)
-            gitdir = git.worktree_gitdir(path)
-            if gitdir is None:
-                return
+            checkout = await anyio.to_thread.run_sync(self._checked, wt)
         except LIVE_ERRORS as exc:
             log.warning("live_diff.unavailable", session_id=session_id, error=exc)
             return
         try:
-            with LiveIndex(wt.repo_path, path, gitdir, wt.base_commit) as index:
+            with LiveIndex(wt.repo_path, checkout.work_tree, checkout.git_dir, wt.base_commit) as index:
                 await LiveDiff(index, self.settings.live_diff_interval, lambda s: on_change(s.payload())).run()
         except Exception as exc:  # a live view must never fail the turn it watches
             log.warning("live_diff.failed", session_id=session_id, error=exc)
@@ -448,8 +465,8 @@ class WorktreeManager:
         wt = self._worktree(row)
 
         def current() -> Diff:
-            path = self._checked(wt)
-            snapshot = git.snapshot(path, wt.base_commit, f"switchyard: live diff of session {wt.session_id}")
+            checkout = self._checked(wt)
+            snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: live diff of session {wt.session_id}")
             return diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
 
         return wt, await anyio.to_thread.run_sync(current)
@@ -764,12 +781,11 @@ class WorktreeManager:
         The worktree's own index follows for the accepted paths, so ``git status`` inside the
         worktree shows only unaccepted work. Files are never touched; failures only log.
         """
-        if not git.is_worktree(wt.path):
-            return
         try:
+            checkout = self._checked(wt)
             if git.update_ref(wt.repo_path, f"refs/heads/{wt.branch}", new_base, wt.base_commit):
-                git.sync_index_paths(wt.path, paths)
-        except GitCommandFailed as exc:
+                git.sync_index_paths(checkout, paths)
+        except (GitCommandFailed, WorktreeBroken) as exc:
             log.warning("worktree.branch_not_advanced", session_id=wt.session_id, branch=wt.branch, error=exc)
 
     async def reject(
@@ -817,11 +833,11 @@ class WorktreeManager:
             rest = content_commit(repo, tree, base, wt.session_id)
         kept_at = None
         if os.path.lexists(wt.path):  # a deleted directory has nothing left to restore
-            path = self._checked(wt)
-            kept = git.snapshot(path, base, f"switchyard: worktree before rejecting change {change.id}")
+            checkout = self._checked(wt)
+            kept = git.snapshot(checkout, base, f"switchyard: worktree before rejecting change {change.id}")
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
-            git.restore_paths(path, rest, restore_to(repo, rest, chosen.paths))
+            git.restore_paths(checkout, rest, restore_to(repo, rest, chosen.paths))
         if chosen.everything:
             return _Restored(kept_at, None, None)
         git.update_ref(repo, refs_prefix(wt.session_id) + "snapshot", rest)
@@ -893,19 +909,19 @@ class WorktreeManager:
                 f"the checkout's HEAD is session {wt.session_id}'s base already; a conflict with uncommitted "
                 "edits in the checkout goes away once they are committed (then rebase) or stashed"
             )
-        path = self._checked(wt)
-        work = git.snapshot(path, base, f"switchyard: worktree before rebasing change {change.id}")
+        checkout = self._checked(wt)
+        work = git.snapshot(checkout, base, f"switchyard: worktree before rebasing change {change.id}")
         kept_at = refs_prefix(wt.session_id) + f"rebased/{change.id}"
         git.update_ref(repo, kept_at, work)
         merged = merge.merge_onto(repo, base, work, onto)
         snapshot = content_commit(repo, merged.tree, onto, wt.session_id)
         touched = tuple(p for e in diff.changes(repo, work, snapshot) for p in e.paths)
-        git.restore_paths(path, snapshot, restore_to(repo, snapshot, touched))
+        git.restore_paths(checkout, snapshot, restore_to(repo, snapshot, touched))
         prefix = refs_prefix(wt.session_id)
         git.update_ref(repo, prefix + "base", onto)
         git.update_ref(repo, prefix + "snapshot", snapshot)
         if git.update_ref(repo, f"refs/heads/{wt.branch}", onto, base):
-            git.sync_index_paths(path, tuple(p for e in diff.changes(repo, base, onto) for p in e.paths))
+            git.sync_index_paths(checkout, tuple(p for e in diff.changes(repo, base, onto) for p in e.paths))
         new = diff.compute(repo, onto, snapshot, self._caps)
         if new.empty:
             return _Rebased(kept_at, onto, None)
@@ -946,11 +962,13 @@ class WorktreeManager:
     def _remove(self, wt: Worktree) -> None:
         real = git.inside_root(self.root, wt.path)
         if os.path.lexists(real):
-            self._checked(wt)
-            snapshot = git.snapshot(real, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+            checkout = self._checked(wt)
+            snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
             if diff.changes(wt.repo_path, wt.base_commit, snapshot):
                 raise WorktreeDirty(f"{wt.path} has changes that were never recorded as a pending change")
-        git.remove_worktree(wt.repo_path, real, wt.branch, refs_prefix(wt.session_id))
+        # refs/switchyard/<session>/rejected/* stay: what a reject discarded is kept for good.
+        prefix = refs_prefix(wt.session_id)
+        git.remove_worktree(wt.repo_path, real, wt.branch, (prefix + "base", prefix + "snapshot"))
         if real.parent != Path(os.path.realpath(self.root)):
             with contextlib.suppress(OSError):
                 real.parent.rmdir()  # the project's directory, once its last worktree is gone

@@ -36,6 +36,8 @@ MAX_TEXT_CHARS = 20_000
 MAX_HUNK_ID = 1_000_000
 # list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
 CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
+# A session id as an object key: a bigint in decimal.
+SESSION_ID_KEY = re.compile(r"[1-9][0-9]{0,18}")
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,8 @@ class _Fields:
         if isinstance(value, dict):
             since: dict[int, int] = {}
             for sid, seq in value.items():
-                if not sid.isdigit():
+                # ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+                if not SESSION_ID_KEY.fullmatch(sid):
                     raise self.fail(f"{key!r} keys must be session ids")
                 since[_check_int(int(sid), key, 1, MAX_ID, self)] = _check_int(seq, key, 0, MAX_ID, self)
             return since

@@ -270,6 +270,7 @@ class ClientConnection:
                     "limits": {
                         "max_frame_bytes": self.settings.max_frame_bytes,
                         "send_queue_frames": self.settings.send_queue_frames,
+                        "send_queue_bytes": self.settings.send_queue_bytes,
                         "max_subscriptions": self.settings.max_subscriptions,
                         "requests_per_second": self.settings.requests_per_second,
                     },
@@ -429,6 +430,12 @@ class ClientConnection:
             raise ActionRejected("invalid_frame", "submit needs 'project_id' or 'session_id'")
         visible = self.access.sees(project_id) and await auth.project_exists(self.pool, project_id)
         await self._authorize(project_id if visible else None, f"project {project_id}")
+        bound = self.settings.scoped_max_priority
+        if self.access.project_ids is not None and frame.priority > bound:
+            raise ActionRejected(
+                "forbidden",
+                f"a token limited to some projects may set priority at most {bound} (gateway.scoped_max_priority)",
+            )
         request = TaskSubmission(
             project_id=project_id,
             input=frame.input,

@@ -10,6 +10,11 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024
 # Frames waiting to be written to one client; a live frame that does not fit closes it with 1013.
 DEFAULT_SEND_QUEUE_FRAMES = 1000
+# ... or bytes: a client far behind on big frames is dropped before it holds much memory.
+DEFAULT_SEND_QUEUE_BYTES = 16 * 1024 * 1024
+MIN_SEND_QUEUE_BYTES = 64 * 1024
+# The highest priority a token limited to some projects may give a task (the operator's token: any).
+DEFAULT_SCOPED_MAX_PRIORITY = 0
 DEFAULT_MAX_SUBSCRIPTIONS = 100
 DEFAULT_REPLAY_PAGE = 500
 DEFAULT_SNAPSHOT_MESSAGES = 50
@@ -32,6 +37,9 @@ class GatewaySettings:
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     send_queue_frames: int = DEFAULT_SEND_QUEUE_FRAMES
+    send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
+    # Tasks of a project-scoped token cannot jump ahead of other projects' work beyond this.
+    scoped_max_priority: int = DEFAULT_SCOPED_MAX_PRIORITY
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     replay_page: int = DEFAULT_REPLAY_PAGE
     snapshot_messages: int = DEFAULT_SNAPSHOT_MESSAGES
@@ -55,6 +63,8 @@ class GatewaySettings:
                 raise ValueError(f"gateway.{name} must be at least 1")
         if self.send_queue_frames < 2:
             raise ValueError("gateway.send_queue_frames must be at least 2")
+        if self.send_queue_bytes < MIN_SEND_QUEUE_BYTES:
+            raise ValueError(f"gateway.send_queue_bytes must be at least {MIN_SEND_QUEUE_BYTES}")
         for name in ("poll_interval", "requests_per_second", "auth_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"gateway.{name} must be positive")

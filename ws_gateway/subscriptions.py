@@ -18,9 +18,10 @@ A new subscription starts catching up, which is also how replay from ``since_seq
 After (re)connecting the LISTEN connection, and every ``poll_interval`` as a safety net, the
 hub reads the sessions' heads, so a lost notification delays frames but never drops them.
 
-A client's send queue is bounded. Live frames that do not fit end the connection (the
-server closes it with 1013 and the client resumes from its seq); replays and replies wait
-until the queue is at most half full, leaving the other half to live frames. A live frame
+A client's send queue is bounded, in frames and in bytes. Live frames that do not fit end the
+connection (the server closes it with 1013 and the client resumes from its seq); replays and
+replies wait until the queue is at most half full (in both), leaving the other half to live
+frames. A live frame
 for a client whose queue is empty and whose socket keeps up is written straight to the
 socket by the hub, without waking the client's sender task: with hundreds of clients on one
 session that is most of the cost of a frame.
@@ -28,6 +29,7 @@ session that is most of the cost of a frame.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable
 
@@ -52,12 +54,19 @@ DIRECT_WRITE_LIMIT = 2**15
 
 
 class Outbox:
-    """Frames waiting to be written to one client; one reader, bounded."""
+    """Frames waiting to be written to one client; one reader, bounded in frames and in bytes.
 
-    def __init__(self, capacity: int) -> None:
+    A frame larger than the byte bound still goes through an empty queue (a big reply, a long
+    delta), so the bound limits what piles up, not what can be sent.
+    """
+
+    def __init__(self, capacity: int, capacity_bytes: int = sys.maxsize) -> None:
         self._frames: deque[bytes] = deque()
         self._capacity = capacity
         self._half = capacity // 2
+        self._capacity_bytes = capacity_bytes
+        self._half_bytes = capacity_bytes // 2
+        self.bytes = 0
         self._readable = anyio.Event()
         self._room = anyio.Event()
 
@@ -66,22 +75,29 @@ class Outbox:
 
     def offer(self, frame: bytes) -> bool:
         """Queue a frame unless the queue is full."""
-        if len(self._frames) >= self._capacity:
+        full = len(self._frames) >= self._capacity or self.bytes + len(frame) > self._capacity_bytes
+        if full and self._frames:
             return False
-        self._frames.append(frame)
-        self._readable.set()
+        self._append(frame)
         return True
 
+    def _roomy(self) -> bool:
+        return len(self._frames) < self._half and self.bytes < self._half_bytes
+
     async def wait_for_room(self) -> None:
-        """Wait until the queue is at most half full."""
-        while len(self._frames) >= self._half:
+        """Wait until the queue is at most half full, in frames and in bytes."""
+        while not self._roomy():
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
 
     async def put(self, frame: bytes) -> None:
         await self.wait_for_room()
+        self._append(frame)
+
+    def _append(self, frame: bytes) -> None:
         self._frames.append(frame)
+        self.bytes += len(frame)
         self._readable.set()
 
     async def get(self) -> bytes:
@@ -89,7 +105,8 @@ class Outbox:
             self._readable = anyio.Event()
             await self._readable.wait()
         frame = self._frames.popleft()
-        if len(self._frames) < self._half:
+        self.bytes -= len(frame)
+        if self._roomy():
             self._room.set()
         return frame
 
@@ -143,7 +160,7 @@ class ClientFeed:
         on_overflow: Callable[[], None],
         connection: Connection | None = None,
     ) -> None:
-        self.outbox = Outbox(settings.send_queue_frames)
+        self.outbox = Outbox(settings.send_queue_frames, settings.send_queue_bytes)
         # The client's socket, for writing live frames directly (None: always queue).
         self._connection = connection
         self.subscriptions: dict[int, Subscription] = {}

@@ -321,7 +321,18 @@ async def cmd_agents(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_pool(ctx: CliContext, args: argparse.Namespace) -> int:
     pools = await anyio.to_thread.run_sync(read_pool_status, ctx.config.data_dir / POOL_DIR)
     rows = [{**server, "pool_pid": pool["owner_pid"]} for pool in pools for server in pool["servers"]]
-    columns = ("pool_pid", "key", "state", "pid", "url", "age_seconds", "rss_mb", "active_turns", "sessions")
+    columns = (
+        "pool_pid",
+        "key",
+        "project_id",
+        "state",
+        "pid",
+        "url",
+        "age_seconds",
+        "rss_mb",
+        "active_turns",
+        "sessions",
+    )
     if not rows and not args.json:
         print("no opencode server is running (the pool lives in `switchyard up` / `switchyard dispatcher`)")
     else:
@@ -469,7 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     by = f"cli:{getpass.getuser()}"
     for name, handler, what in (
         ("accept", cmd_accept, "apply a pending change to the project checkout (3-way; conflicts change nothing)"),
-        ("reject", cmd_reject, "put the session's worktree back to its base for a pending change's files"),
+        (
+            "reject",
+            cmd_reject,
+            "put the session's worktree back to its base for a pending change's files; what it discards "
+            "is kept at refs/switchyard/<session>/rejected/<change> for good (the reaper keeps it too)",
+        ),
     ):
         review = _command(sub, name, what, handler)
         review.add_argument("change_id", type=int, metavar="ID")

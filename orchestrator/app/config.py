@@ -32,6 +32,7 @@ from backends import (
     OpencodePoolSettings,
     OpencodeSettings,
     PermissionPolicy,
+    SandboxSettings,
     build_specs,
 )
 from kernel import ConfigError
@@ -63,6 +64,8 @@ class Config:
     agents: dict[str, AgentConfig] = field(default_factory=dict)
     # What unattended agents may do (backends.permissions).
     permissions: PermissionPolicy = field(default_factory=PermissionPolicy)
+    # The bubblewrap sandbox around every agent process (backends.sandbox).
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -95,7 +98,12 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if var.startswith("SWITCHYARD__"):
             key_path = tuple(part.lower() for part in var.removeprefix("SWITCHYARD__").split("__"))
             _set_path(raw, key_path, _parse_env_value(value))
-    return resolve_paths(build(Config, raw, ""))
+    config = resolve_paths(build(Config, raw, ""))
+    if file:
+        # It may hold the database URL: agents never see it.
+        hidden = (*config.sandbox.hidden, str(Path(file).absolute()))
+        config = dataclasses.replace(config, sandbox=dataclasses.replace(config.sandbox, hidden=hidden))
+    return config
 
 
 def resolve_paths(config: Config) -> Config:

@@ -83,7 +83,8 @@ async def run_dispatcher_only(config: Config, out: TextIO) -> None:
             await migrate_url(url)
             async with dispatcher_runtime(config, url) as runtime, anyio.create_task_group() as tg:
                 tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
-                print(f"dispatcher {runtime.dispatcher.worker_id}: running", file=out, flush=True)
+                sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
+                print(f"dispatcher {runtime.dispatcher.worker_id}: running; {sandbox}", file=out, flush=True)
                 await run_dispatcher(runtime, tg)
 
 
@@ -111,6 +112,7 @@ async def run_service(config: Config, out: TextIO) -> None:
                         conn, config.agent_specs(), opencode_binary=config.opencode.binary
                     )
                 token = await default_token(runtime.pool, config.data_dir)
+                sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
                 actions = OrchestratorActions(runtime.pool, runtime.review)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
@@ -123,8 +125,9 @@ async def run_service(config: Config, out: TextIO) -> None:
                         gateway=ws_url,
                         worker_id=runtime.dispatcher.worker_id,
                         agents=",".join(a.name for a in agents if a.available),
+                        sandbox=sandbox,
                     )
-                    print_banner(out, url, ws_url, token, gateway.page_url)
+                    print_banner(out, url, ws_url, token, gateway.page_url, sandbox)
                     tg.start_soon(
                         run_reaper, runtime.review.worktrees, runtime.opencode_pool, config.worktrees.reap_interval
                     )
@@ -132,13 +135,14 @@ async def run_service(config: Config, out: TextIO) -> None:
     log.info("service.stop")
 
 
-def print_banner(out: TextIO, url: str, ws_url: str, token: str, page_url: str) -> None:
+def print_banner(out: TextIO, url: str, ws_url: str, token: str, page_url: str, sandbox: str) -> None:
     out.write(
         "Switchyard is up.\n"
         f"  open:      {page_url}   (the review page; sign in with the token)\n"
         f"  database:  {url}\n"
         f"  websocket: {ws_url}\n"
         f"  token:     {token}\n"
+        f"  {sandbox}\n"
         "Register a repository:  switchyard project add PATH\n"
         f"Submit a task:          psql '{url}' \\\n"
         f'    -c "{SUBMIT_EXAMPLE}"\n'

@@ -13,7 +13,16 @@ from functools import partial
 
 import asyncpg
 
-from backends import POOL_DIR, AcpBackend, BackendError, NativeBackend, OpencodePool, OpencodeServerBackend, PtyBackend
+from backends import (
+    POOL_DIR,
+    AcpBackend,
+    BackendError,
+    NativeBackend,
+    OpencodePool,
+    OpencodeServerBackend,
+    PtyBackend,
+    Sandbox,
+)
 from kernel import create_pool, get_logger
 from orchestrator.app.config import Config
 from orchestrator.dispatch import Dispatcher, Router
@@ -29,6 +38,7 @@ class Runtime:
     review: ReviewService
     pool: asyncpg.Pool
     opencode_pool: OpencodePool | None
+    sandbox: Sandbox
 
 
 @asynccontextmanager
@@ -38,41 +48,50 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
     pool = await create_pool(url, config.database.pool_size)
     try:
         review = ReviewService(pool, config.worktrees)
+        sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
-            opencode_pool = await _start_opencode_pool(stack, config)
-            router = build_router(config, opencode_pool=opencode_pool)
+            opencode_pool = await _start_opencode_pool(stack, config, sandbox)
+            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
             dispatcher = Dispatcher(url, config.dispatcher, router, review.worktrees)
-            yield Runtime(dispatcher, review, pool, opencode_pool)
+            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
     finally:
         await pool.close()
 
 
-async def _start_opencode_pool(stack: AsyncExitStack, config: Config) -> OpencodePool | None:
+async def _start_opencode_pool(stack: AsyncExitStack, config: Config, sandbox: Sandbox) -> OpencodePool | None:
     """The warm opencode servers; without an opencode binary the service runs without them."""
     try:
         return await stack.enter_async_context(
-            OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR)
+            OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR, sandbox=sandbox)
         )
     except BackendError as exc:
         log.warning("opencode_pool.unavailable", reason=str(exc))
         return None
 
 
-def build_router(config: Config, *, opencode_pool: OpencodePool | None = None) -> Router:
+def agent_sandbox(config: Config) -> Sandbox:
+    """The sandbox of every agent process; the data directory and the worktree root are hidden in it."""
+    return Sandbox(config.sandbox, protected=(config.data_dir, config.worktrees.root))
+
+
+def build_router(
+    config: Config, *, opencode_pool: OpencodePool | None = None, sandbox: Sandbox | None = None
+) -> Router:
     """The router of a configured service.
 
     Every ``acp`` and ``pty`` agent of the registry (presets plus ``[agents.*]``) is routed to a
-    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy. The ``opencode`` agent
-    runs on the service's warm ``opencode_pool`` (entered once by whoever runs the dispatcher).
+    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy, in ``sandbox`` (default:
+    :func:`agent_sandbox`). The ``opencode`` agent runs on the service's warm ``opencode_pool``
+    (entered once by whoever runs the dispatcher).
     """
+    sandbox = sandbox or agent_sandbox(config)
     agents: dict[str, BackendFactory] = {}
     for spec in config.agent_specs().values():
         # A missing executable fails the turn itself (agent_unavailable), so installing an
         # agent later needs no restart.
-        if spec.transport == "acp":
-            agents[spec.name] = partial(AcpBackend, spec, config.permissions, opencode=config.opencode)
-        elif spec.transport == "pty":
-            agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode)
+        if spec.transport in ("acp", "pty"):
+            track = AcpBackend if spec.transport == "acp" else PtyBackend
+            agents[spec.name] = partial(track, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
     if opencode_pool is not None:
         agents[OPENCODE_SERVER_AGENT] = partial(OpencodeServerBackend, opencode_pool, config.permissions)
     return Router(native=lambda: NativeBackend(config.native), agents=agents)

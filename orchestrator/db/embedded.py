@@ -115,8 +115,8 @@ class EmbeddedPostgres:
         self.directory.chmod(0o700)
         password = secrets.token_urlsafe(24)
         pwfile = self.directory.parent / f".{self.directory.name}.pw.tmp"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        pwfile.unlink(missing_ok=True)
+        _write_private(pwfile, password)
         self._chown(pwfile)
         try:
             self._run(
@@ -138,8 +138,7 @@ class EmbeddedPostgres:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        (self.directory / PASSWORD_FILE).write_text(password + "\n")
-        (self.directory / PASSWORD_FILE).chmod(0o600)
+        _write_private(self.directory / PASSWORD_FILE, password)
         with (self.directory / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude_if_exists = '{SETTINGS_FILE}'\n")
 
@@ -258,3 +257,10 @@ class EmbeddedPostgres:
             log_hint = f" (see {self.directory / LOG_FILE})" if what.startswith("pg_ctl") else ""
             raise EmbeddedPostgresError(f"{what or args[0]} failed: {tail}{log_hint}")
         return result
+
+
+def _write_private(path: Path, secret: str) -> None:
+    """Create ``path`` holding ``secret``, mode 0600 from the start: no moment anyone else may read it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")

@@ -183,16 +183,17 @@ class TurnRunner:
             if session_id is None:
                 raise _ClaimLost
             sink.session_id = session_id
-        workdir = None
+        workdir = git_dir = None
         if backend.needs_worktree:
             if self._worktrees is None:
                 raise TaskRejected(
                     "agent_unavailable", f"agent {task.agent!r} edits files but this dispatcher has no worktrees"
                 )
             try:
-                workdir = (await self._worktrees.ensure(session_id)).path
+                worktree = await self._worktrees.ensure(session_id)
             except WorktreeError as exc:
                 raise TaskRejected("worktree_error", f"cannot prepare the session's worktree: {exc}") from exc
+            workdir, git_dir = worktree.path, worktree.git_dir
         turn = Turn(
             task_id=task.id,
             session_id=session_id,
@@ -203,6 +204,7 @@ class TurnRunner:
             mode_id=task.mode_id,
             attempt=task.attempt,
             workdir=workdir,
+            git_dir=git_dir,
             history=task.history,
             agent_session=task.agent_session,
         )

@@ -10,12 +10,12 @@ SUBMIT_TASK = """
 INSERT INTO tasks (project_id, session_id, input, agent, model, mode_id, priority,
                    max_attempts, expires_at, dispatch_key, parent_task_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (dispatch_key) DO NOTHING
+ON CONFLICT (project_id, dispatch_key) DO NOTHING
 RETURNING id
 """
 
 
-TASK_BY_DISPATCH_KEY = "SELECT id, session_id FROM tasks WHERE dispatch_key = $1"
+TASK_BY_DISPATCH_KEY = "SELECT id, session_id FROM tasks WHERE project_id = $1 AND dispatch_key = $2"
 
 CREATE_SESSION = "INSERT INTO sessions (project_id, agent, model, title) VALUES ($1, $2, $3, $4) RETURNING id"
 

@@ -1,7 +1,8 @@
 """Submitting tasks: the single INSERT shared by the CLI, the WebSocket gateway and the README.
 
 An SQL submitter writes exactly the same row: ``INSERT INTO tasks (project_id, input, ...)``.
-A repeated ``dispatch_key`` changes nothing and returns the existing task's id. A task
+A ``dispatch_key`` repeated within the project changes nothing and returns that project's
+existing task; the same key in another project is another task. A task
 submitted here without a session gets a new one in the same transaction (the session the
 dispatcher would create when claiming it), so the submitter learns its id at once.
 
@@ -55,7 +56,7 @@ async def submit_task(db: asyncpg.Connection | asyncpg.Pool, task: TaskSubmissio
                 return await _submit(conn, task)
         except _DispatchKeyTaken:
             pass
-        existing = await conn.fetchrow(q.TASK_BY_DISPATCH_KEY, task.dispatch_key)
+        existing = await conn.fetchrow(q.TASK_BY_DISPATCH_KEY, task.project_id, task.dispatch_key)
     return Submitted(existing["id"], created=False, session_id=existing["session_id"])
 
 
@@ -63,7 +64,7 @@ async def _submit(conn: asyncpg.Connection, task: TaskSubmission) -> Submitted:
     session_id = task.session_id
     if session_id is None:
         if task.dispatch_key is not None:
-            existing = await conn.fetchrow(q.TASK_BY_DISPATCH_KEY, task.dispatch_key)
+            existing = await conn.fetchrow(q.TASK_BY_DISPATCH_KEY, task.project_id, task.dispatch_key)
             if existing is not None:
                 return Submitted(existing["id"], created=False, session_id=existing["session_id"])
         session_id = await conn.fetchval(

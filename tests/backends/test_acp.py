@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -25,6 +26,7 @@ from backends.base import (
     TurnOutcome,
     Usage,
 )
+from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
 from backends.permissions import PermissionPolicy
 from backends.processes import descendants, process_table
@@ -91,17 +93,39 @@ async def test_the_agent_runs_in_the_worktree(worktree: Path) -> None:
     assert f"cwd={real} session_cwd={real}" in emit.text
 
 
-async def test_a_command_outside_the_allow_list_is_denied_and_visible(worktree: Path) -> None:
+async def test_a_command_the_rules_do_not_allow_is_denied_and_visible(worktree: Path) -> None:
     outcome, emit = await run("PERMISSION", worktree)
     assert outcome.status is OutcomeStatus.COMPLETED
     [decision] = emit.of(PermissionDecision)
-    assert decision == PermissionDecision("call_1", "execute", "denied", "permissions.execute is deny")
+    assert (decision.tool_call_id, decision.permission, decision.decision) == ("call_1", "execute", "denied")
+    allowed = "cat, find, git, grep, head, ls, pwd, rg, tail, wc"
+    assert decision.reason == f"'rm' is not an allowed program (allowed: {allowed}); permissions.execute is deny"
     assert "permission=selected:opt-reject" in emit.text
     assert emit.of(ToolCall)[-1].status is ToolStatus.FAILED
 
 
+async def test_commands_and_edits_an_attacker_asks_for_are_judged_by_every_argument(worktree: Path) -> None:
+    asks = {
+        "git log -1 --output=../pwned": "git log: option --output is not allowed",
+        "git diff --no-index /etc/passwd /dev/null": "git diff: option --no-index is not allowed",
+        "cat ../../../api-token": "cat: '../../../api-token' is outside the worktree",
+        "cat /proc/self/environ": "cat: '/proc/self/environ' is outside the worktree",
+        "rg --pre ./x secret": "rg: option --pre is not allowed",
+        "git status --short": "permissions.commands allow the command",
+    }
+    prompt = " ".join(f"ASK_EXEC {quote(c, safe='')}" for c in asks) + " ASK_EDIT .git ASK_EDIT .GIT/config"
+    outcome, emit = await run(prompt, worktree)
+    assert outcome.status is OutcomeStatus.COMPLETED
+    decisions = emit.of(PermissionDecision)
+    assert [d.decision for d in decisions] == ["denied"] * 5 + ["allowed"] + ["denied"] * 2
+    for decision, reason in zip(decisions, asks.values(), strict=False):
+        assert decision.reason.startswith(reason), (decision, reason)
+    assert all("git metadata" in d.reason for d in decisions[-2:])
+    assert not (worktree.parent / "pwned").exists()
+
+
 async def test_an_allowed_command_gets_the_allow_once_option(worktree: Path) -> None:
-    policy = PermissionPolicy(execute_allow=("rm -rf build",))
+    policy = PermissionPolicy(commands={"rm": CommandRule(args=ANY)})
     outcome, emit = await run("PERMISSION", worktree, policy)
     assert outcome.status is OutcomeStatus.COMPLETED
     [decision] = emit.of(PermissionDecision)
@@ -183,6 +207,37 @@ async def test_mode_and_model_go_through_session_config_options(worktree: Path) 
     assert bad_model.error is not None and "gpt-nonexistent" in bad_model.error
     bad_mode, _ = await run("CHUNKS", worktree, mode="yolo")
     assert bad_mode.stop_reason == "bad_input"
+    assert bad_mode.error == "fake offers no mode 'yolo' (its modes: bypassPermissions, default, plan)"
+
+
+async def test_a_mode_that_bypasses_permission_requests_is_refused(worktree: Path) -> None:
+    # The agent does advertise it; a client may still not select it.
+    outcome, emit = await run("RUN touch%20bypassed", worktree, mode="bypassPermissions")
+    assert (outcome.status, outcome.stop_reason) == (OutcomeStatus.FAILED, "bad_input")
+    assert outcome.error is not None and "lets it act without asking" in outcome.error
+    assert "'bypass' in permissions.denied_modes" in outcome.error
+    assert not (worktree / "bypassed").exists() and not emit.text
+    # Configurable: an operator who empties the list may choose it.
+    allowed, _ = await run("CHUNKS", worktree, PermissionPolicy(denied_modes=("yolo",)), mode="bypassPermissions")
+    assert allowed.status is OutcomeStatus.COMPLETED
+
+
+async def test_an_allow_option_that_switches_to_a_bypassing_mode_is_never_chosen(worktree: Path) -> None:
+    send, receive = anyio.create_memory_object_stream[BackendEvent](10)
+    client = TurnClient(worktree, PermissionPolicy(), send)
+    call = ToolCallUpdate(tool_call_id="c1", kind="switch_mode", title="Ready to code?")
+    options = [
+        PermissionOption(option_id="bypassPermissions", kind="allow_always", name="Yes, and bypass permissions"),
+        PermissionOption(option_id="default", kind="allow_once", name="Yes, and ask before edits"),
+        PermissionOption(option_id="plan", kind="reject_once", name="No, keep planning"),
+    ]
+    chosen = await client.request_permission(options=options, session_id="s", tool_call=call)
+    assert chosen.outcome == AllowedOutcome(outcome="selected", option_id="default")
+    only_bypass = [options[0], options[2]]
+    refused = await client.request_permission(options=only_bypass, session_id="s", tool_call=call)
+    assert refused.outcome == DeniedOutcome(outcome="cancelled")
+    send.close()
+    receive.close()
 
 
 async def test_the_agent_timeout_cancels_the_prompt(worktree: Path) -> None:
@@ -245,7 +300,7 @@ async def wait_for_descendant(cmdline: bytes) -> int:
 async def test_opencode_acp_cancel_stops_its_tool_processes(worktree: Path) -> None:
     emit = Recorder()
     async with FakeModel(models=("fake-model",)) as fm:
-        backend = opencode_backend(fm.base_url, PermissionPolicy(execute_allow=("sleep",)))
+        backend = opencode_backend(fm.base_url, PermissionPolicy(commands={"sleep": CommandRule(args=ANY)}))
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(backend.run_turn, turn(worktree, "SLEEP_TOOL"), emit)

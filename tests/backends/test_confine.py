@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from backends import confine as confine_module
 from backends.confine import confine, read_text, write_text
-from backends.errors import PathEscapeError, ProtectedPathError
+from backends.errors import FileTooLargeError, PathEscapeError, ProtectedPathError
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def test_a_symlinked_root_is_its_real_path(worktree: Path, tmp_path: Path) -> No
 
 def test_git_metadata_may_be_read_but_not_written(worktree: Path) -> None:
     assert confine(worktree, ".git") == worktree.resolve() / ".git"
-    for requested in (".git", ".git/hooks/pre-commit", "src/.git/config"):
+    for requested in (".git", ".git/hooks/pre-commit", "src/.git/config", ".GIT", ".Git/config", "src/.gIt"):
         with pytest.raises(ProtectedPathError):
             confine(worktree, requested, for_write=True)
 
@@ -98,3 +100,53 @@ def test_read_text_whole_file_and_line_ranges(worktree: Path) -> None:
         read_text(worktree, "missing.txt")
     with pytest.raises(PathEscapeError):
         read_text(worktree, os.path.join("..", "outside", "secret.txt"))
+
+
+def test_read_text_is_capped(worktree: Path) -> None:
+    (worktree / "big.bin").write_bytes(b"x" * 11)
+    assert read_text(worktree, "big.bin", max_bytes=11) == "x" * 11
+    with pytest.raises(FileTooLargeError, match="larger than 10 bytes"):
+        read_text(worktree, "big.bin", max_bytes=10)
+
+
+@pytest.mark.parametrize("operation", ["read", "write"])
+def test_a_directory_swapped_for_a_link_after_the_check_is_refused(
+    worktree: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    outside = worktree.parent / "outside"
+    (worktree / "d").mkdir()
+    (worktree / "d" / "secret.txt").write_text("inside\n")
+    checked = confine_module.confine
+
+    def swap_after_the_check(root: Path, requested: str, *, for_write: bool = False) -> Path:
+        path = checked(root, requested, for_write=for_write)
+        if requested == "d/secret.txt":  # the check before the open: the attacker wins the race
+            shutil.rmtree(worktree / "d")
+            (worktree / "d").symlink_to(outside)
+        return path
+
+    monkeypatch.setattr(confine_module, "confine", swap_after_the_check)
+    with pytest.raises(PathEscapeError):
+        if operation == "read":
+            read_text(worktree, "d/secret.txt")
+        else:
+            write_text(worktree, "d/secret.txt", "pwned")
+    assert (outside / "secret.txt").read_text() == "secret\n"
+
+
+def test_a_final_link_swapped_in_after_the_check_is_not_followed(
+    worktree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = worktree.parent / "outside" / "secret.txt"
+    checked = confine_module.confine
+
+    def swap_after_the_check(root: Path, requested: str, *, for_write: bool = False) -> Path:
+        path = checked(root, requested, for_write=for_write)
+        if requested == "src/a.py":
+            (worktree / "src" / "a.py").unlink()
+            (worktree / "src" / "a.py").symlink_to(outside)
+        return path
+
+    monkeypatch.setattr(confine_module, "confine", swap_after_the_check)
+    with pytest.raises(OSError):
+        read_text(worktree, "src/a.py")

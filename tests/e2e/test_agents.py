@@ -14,6 +14,7 @@ import anyio
 import asyncpg
 import pytest
 
+from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
 from backends.permissions import PermissionPolicy
 from backends.processes import descendants, process_table
@@ -58,7 +59,7 @@ async def dispatcher(db_url: str, pool: asyncpg.Pool, fake_model: FakeModel, tmp
     # `sleep` is allowed so a turn can be caught running a tool.
     config = Config(
         opencode=OpencodeSettings(base_url=fake_model.base_url, models=("fake-model",)),
-        permissions=PermissionPolicy(execute_allow=("sleep",)),
+        permissions=PermissionPolicy(commands={"sleep": CommandRule(args=ANY)}),
     )
     worktrees = WorktreeManager(pool, WorktreeSettings(root=tmp_path / "worktrees"))
     settings = DispatcherSettings(poll_interval=0.5, retry_backoff=0.05, finalize_timeout=10)

@@ -26,6 +26,7 @@ from backends.opencode_pool import (
     MARKER_ENV,
     OpencodePool,
     OpencodePoolSettings,
+    ProjectPlace,
     ServerState,
     kill_orphans,
     marked_processes,
@@ -62,6 +63,13 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 30.0) -> 
             await anyio.sleep(0.05)
 
 
+def project(tmp_path: Path) -> Path:
+    """Project 1's worktrees directory (a server's sandbox can write it)."""
+    path = tmp_path / "project"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def alive(pid: int | None) -> bool:
     assert pid is not None
     try:
@@ -74,7 +82,7 @@ def alive(pid: int | None) -> bool:
 
 async def test_a_pool_serves_reports_and_leaves_nothing_behind(opencode: OpencodeSettings, tmp_path: Path) -> None:
     async with running_pool(opencode, tmp_path, quiet()) as pool:
-        async with pool.lease(1, str(tmp_path)) as server:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")) as server:
             assert server.state is ServerState.READY
             assert server.url.startswith("http://127.0.0.1:")
             assert server.version == "1.18.33"
@@ -95,7 +103,7 @@ async def test_a_pool_serves_reports_and_leaves_nothing_behind(opencode: Opencod
 
 async def test_an_oversized_server_is_recycled_and_replaced(opencode: OpencodeSettings, tmp_path: Path) -> None:
     async with running_pool(opencode, tmp_path, quiet(max_rss_mb=1)) as pool:
-        async with pool.lease(1, str(tmp_path)) as old:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")) as old:
             pass
         await pool.check()
         await wait_until(lambda: not alive(old.pid) and any(s.state is ServerState.READY for s in pool.servers))
@@ -109,9 +117,13 @@ async def test_a_server_that_stops_answering_is_replaced(
 ) -> None:
     monkeypatch.setattr(opencode_pool, "HEALTH_TIMEOUT", 0.2)
     async with running_pool(opencode, tmp_path, quiet(stop_grace=1.0)) as pool:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")):
+            pass
         [frozen] = pool.servers
-        assert frozen.pid is not None
-        os.kill(frozen.pid, signal.SIGSTOP)
+        assert frozen.pid is not None and frozen.tree is not None
+        # The whole tree: the sandbox's bwrap and the opencode inside it.
+        for pid in frozen.tree.scan():
+            os.kill(pid, signal.SIGSTOP)
         for _ in range(opencode_pool.UNHEALTHY_AFTER):
             await pool.check()
         await wait_until(lambda: frozen.state is ServerState.EXITED and any(s.usable for s in pool.servers))
@@ -120,12 +132,12 @@ async def test_a_server_that_stops_answering_is_replaced(
 
 async def test_a_busy_server_is_recycled_only_after_its_turn(opencode: OpencodeSettings, tmp_path: Path) -> None:
     async with running_pool(opencode, tmp_path, quiet(max_age=0.0, min_servers=0)) as pool:
-        async with pool.lease(1, str(tmp_path)) as server:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")) as server:
             await pool.check()
             assert server.state is ServerState.DRAINING
             assert alive(server.pid)
             # A draining server takes no new sessions.
-            async with pool.lease(2, str(tmp_path)) as other:
+            async with pool.lease(ProjectPlace(1, project(tmp_path)), 2, str(tmp_path / "project")) as other:
                 assert other is not server
         await wait_until(lambda: server.state is ServerState.EXITED)
 
@@ -133,7 +145,7 @@ async def test_a_busy_server_is_recycled_only_after_its_turn(opencode: OpencodeS
 async def test_an_idle_pool_shrinks(opencode: OpencodeSettings, tmp_path: Path) -> None:
     async with running_pool(opencode, tmp_path, quiet(min_servers=0, idle_shrink=0.0)) as pool:
         assert pool.servers == []
-        async with pool.lease(1, str(tmp_path)) as server:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")) as server:
             pass
         await pool.check()
         await wait_until(lambda: not pool.servers)
@@ -142,14 +154,14 @@ async def test_an_idle_pool_shrinks(opencode: OpencodeSettings, tmp_path: Path) 
 
 async def test_a_crashed_server_is_restarted(opencode: OpencodeSettings, tmp_path: Path) -> None:
     async with running_pool(opencode, tmp_path, quiet()) as pool:
-        async with pool.lease(1, str(tmp_path)) as crashed:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")) as crashed:
             pass
         assert crashed.pid is not None
         os.kill(crashed.pid, signal.SIGKILL)
         await wait_until(lambda: crashed.state is ServerState.EXITED)
         assert "SIGKILL" in crashed.describe_exit()
         # The session that used it gets a fresh server.
-        async with pool.lease(1, str(tmp_path), crashed.key) as fresh:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project"), crashed.key) as fresh:
             assert fresh is not crashed and fresh.state is ServerState.READY
 
 
@@ -157,7 +169,7 @@ async def test_a_server_that_cannot_start_fails_the_lease_clearly(tmp_path: Path
     opencode = OpencodeSettings(binary="/bin/false")
     async with running_pool(opencode, tmp_path, quiet(min_servers=0, startup_timeout=10.0)) as pool:
         with pytest.raises(OpencodeServerError, match="could not start"):
-            async with pool.lease(1, str(tmp_path)):
+            async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")):
                 pass
         assert pool.servers == []
 
@@ -170,7 +182,7 @@ async def test_a_server_that_never_turns_healthy_fails_the_lease_clearly(tmp_pat
     opencode = OpencodeSettings(binary=str(impostor))
     async with running_pool(opencode, tmp_path, quiet(min_servers=0, startup_timeout=1.0)) as pool:
         with pytest.raises(OpencodeServerError, match="could not start"):
-            async with pool.lease(1, str(tmp_path)):
+            async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project")):
                 pass
         assert pool.servers == []
 

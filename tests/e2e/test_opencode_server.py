@@ -1,8 +1,9 @@
 """The opencode_server backend against the real ``opencode serve`` (pinned 1.18.33) and FakeModel.
 
 One warm server is shared by the whole module (a module-scoped pool with ``servers = 1``), as it
-would be in the service; tests that need other turn limits give their backend its own settings.
-Every test uses its own Switchyard session id and worktree directory.
+would be in the service: all tests' worktrees belong to one project (project 1, under one
+directory), the only project that server may serve; tests that need other turn limits give their
+backend its own settings. Every test uses its own Switchyard session id and worktree directory.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from backends.base import (
     Turn,
     TurnOutcome,
 )
+from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
-from backends.opencode_pool import OpencodePool, OpencodePoolSettings, marked_processes
+from backends.opencode_pool import OpencodePool, OpencodePoolSettings, ProjectPlace, marked_processes
 from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import PermissionPolicy
 from testkit.fake_model import FakeModel, RecordedRequest, Reply
@@ -49,7 +51,7 @@ from worktrees.manager import WorktreeManager
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 _session_ids = itertools.count(1000)
-SLEEP_ALLOWED = PermissionPolicy(execute_allow=("sleep",))
+SLEEP_ALLOWED = PermissionPolicy(commands={"sleep": CommandRule(args=ANY)})
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +61,30 @@ def fake_model() -> Iterator[FakeModel]:
 
 
 @asynccontextmanager
-async def one_server_pool(fake_model: FakeModel, root: Path) -> AsyncIterator[OpencodePool]:
+async def one_server_pool(fake_model: FakeModel, root: Path, warm: Path | None = None) -> AsyncIterator[OpencodePool]:
+    """A pool of one server; with ``warm``, already serving project 1 whose worktrees are there."""
     opencode = OpencodeSettings(base_url=fake_model.base_url, models=("fake-model",))
     async with OpencodePool(OpencodePoolSettings(servers=1, min_servers=1), opencode, root) as pool:
+        if warm is not None:
+            async with pool.lease(ProjectPlace(1, warm), 0, str(warm)):
+                pass
         yield pool
     # Nothing any server started (bash tool commands included) outlives the pool.
     assert pool.leftover_pids() == []
 
 
 @pytest.fixture(scope="module")
-async def oc_pool(fake_model: FakeModel, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OpencodePool]:
+def project_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where project 1's worktrees live."""
+    return tmp_path_factory.mktemp("project-1").resolve()
+
+
+@pytest.fixture(scope="module")
+async def oc_pool(
+    fake_model: FakeModel, tmp_path_factory: pytest.TempPathFactory, project_dir: Path
+) -> AsyncIterator[OpencodePool]:
     """The module's warm server (started before, so not counted against, each test's processes)."""
-    async with one_server_pool(fake_model, tmp_path_factory.mktemp("opencode-pool")) as pool:
+    async with one_server_pool(fake_model, tmp_path_factory.mktemp("opencode-pool"), project_dir) as pool:
         yield pool
     assert marked_processes(lambda m: m.startswith(f"{os.getpid()}.")) == {}
 
@@ -113,8 +127,18 @@ def mentions(word: str, request: RecordedRequest) -> bool:
     return word in request.last_user_text
 
 
-def worktree(tmp_path: Path, name: str = "wt") -> Path:
-    path = tmp_path / name
+_worktree_numbers = itertools.count(1)
+
+
+def worktree_parent(tmp_path: Path) -> Path:
+    path = tmp_path / "project"
+    path.mkdir()
+    return path
+
+
+def worktree(project: Path, name: str = "wt") -> Path:
+    """A new worktree directory of the project whose worktrees are in ``project``."""
+    path = project / f"{name}-{next(_worktree_numbers)}"
     path.mkdir()
     return path
 
@@ -123,10 +147,10 @@ def worktree(tmp_path: Path, name: str = "wt") -> Path:
 
 
 async def test_two_turns_reuse_the_server_and_the_opencode_session(
-    oc_pool: OpencodePool, fake_model: FakeModel, tmp_path: Path
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
 ) -> None:
     backend = OpencodeServerBackend(oc_pool)
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     first = await run(backend, make_turn(wt, "hello one", session))
     assert first.outcome.status is OutcomeStatus.COMPLETED, first.outcome
     assert first.text == "Fake reply to: hello one"
@@ -144,10 +168,10 @@ async def test_two_turns_reuse_the_server_and_the_opencode_session(
 
 
 async def test_a_changed_config_or_a_lost_server_gets_a_new_opencode_session(
-    oc_pool: OpencodePool, tmp_path: Path
+    oc_pool: OpencodePool, project_dir: Path
 ) -> None:
     backend = OpencodeServerBackend(oc_pool)
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     first = (await run(backend, make_turn(wt, "hi", session))).outcome
     assert first.agent_session is not None
     stale_hash = dataclasses.replace(first.agent_session, config_hash="0" * 64)
@@ -164,10 +188,10 @@ async def test_a_changed_config_or_a_lost_server_gets_a_new_opencode_session(
 
 
 async def test_a_new_opencode_session_gets_the_earlier_history_as_context(
-    oc_pool: OpencodePool, fake_model: FakeModel, tmp_path: Path
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
 ) -> None:
     history = (HistoryMessage("user", "What is the code word?"), HistoryMessage("assistant", "It is PELICAN."))
-    turn = make_turn(worktree(tmp_path), "and again?", next(_session_ids), history=history)
+    turn = make_turn(worktree(project_dir), "and again?", next(_session_ids), history=history)
     result = await run(OpencodeServerBackend(oc_pool), turn)
     assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
     request = next(r for r in reversed(fake_model.chat_requests) if r.last_user_text == "and again?")
@@ -175,14 +199,14 @@ async def test_a_new_opencode_session_gets_the_earlier_history_as_context(
 
 
 async def test_two_sessions_in_two_worktrees_run_concurrently_on_one_server(
-    oc_pool: OpencodePool, fake_model: FakeModel, tmp_path: Path
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
 ) -> None:
     backend = OpencodeServerBackend(oc_pool)
     pieces = {name: [f"{name}-{i} " for i in range(8)] for name in ("ALPHA", "BRAVO")}
     for name, text in pieces.items():
         fake_model.enqueue(Reply(text=text, chunk_delay=0.05), when=partial(mentions, name))
     runs: dict[str, Run] = {}
-    workdirs = {name: worktree(tmp_path, name) for name in pieces}
+    workdirs = {name: worktree(project_dir, name) for name in pieces}
 
     async def one(name: str) -> None:
         runs[name] = await run(backend, make_turn(workdirs[name], f"{name} please", next(_session_ids)))
@@ -201,7 +225,7 @@ async def test_two_sessions_in_two_worktrees_run_concurrently_on_one_server(
 
 
 async def test_a_written_file_lands_in_the_worktree_and_the_pending_change(
-    oc_pool: OpencodePool, pool: asyncpg.Pool, tmp_path: Path
+    fake_model: FakeModel, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     repo = sample_repo(tmp_path / "project")
     manager = WorktreeManager(pool, WorktreeSettings(root=tmp_path / "worktrees"))
@@ -209,11 +233,13 @@ async def test_a_written_file_lands_in_the_worktree_and_the_pending_change(
         session = await add_repo_session(conn, repo)
         task = await start_turn(conn, session)
     wt = await manager.ensure(session)
-    backend = OpencodeServerBackend(oc_pool)
+    input_ = "WRITE_FILE notes/agent.txt TOKEN-42"
     turn = Turn(
-        task_id=task, session_id=session, project_id=1, input="WRITE_FILE notes/agent.txt TOKEN-42", workdir=wt.path
+        task_id=task, session_id=session, project_id=wt.project_id, input=input_, workdir=wt.path, git_dir=wt.git_dir
     )
-    result = await run(backend, turn)
+    # A pool of its own: a real project's server (its worktrees and git directory) for this turn.
+    async with one_server_pool(fake_model, tmp_path / "pool") as oc_pool:
+        result = await run(OpencodeServerBackend(oc_pool), turn)
     assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
     assert (wt.path / "notes" / "agent.txt").read_text() == "TOKEN-42\n"
     write = result.tool_calls[-1]
@@ -227,9 +253,9 @@ async def test_a_written_file_lands_in_the_worktree_and_the_pending_change(
     assert "+TOKEN-42" in await manager.get_diff(change.id)
 
 
-async def test_the_policy_answers_permission_requests(oc_pool: OpencodePool, tmp_path: Path) -> None:
+async def test_the_policy_answers_permission_requests(oc_pool: OpencodePool, project_dir: Path) -> None:
     backend = OpencodeServerBackend(oc_pool)  # the default policy denies `sleep 30`
-    result = await run(backend, make_turn(worktree(tmp_path), "SLEEP_TOOL", next(_session_ids)))
+    result = await run(backend, make_turn(worktree(project_dir), "SLEEP_TOOL", next(_session_ids)))
     assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
     decisions = [e for e in result.events if isinstance(e, PermissionDecision)]
     assert [(d.permission, d.decision) for d in decisions] == [("bash", "denied")]
@@ -239,13 +265,13 @@ async def test_the_policy_answers_permission_requests(oc_pool: OpencodePool, tmp
 
 
 async def test_a_subagent_asks_the_turn_for_its_permissions(
-    oc_pool: OpencodePool, fake_model: FakeModel, tmp_path: Path
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
 ) -> None:
     delegate = ScriptedToolCall(
         "task", {"description": "write a file", "prompt": "WRITE_FILE child.txt FROM-CHILD", "subagent_type": "general"}
     )
     fake_model.enqueue(Reply(text="Delegating.", tool_calls=(delegate,)), when=partial(mentions, "DELEGATE"))
-    wt = worktree(tmp_path)
+    wt = worktree(project_dir)
     result = await run(OpencodeServerBackend(oc_pool), make_turn(wt, "DELEGATE", next(_session_ids)))
     assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
     assert (wt / "child.txt").read_text() == "FROM-CHILD\n"
@@ -256,13 +282,13 @@ async def test_a_subagent_asks_the_turn_for_its_permissions(
     assert result.tool_calls[-1].name == "task" and result.tool_calls[-1].status is ToolStatus.COMPLETED
 
 
-async def test_an_unknown_opencode_agent_fails_clearly(oc_pool: OpencodePool, tmp_path: Path) -> None:
+async def test_an_unknown_opencode_agent_fails_clearly(oc_pool: OpencodePool, project_dir: Path) -> None:
     result = await run(
-        OpencodeServerBackend(oc_pool), make_turn(worktree(tmp_path), "hi", next(_session_ids), mode_id="nope")
+        OpencodeServerBackend(oc_pool), make_turn(worktree(project_dir), "hi", next(_session_ids), mode_id="nope")
     )
     assert result.outcome.status is OutcomeStatus.FAILED
-    assert result.outcome.stop_reason == "agent_error"
-    assert "Agent not found" in (result.outcome.error or "")
+    assert result.outcome.stop_reason == "bad_input"
+    assert result.outcome.error == "opencode offers no mode 'nope' (its modes: build, plan)"
 
 
 async def test_bad_input_fails_without_a_server(oc_pool: OpencodePool, tmp_path: Path) -> None:
@@ -278,10 +304,10 @@ async def test_bad_input_fails_without_a_server(oc_pool: OpencodePool, tmp_path:
 
 
 async def test_a_hanging_model_trips_the_watchdog_and_the_session_stays_usable(
-    oc_pool: OpencodePool, tmp_path: Path
+    oc_pool: OpencodePool, project_dir: Path
 ) -> None:
     backend = OpencodeServerBackend(oc_pool, settings=dataclasses.replace(oc_pool.settings, watchdog=2.0))
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     hung = await run(backend, make_turn(wt, "HANG", session))
     assert hung.outcome.status is OutcomeStatus.FAILED
     assert hung.outcome.stop_reason == "inactivity_timeout"
@@ -293,10 +319,10 @@ async def test_a_hanging_model_trips_the_watchdog_and_the_session_stays_usable(
 
 
 async def test_a_model_failing_with_500_is_aborted_after_the_retry_cap(
-    oc_pool: OpencodePool, fake_model: FakeModel, tmp_path: Path
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
 ) -> None:
     backend = OpencodeServerBackend(oc_pool, settings=dataclasses.replace(oc_pool.settings, retry_cap=1))
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     before = len(fake_model.chat_requests)
     result = await run(backend, make_turn(wt, "FAIL_500", session))
     assert result.outcome.status is OutcomeStatus.FAILED
@@ -322,9 +348,9 @@ def sleeping_tools(marker: str) -> list[int]:
     return found
 
 
-async def test_cancelling_a_turn_aborts_the_opencode_session(oc_pool: OpencodePool, tmp_path: Path) -> None:
+async def test_cancelling_a_turn_aborts_the_opencode_session(oc_pool: OpencodePool, project_dir: Path) -> None:
     backend = OpencodeServerBackend(oc_pool, SLEEP_ALLOWED)
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     events: list[BackendEvent] = []
     marker = oc_pool.servers[0].marker
     with anyio.CancelScope() as scope:
@@ -347,12 +373,12 @@ async def test_killing_the_server_mid_turn_fails_the_turn_and_the_next_turn_reco
 ) -> None:
     # A pool of its own: this test kills its server.
     async with one_server_pool(fake_model, tmp_path / "pool") as pool:
-        await crash_and_recover(pool, tmp_path)
+        await crash_and_recover(pool, worktree_parent(tmp_path))
 
 
-async def crash_and_recover(oc_pool: OpencodePool, tmp_path: Path) -> None:
+async def crash_and_recover(oc_pool: OpencodePool, project_dir: Path) -> None:
     backend = OpencodeServerBackend(oc_pool, SLEEP_ALLOWED)
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     warm = (await run(backend, make_turn(wt, "hi", session))).outcome
     assert warm.agent_session is not None
     server = oc_pool.servers[0]
@@ -382,10 +408,10 @@ async def crash_and_recover(oc_pool: OpencodePool, tmp_path: Path) -> None:
 
 
 async def test_a_dropped_stream_is_reopened_and_reconciled(
-    oc_pool: OpencodePool, fake_model: FakeModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    oc_pool: OpencodePool, fake_model: FakeModel, monkeypatch: pytest.MonkeyPatch, project_dir: Path
 ) -> None:
     backend = OpencodeServerBackend(oc_pool)
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     warm = (await run(backend, make_turn(wt, "hi", session))).outcome
     server = oc_pool.servers[0]
     pieces = [f"piece-{i} " for i in range(10)]
@@ -420,9 +446,9 @@ async def test_a_dropped_stream_is_reopened_and_reconciled(
     assert result.text == "".join(pieces)
 
 
-async def test_a_session_worktree_is_disposed_on_request(oc_pool: OpencodePool, tmp_path: Path) -> None:
+async def test_a_session_worktree_is_disposed_on_request(oc_pool: OpencodePool, project_dir: Path) -> None:
     backend = OpencodeServerBackend(oc_pool)
-    wt, session = worktree(tmp_path), next(_session_ids)
+    wt, session = worktree(project_dir), next(_session_ids)
     done = (await run(backend, make_turn(wt, "hi", session))).outcome
     assert done.status is OutcomeStatus.COMPLETED
     server = oc_pool.servers[0]

@@ -31,7 +31,7 @@ def test_every_kind_of_change_is_diffed(repo: Path, tmp_path: Path) -> None:
     (wt / "build").mkdir()
     (wt / "build" / "out.o").write_text("ignored too\n")
 
-    snap = wgit.snapshot(wt, base, "snapshot")
+    snap = wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot")
     d = compute(repo, base, snap, BIG)
 
     files = {f["path"]: f for f in d.files_json()}
@@ -64,15 +64,15 @@ def test_snapshot_leaves_the_worktree_index_and_head_alone(repo: Path, tmp_path:
     index = Path(git(wt, "rev-parse", "--absolute-git-dir")) / "index"
     before = index.read_bytes()
 
-    first = wgit.snapshot(wt, base, "snapshot")
+    first = wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot")
     assert index.read_bytes() == before
     assert git(wt, "rev-parse", "HEAD") == base
     assert git(wt, "diff", "--cached", "--name-only") == ""  # nothing staged
     assert "?? untracked.txt" in git(wt, "status", "--porcelain")
     # The same content against the same base is the same commit; new content is not.
-    assert wgit.snapshot(wt, base, "snapshot") == first
+    assert wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot") == first
     (wt / "untracked.txt").write_text("newer\n")
-    assert wgit.snapshot(wt, base, "snapshot") != first
+    assert wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot") != first
 
 
 def test_agent_commits_are_part_of_the_diff(repo: Path, tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_agent_commits_are_part_of_the_diff(repo: Path, tmp_path: Path) -> None:
     (wt / "committed.txt").write_text("by the agent\n")
     git(wt, "add", "committed.txt")
     git(wt, "commit", "-q", "-m", "agent commit")
-    d = compute(repo, base, wgit.snapshot(wt, base, "snapshot"), BIG)
+    d = compute(repo, base, wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot"), BIG)
     assert [f.path for f in d.files] == ["committed.txt"]
 
 
@@ -89,7 +89,7 @@ def test_a_file_over_the_cap_is_listed_and_reported_truncated(repo: Path, tmp_pa
     (wt / "huge.txt").write_text("x" * 100 + "\n" * 5000)
     (wt / "small.txt").write_text("small\n")
     (wt / "blob.bin").write_bytes(os.urandom(5000))
-    snap = wgit.snapshot(wt, base, "snapshot")
+    snap = wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot")
     d = compute(repo, base, snap, Caps(max_file_bytes=2000, max_total_bytes=1 << 20))
 
     files = {f.path: f for f in d.files}
@@ -107,7 +107,12 @@ def test_the_total_cap_leaves_files_out_and_says_so(repo: Path, tmp_path: Path) 
     wt, base = worktree(repo, tmp_path)
     for i in range(10):
         (wt / f"f{i}.txt").write_text(f"{i}\n" * 50)
-    d = compute(repo, base, wgit.snapshot(wt, base, "snapshot"), Caps(max_file_bytes=1 << 20, max_total_bytes=1500))
+    d = compute(
+        repo,
+        base,
+        wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot"),
+        Caps(max_file_bytes=1 << 20, max_total_bytes=1500),
+    )
     assert d.truncated and len(d.files) == 10
     kept = [f for f in d.files if not f.truncated]
     assert 0 < len(kept) < 10
@@ -118,7 +123,7 @@ def test_the_total_cap_leaves_files_out_and_says_so(repo: Path, tmp_path: Path) 
 def test_an_unchanged_worktree_has_an_empty_diff(repo: Path, tmp_path: Path) -> None:
     wt, base = worktree(repo, tmp_path)
     (wt / "ignored.log").write_text("only ignored files\n")
-    d = compute(repo, base, wgit.snapshot(wt, base, "snapshot"), BIG)
+    d = compute(repo, base, wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot"), BIG)
     assert d.empty and d.text == "" and not d.truncated
 
 

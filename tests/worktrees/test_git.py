@@ -21,7 +21,7 @@ def change_in_worktree(repo: Path, tmp_path: Path) -> tuple[Path, str, str]:
     (wt / "a.txt").write_text(LINES.replace("line 2\n", "line two\n"))
     (wt / "new.txt").write_text("new\n")
     (wt / "gone.txt").unlink()
-    return wt, base, wgit.snapshot(wt, base, "snapshot")
+    return wt, base, wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot")
 
 
 PATHS = ("a.txt", "gone.txt", "new.txt")
@@ -63,7 +63,7 @@ def test_an_ignored_local_file_where_the_change_adds_one_is_a_conflict(repo: Pat
     wgit.add_worktree(repo, wt, "switchyard/1", base)
     (wt / ".gitignore").write_text("build/\n")  # the agent un-ignores *.log and adds one
     (wt / "notes.log").write_text("from the agent\n")
-    snap = wgit.snapshot(wt, base, "snapshot")
+    snap = wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot")
     (repo / "notes.log").write_text("precious local log\n")  # ignored in the project
     before = checkout_files(repo)
     with pytest.raises(ApplyConflict):
@@ -76,7 +76,9 @@ def test_restore_puts_back_modified_and_deleted_files_and_removes_added_ones(rep
     (wt / "dir").mkdir()
     (wt / "dir" / "added.txt").write_text("x\n")
     (wt / "keep.txt").write_text("not part of the reject\n")
-    wgit.restore_paths(wt, base, wgit.RestorePlan(("a.txt", "gone.txt"), ("new.txt", "dir/added.txt")))
+    wgit.restore_paths(
+        wgit.trusted_checkout(repo, wt), base, wgit.RestorePlan(("a.txt", "gone.txt"), ("new.txt", "dir/added.txt"))
+    )
     assert (wt / "a.txt").read_text() == LINES
     assert (wt / "gone.txt").read_text() == "to be deleted\n"
     assert not (wt / "new.txt").exists() and not (wt / "dir").exists()
@@ -89,7 +91,7 @@ def test_restore_refuses_to_clobber_a_directory(repo: Path, tmp_path: Path) -> N
     (wt / "keep.txt").mkdir()
     (wt / "keep.txt" / "inner.txt").write_text("work\n")
     with pytest.raises(RestoreRefused, match="is a directory now"):
-        wgit.restore_paths(wt, base, wgit.RestorePlan(("keep.txt", "a.txt"), ()))
+        wgit.restore_paths(wgit.trusted_checkout(repo, wt), base, wgit.RestorePlan(("keep.txt", "a.txt"), ()))
     assert (wt / "keep.txt" / "inner.txt").read_text() == "work\n"
     assert (wt / "a.txt").read_text() != LINES  # checked before anything was written
 
@@ -101,7 +103,7 @@ def test_restore_refuses_a_path_below_a_symlink(repo: Path, tmp_path: Path) -> N
     os.rename(wt / "src", tmp_path / "src-moved")
     (wt / "src").symlink_to(outside)
     with pytest.raises(RestoreRefused, match="no longer a directory"):
-        wgit.restore_paths(wt, base, wgit.RestorePlan(("src/main.py",), ()))
+        wgit.restore_paths(wgit.trusted_checkout(repo, wt), base, wgit.RestorePlan(("src/main.py",), ()))
     assert list(outside.iterdir()) == []
 
 
@@ -128,7 +130,7 @@ def test_a_deleted_worktree_directory_is_recreated_on_its_branch(repo: Path, tmp
     shutil.rmtree(wt)  # behind git's back: its registration of the worktree is now stale
     wgit.add_worktree(repo, wt, "switchyard/1", base)
     assert (wt / "committed.txt").read_text() == "agent work\n"
-    assert wgit.is_worktree(wt)
+    assert wgit.find_checkout(repo, wt) is not None
 
 
 def test_a_foreign_directory_in_the_way_is_refused_not_deleted(repo: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def three_hunks(repo: Path, tmp_path: Path) -> tuple[str, str, bytes]:
     wt = tmp_path / "wt"
     wgit.add_worktree(repo, wt, "switchyard/1", base)
     (wt / "a.txt").write_text(THREE)
-    snapshot = wgit.snapshot(wt, base, "snapshot")
+    snapshot = wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "snapshot")
     return base, snapshot, wgit.patch(repo, base, snapshot, ("a.txt",))
 
 

@@ -24,9 +24,8 @@ def index_for(repo: Path, tmp_path: Path) -> tuple[Path, LiveIndex]:
     base = wgit.head_commit(repo)
     wt = tmp_path / "wt"
     wgit.add_worktree(repo, wt, "switchyard/1", base)
-    gitdir = wgit.worktree_gitdir(wt)
-    assert gitdir is not None
-    return wt, LiveIndex(repo, wt, gitdir, base)
+    checkout = wgit.trusted_checkout(repo, wt)
+    return wt, LiveIndex(repo, checkout.work_tree, checkout.git_dir, base)
 
 
 def counts(summary: LiveSummary) -> dict[str, tuple[str, int, int]]:

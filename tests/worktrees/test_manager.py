@@ -389,6 +389,22 @@ async def test_the_reaper_removes_only_what_it_may(
     assert back.path.is_dir() and back.base_commit == git(repo, "rev-parse", "HEAD")
 
 
+async def test_the_reaper_keeps_what_a_reject_discarded(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+) -> None:
+    manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
+    session = await add_repo_session(pool, repo)
+    change = await turn(manager, pool, session, {"idea.txt": "worth keeping\n"})
+    assert change is not None
+    kept_at = (await manager.reject(change.id)).kept_at
+    await make_idle(pool, session)
+
+    [reaped] = await manager.reap()
+    assert reaped.removed
+    assert git(repo, "for-each-ref", "--format=%(refname)", f"refs/switchyard/{session}/") == kept_at
+    assert git(repo, "show", f"{kept_at}:idea.txt") == "worth keeping"
+
+
 async def test_the_reaper_refuses_a_path_outside_the_root(
     pool: asyncpg.Pool, tmp_path: Path, worktree_settings: WorktreeSettings
 ) -> None:

@@ -46,7 +46,7 @@ def test_the_session_base_is_the_merge_base(repo: Path, tmp_path: Path) -> None:
     wt = tmp_path / "wt"
     wgit.add_worktree(repo, wt, "switchyard/1", base)
     (wt / "a.txt").write_text(AGENT)
-    work = wgit.snapshot(wt, base, "work")
+    work = wgit.snapshot(wgit.trusted_checkout(repo, wt), base, "work")
     onto = commit_in_checkout(repo, {"keep.txt": "user\n"})
     clean = merge_onto(repo, base, work, onto)
     assert clean.conflicts == ()

@@ -151,6 +151,11 @@ def test_since_seq_per_session() -> None:
         ({"type": "subscribe", "session_ids": list(range(1, 102))}, "at most 100"),
         ({"type": "subscribe", "session_ids": [1], "since_seq": "5"}, "must be an integer"),
         ({"type": "subscribe", "session_ids": [1], "since_seq": {"x": 1}}, "keys must be session ids"),
+        # Digits str.isdigit() accepts and int() does not: once a ValueError that ended the handler.
+        ({"type": "subscribe", "session_ids": [1], "since_seq": {"²": 0}}, "keys must be session ids"),
+        ({"type": "subscribe", "session_ids": [1], "since_seq": {"\u0661": 0}}, "keys must be session ids"),
+        ({"type": "subscribe", "session_ids": [1], "since_seq": {"9" * 5000: 0}}, "keys must be session ids"),
+        ({"type": "subscribe", "session_ids": [1], "since_seq": {"01": 0}}, "keys must be session ids"),
         ({"type": "subscribe", "session_ids": [1], "since_seq": {"2": 1}}, "not in 'session_ids'"),
         ({"type": "submit"}, "missing field 'input'"),
         ({"type": "submit", "input": ""}, "non-empty string"),

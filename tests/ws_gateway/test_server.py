@@ -51,6 +51,7 @@ async def test_hello_after_header_or_query_token(gateway: Gateway, token: str, p
     assert hello["protocol"] == 1
     assert hello["token"] == {"name": "ide", "project_ids": [projects[0]]}
     assert hello["limits"]["send_queue_frames"] == gateway.settings.send_queue_frames
+    assert hello["limits"]["send_queue_bytes"] == gateway.settings.send_queue_bytes
     async with open_client(f"{gateway.url}?token={token}") as ws:
         assert (await recv(ws))["type"] == "hello"
 
@@ -325,10 +326,15 @@ async def test_too_many_subscriptions(pool: asyncpg.Pool, db_url: str, token: st
         assert again["type"] == "ack"
 
 
+@pytest.mark.parametrize(
+    "bound",
+    [{"send_queue_frames": 4}, {"send_queue_frames": 100_000, "send_queue_bytes": 256 * 1024}],
+    ids=["frames", "bytes"],
+)
 async def test_slow_client_is_dropped_with_1013_and_resumes(
-    pool: asyncpg.Pool, db_url: str, token: str, session_id: int
+    pool: asyncpg.Pool, db_url: str, token: str, session_id: int, bound: dict[str, int]
 ) -> None:
-    settings = with_settings(send_queue_frames=4)
+    settings = with_settings(**bound)
     async with running_gateway(pool, db_url, settings) as gateway:
         async with open_client(gateway.url, token, max_queue=1) as slow:
             await recv(slow)

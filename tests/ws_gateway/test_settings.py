@@ -31,6 +31,7 @@ def test_environment_overrides() -> None:
     [
         ("PORT", "70000", "gateway.port must be 0..65535"),
         ("SEND_QUEUE_FRAMES", "1", "send_queue_frames must be at least 2"),
+        ("SEND_QUEUE_BYTES", "1000", "send_queue_bytes must be at least 65536"),
         ("MAX_FRAME_BYTES", "0", "max_frame_bytes must be at least 1"),
         ("POLL_INTERVAL", "0", "poll_interval must be positive"),
         ("ALLOWED_ORIGINS", '"https://one.example"', "must be a list"),

@@ -50,3 +50,31 @@ async def test_get_waits_for_a_frame() -> None:
         assert got == []
         outbox.offer(b"x")
     assert got == [b"x"]
+
+
+async def test_the_queue_is_bounded_in_bytes_too() -> None:
+    outbox = Outbox(100, capacity_bytes=10)
+    assert outbox.offer(b"123456") and not outbox.offer(b"12345")
+    assert outbox.offer(b"1234") and outbox.bytes == 10
+    assert await outbox.get() == b"123456"
+    # A frame bigger than the whole bound still passes an empty queue.
+    await outbox.get()
+    assert outbox.offer(b"x" * 50) and not outbox.offer(b"y")
+
+
+async def test_put_waits_until_at_most_half_full_in_bytes() -> None:
+    outbox = Outbox(100, capacity_bytes=10)
+    outbox.offer(b"12345")
+    done = anyio.Event()
+
+    async def put() -> None:
+        await outbox.put(b"reply")
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(put)
+        await anyio.wait_all_tasks_blocked()
+        assert not done.is_set()
+        assert await outbox.get() == b"12345"
+        await done.wait()
+    assert await outbox.get() == b"reply"

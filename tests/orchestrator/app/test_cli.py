@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]
     banner: dict[str, str] = {}
     for line in proc.stdout:
         key, _, value = line.strip().partition(": ")
-        if key in ("open", "database", "websocket", "token"):
+        if key in ("open", "database", "websocket", "token", "sandbox"):
             banner[key] = value.strip()
         if line.startswith("Stop:"):
             return proc, banner
@@ -87,9 +88,15 @@ def test_up_psql_insert_tasks_and_restart(env: dict[str, str], repo: Path, home:
     try:
         assert second["token"] == first_token  # kept across restarts, not a new one each time
         listed = run(["tasks", "--json"], env)
-        assert [t["input"] for t in json.loads(listed.stdout)] == ["from psql"]
+        assert sorted(t["input"] for t in json.loads(listed.stdout)) == ["from psql", "warm up"]
     finally:
         assert stop(proc) == 0
+
+
+def psql(url: str, sql: str) -> str:
+    done = subprocess.run(["psql", url, "-Atc", sql], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def up_insert_and_list(env: dict[str, str], repo: Path, home: Path) -> str:
@@ -102,26 +109,26 @@ def up_insert_and_list(env: dict[str, str], repo: Path, home: Path) -> str:
         assert page_url == banner["websocket"].replace("ws://", "http://").removesuffix("ws")
         assert "<title>Switchyard</title>" in httpx.get(page_url, timeout=10).text
         assert len(banner["token"]) >= 32
+        assert banner["sandbox"].startswith("bubblewrap")
         added = run(["project", "add", str(repo), "--name", "demo"], env)
         assert added.returncode == 0, added.stderr
         project_id = added.stdout.strip()
-        psql = subprocess.run(
-            [
-                "psql",
-                url,
-                "-c",
-                f"INSERT INTO tasks (project_id, input, agent) VALUES ({project_id}, 'from psql', 'noop')",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert psql.returncode == 0, psql.stderr
+        psql(url, f"INSERT INTO tasks (project_id, input, agent) VALUES ({project_id}, 'from psql', 'noop')")
         listed = run(["tasks", "--json"], env)
         assert listed.returncode == 0, listed.stderr
         assert [t["input"] for t in json.loads(listed.stdout)] == ["from psql"]
-        servers = json.loads(run(["pool", "--json"], env).stdout)
-        assert [s["state"] for s in servers] == ["ready"]  # a warm opencode server is up
+        # The project's first opencode turn starts its warm server (no model answers here).
+        warm = psql(
+            url,
+            f"INSERT INTO tasks (project_id, input, agent) VALUES ({project_id}, 'warm up', 'opencode') RETURNING id",
+        )
+        deadline = time.monotonic() + 60
+        servers: list[dict[str, object]] = []
+        while time.monotonic() < deadline and [s["state"] for s in servers] != ["ready"]:
+            time.sleep(0.2)
+            servers = json.loads(run(["pool", "--json"], env).stdout)
+        assert [(s["state"], s["project_id"]) for s in servers] == [("ready", int(project_id))]
+        assert run(["cancel", warm.splitlines()[0]], env).returncode == 0
     finally:
         assert stop(proc) == 0
     status = subprocess.run(

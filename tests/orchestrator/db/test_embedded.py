@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 from kernel.db import connect
 from kernel.net import free_port
-from orchestrator.db.embedded import EmbeddedPostgres, find_bindir
+from orchestrator.db.embedded import EmbeddedPostgres, _write_private, find_bindir
 from orchestrator.errors import PortInUse, PostgresNotInstalled
 from testkit.cluster import reachable_tmp_dir
 
@@ -64,3 +65,19 @@ async def _write_and_read(url: str, *, write: bool) -> str:
         return value
     finally:
         await conn.close()
+
+
+def test_secret_files_are_private_from_the_start_and_never_follow_a_link(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        _write_private(tmp_path / "pw", "s3cret")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pw").read_text() == "s3cret\n"
+    assert (tmp_path / "pw").stat().st_mode & 0o777 == 0o600
+    # A link planted where the file goes is refused, not written through.
+    (tmp_path / "elsewhere").write_text("untouched\n")
+    (tmp_path / "planted").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        _write_private(tmp_path / "planted", "s3cret")
+    assert (tmp_path / "elsewhere").read_text() == "untouched\n"

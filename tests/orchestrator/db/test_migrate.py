@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import asyncpg
@@ -49,16 +50,40 @@ async def test_second_pending_change_in_a_session_is_refused(pool: asyncpg.Pool)
             await conn.execute(insert, session, "b" * 40)
 
 
-async def test_duplicate_dispatch_key_is_refused_and_on_conflict_is_a_no_op(pool: asyncpg.Pool) -> None:
+async def test_duplicate_dispatch_key_in_a_project_is_refused_and_on_conflict_is_a_no_op(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         project, _ = await _project_and_session(conn)
+        other = await conn.fetchval("INSERT INTO projects (name, repo_path) VALUES ('q', '/srv/q') RETURNING id")
         insert = "INSERT INTO tasks (project_id, input, dispatch_key) VALUES ($1, 'x', 'k1')"
         await conn.execute(insert, project)
-        with pytest.raises(asyncpg.UniqueViolationError, match="dispatch_key"):
+        with pytest.raises(asyncpg.UniqueViolationError, match="tasks_project_dispatch_key"):
             await conn.execute(insert, project)
-        status = await conn.execute(insert + " ON CONFLICT (dispatch_key) DO NOTHING", project)
+        status = await conn.execute(insert + " ON CONFLICT (project_id, dispatch_key) DO NOTHING", project)
         assert status == "INSERT 0 0"
-        assert await conn.fetchval("SELECT count(*) FROM tasks") == 1
+        # The same key in another project is another task.
+        assert await conn.execute(insert + " ON CONFLICT (project_id, dispatch_key) DO NOTHING", other) == "INSERT 0 1"
+        assert await conn.fetchval("SELECT count(*) FROM tasks") == 2
+
+
+def reference_dispatch_key(agent: str, dag_task_id: str, prompt: str, parent_session_id: int | None) -> str:
+    """The key as a submitter in any language computes it (DESIGN.md, "Idempotent submission")."""
+    parts = [agent, dag_task_id, hashlib.sha256(prompt.encode()).hexdigest(), str(parent_session_id or "")]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+async def test_the_sql_dispatch_key_is_the_seed_formula_and_makes_a_repeat_idempotent(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        project, session = await _project_and_session(conn)
+        for args in (("opencode", "step-3", "fix the bug ✓", 42), ("noop", "", "", None)):
+            key = await conn.fetchval("SELECT switchyard_dispatch_key($1, $2, $3, $4)", *args)
+            assert key == reference_dispatch_key(*args)
+        dispatch = """
+            INSERT INTO tasks (project_id, input, agent, dispatch_key)
+            VALUES ($1, 'fix it', 'opencode', switchyard_dispatch_key('opencode', 'step-3', 'fix it', $2))
+            ON CONFLICT (project_id, dispatch_key) DO NOTHING RETURNING id"""
+        first = await conn.fetchval(dispatch, project, session)
+        assert first is not None and await conn.fetchval(dispatch, project, session) is None
+        assert await conn.fetchval(dispatch, project, session + 1) not in (None, first)
 
 
 @pytest.mark.parametrize(
@@ -109,9 +134,18 @@ async def test_schema_is_idempotent_and_versioned(pool: asyncpg.Pool) -> None:
         assert await conn.fetchval("SELECT count(*) FROM schema_version WHERE version > $1", SCHEMA_VERSION) == 0
 
 
+async def as_version_2(conn: asyncpg.Connection) -> None:
+    """Make this database look like one created by schema version 2."""
+    await conn.execute("DROP INDEX tasks_project_dispatch_key")
+    await conn.execute("ALTER TABLE tasks ADD CONSTRAINT tasks_dispatch_key_key UNIQUE (dispatch_key)")
+    await conn.execute("DROP FUNCTION switchyard_dispatch_key")
+    await conn.execute("DELETE FROM schema_version WHERE version > 2")
+
+
 async def test_a_version_1_database_is_upgraded_without_losing_rows(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         # Make this database look like one created by schema version 1.
+        await as_version_2(conn)
         await conn.execute("ALTER TABLE pending_changes DROP COLUMN snapshot_commit")
         await conn.execute("DELETE FROM schema_version WHERE version > 1")
         _, session = await _project_and_session(conn)
@@ -158,6 +192,26 @@ async def test_project_feed_notifies_on_commit(pool: asyncpg.Pool) -> None:
         await listener.execute("SELECT 1")
         assert received == [f"{project}:{session}:created", f"{project}:{session}:updated"]
         await listener.remove_listener("project_feed", collect)
+
+
+async def test_a_version_2_database_gets_per_project_dispatch_keys_keeping_every_task(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await as_version_2(conn)
+        project, session = await _project_and_session(conn)
+        other = await conn.fetchval("INSERT INTO projects (name, repo_path) VALUES ('q', '/srv/q') RETURNING id")
+        insert = "INSERT INTO tasks (project_id, input, dispatch_key) VALUES ($1, $2, 'k1')"
+        await conn.execute(insert, project, "kept")
+        with pytest.raises(asyncpg.UniqueViolationError, match="tasks_dispatch_key_key"):
+            await conn.execute(insert, other, "refused before the upgrade")
+        await conn.execute(
+            "INSERT INTO tasks (project_id, session_id, input) VALUES ($1, $2, 'no key')", project, session
+        )
+
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert [r["input"] for r in await conn.fetch("SELECT input FROM tasks ORDER BY id")] == ["kept", "no key"]
+        await conn.execute(insert, other, "another project, another task")
+        assert await conn.fetchval("SELECT count(*) FROM tasks WHERE dispatch_key = 'k1'") == 2
+        assert await migrate(conn) == SCHEMA_VERSION  # and again: nothing changes
 
 
 async def test_newer_database_schema_is_refused(pool: asyncpg.Pool) -> None:

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from backends.acp import AcpBackend
+from backends.commands import CommandRule
 from backends.pty import PtyBackend
 from backends.registry import AgentSpec
 from kernel.errors import ConfigError
@@ -31,8 +32,14 @@ command = ["{sys.executable}", "-c", "print('hi')"]
 version_args = ["--version"]
 
 [permissions]
-execute_allow = ["pytest", "git status"]
 edit = "ask"
+
+[permissions.commands.pytest]
+args = "any"
+deny_options = ["-p"]
+
+[permissions.commands.make.subcommands.test]
+args = "any"
 """
 
 
@@ -49,7 +56,9 @@ def test_agents_and_permissions_come_from_configuration(tmp_path: Path) -> None:
     assert specs["opencode-run"].command == ("opencode", "run")
     assert specs["scripted"].transport == "pty"
     assert specs["scripted"].timeout == 5.0
-    assert config.permissions.execute_allow == ("pytest", "git status")
+    assert config.permissions.commands["pytest"] == CommandRule(args="any", deny_options=("-p",))
+    assert config.permissions.commands["make"].subcommands["test"].args == "any"
+    assert {"git", "ls", "pytest", "make"} <= config.permissions.rules.keys()
     assert config.permissions.edit == "ask"
 
 
@@ -61,12 +70,25 @@ def test_agents_and_permissions_come_from_configuration(tmp_path: Path) -> None:
         ("[agents.x]\ncommand = []\ntransport = 'pty'\n", "agents.x.command"),
         ('[agents.opencode-acp]\nflavour = "sweet"\n', "agents.opencode-acp.flavour"),
         ('[permissions]\nedit = "maybe"\n', "permissions"),
+        ('[permissions]\nexecute_allow = ["pytest"]\n', "permissions"),
+        ('[permissions.commands.pytest]\nargs = "all"\n', "permissions.commands.pytest"),
+        ('[permissions.commands.pytest]\noptions = ["p"]\n', "permissions.commands.pytest"),
+        (
+            '[permissions.commands.make.subcommands.test]\nargz = "any"\n',
+            "permissions.commands.make.subcommands.test.argz",
+        ),
     ],
 )
 def test_bad_agent_configuration_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write_config(tmp_path, text), environ={})
     assert caught.value.key == key
+
+
+def test_the_old_execute_allow_is_refused_with_the_new_form(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, '[permissions]\nexecute_allow = ["pytest"]\n'), environ={})
+    assert '[permissions.commands.pytest] args = "any"' in str(caught.value)
 
 
 def test_agents_are_routed_by_transport(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ async def gateway(pool: asyncpg.Pool, db_url: str, review: ReviewService) -> Asy
 
 async def test_submit_inserts_the_row_the_cli_inserts(gateway: Gateway, pool: asyncpg.Pool, db_url: str) -> None:
     project = await add_project(pool, "alpha")
-    token = await create_token(pool, "ide", [project])
+    token = await create_token(pool, "operator", None)  # priority 2: more than a scoped token may set
     fields: dict[str, Any] = {"agent": "opencode", "model": "m1", "mode_id": "build", "priority": 2, "max_attempts": 1}
     cli(db_url, "submit", "explain", "--project", "alpha", "--agent", "opencode", "--model", "m1", "--mode", "build",
         "--priority", "2", "--max-attempts", "1", "--dispatch-key", "cli-1")  # fmt: skip
@@ -63,6 +63,42 @@ async def test_submit_inserts_the_row_the_cli_inserts(gateway: Gateway, pool: as
     assert rows[0] == rows[1]
     agents = await pool.fetch("SELECT agent, model FROM sessions WHERE id = ANY($1) ORDER BY id", sessions)
     assert [tuple(r) for r in agents] == [("opencode", "m1")] * 2
+
+
+async def test_a_dispatch_key_is_per_project_and_never_reveals_another_projects_task(
+    gateway: Gateway, pool: asyncpg.Pool
+) -> None:
+    alpha, beta = await add_project(pool, "alpha"), await add_project(pool, "beta")
+    frame = {"type": "submit", "input": "x", "dispatch_key": "shared-key"}
+    async with open_client(gateway.url, await create_token(pool, "a", [alpha])) as ws:
+        await recv(ws)
+        theirs = await request(ws, {**frame, "id": 1, "project_id": alpha})
+    # An attacker limited to beta tries alpha's key: it gets a task of its own, not alpha's.
+    async with open_client(gateway.url, await create_token(pool, "b", [beta])) as ws:
+        await recv(ws)
+        mine = await request(ws, {**frame, "id": 2, "project_id": beta})
+        again = await request(ws, {**frame, "id": 3, "project_id": beta})
+    assert (theirs["created"], mine["created"], again["created"]) == (True, True, False)
+    assert mine["task_id"] != theirs["task_id"] and again["task_id"] == mine["task_id"]
+    rows = await pool.fetch("SELECT id, project_id FROM tasks ORDER BY id")
+    assert [(r["id"], r["project_id"]) for r in rows] == [(theirs["task_id"], alpha), (mine["task_id"], beta)]
+
+
+async def test_a_scoped_token_cannot_jump_the_queue(gateway: Gateway, pool: asyncpg.Pool) -> None:
+    project = await add_project(pool, "alpha")
+    frame = {"type": "submit", "input": "x", "project_id": project}
+    async with open_client(gateway.url, await create_token(pool, "ide", [project])) as ws:
+        await recv(ws)
+        refused = await request(ws, {**frame, "id": 1, "priority": 2**31 - 1})
+        assert refused["code"] == "forbidden"
+        assert refused["message"] == (
+            "a token limited to some projects may set priority at most 0 (gateway.scoped_max_priority)"
+        )
+        assert (await request(ws, {**frame, "id": 2, "priority": -5}))["type"] == "ack"
+    async with open_client(gateway.url, await create_token(pool, "operator", None)) as ws:
+        await recv(ws)
+        assert (await request(ws, {**frame, "id": 3, "priority": 100}))["type"] == "ack"
+    assert [r["priority"] for r in await pool.fetch("SELECT priority FROM tasks ORDER BY id")] == [-5, 100]
 
 
 async def test_submit_to_a_session_and_authorization(
