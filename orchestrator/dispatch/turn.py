@@ -8,7 +8,8 @@
 - **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
   deadline, cancellation, shutdown; :func:`watch_inactivity` aborts it when the backend is
   silent too long). Its output goes to the sink, which the dispatcher's FlushScheduler writes.
-  -> :class:`TurnResult`
+  Beside a backend that edits the worktree runs the live diff (``worktree_changed`` frames,
+  worktrees.live), stopped before finalize. -> :class:`TurnResult`
 - **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn: for a
   backend with a worktree it writes the reply and records the worktree's diff while the task
   still holds the session; then, in one transaction, it ends the assistant message, the task
