@@ -135,21 +135,28 @@ class LiveIndex:
         return {os.fsdecode(p).removeprefix("./") for p in out.split(b"\0") if p}
 
     def _expand(self, paths: set[str]) -> list[str]:
-        """Files for the paths: a directory's files on disk, and the index entries below a path
-        that is gone (a removed directory)."""
+        """Files for the paths: a directory's files on disk (not below an ignored directory, such
+        as a dependency tree an agent installs), and the index entries below a path that is gone
+        (a removed directory)."""
         out: set[str] = set()
         gone: list[str] = []
+        dirs: list[str] = []
         for rel in paths:
             full = self.work_tree / rel
             if full.is_dir() and not full.is_symlink():
-                for root, dirs, files in os.walk(full):
-                    dirs[:] = [d for d in dirs if d != ".git" and not (Path(root) / d / ".git").exists()]
-                    out.update(os.path.relpath(Path(root) / f, self.work_tree) for f in files)
+                dirs.append(rel)
             elif os.path.lexists(full):
                 out.add(rel)
             else:
                 gone.append(rel)
                 out.add(rel)
+        skipped = self._ignored([f"{d}/" for d in dirs if d not in self._tracked])
+        for rel in dirs:
+            if f"{rel}/" in skipped:
+                continue
+            for root, subdirs, files in os.walk(self.work_tree / rel):
+                subdirs[:] = [d for d in subdirs if d != ".git" and not (Path(root) / d / ".git").exists()]
+                out.update(os.path.relpath(Path(root) / f, self.work_tree) for f in files)
         if gone:
             listed = self._git(["ls-files", "-z", "--", *gone])
             out.update(os.fsdecode(p) for p in listed.split(b"\0") if p)

@@ -54,6 +54,11 @@ def test_only_the_named_paths_are_hashed_again(repo: Path, tmp_path: Path) -> No
         shutil.rmtree(wt / "pkg")
         assert "pkg/sub/m.py" not in counts(index.update({"pkg"}))
 
+        # An ignored directory (and what is in it) stays out.
+        (wt / "build" / "deep").mkdir(parents=True)
+        (wt / "build" / "deep" / "out.o").write_text("object\n")
+        assert not any(p.startswith("build/") for p in counts(index.update({"build", "build/deep/out.o"})))
+
         # A .gitignore that changes what is ignored makes the next update look at everything.
         (wt / ".gitignore").write_text("build/\n")
         summary = counts(index.update({".gitignore"}))
