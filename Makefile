@@ -48,8 +48,9 @@ system:
 test-system:
 	$(call install_missing,$(TEST_SYSTEM_COMMANDS))
 
+# exec: the service replaces the recipe's shell, so a supervisor's SIGTERM reaches it.
 up: install tools system
-	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(BIN)/switchyard up
+	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" exec $(BIN)/switchyard up
 
 test: install tools test-system
 	$(BIN)/ruff check .

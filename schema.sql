@@ -384,3 +384,25 @@ END;
 $$;
 
 INSERT INTO schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;
+
+-- ---------------------------------------------------------------- version 7
+
+-- The processes that run: a dispatcher's stable worker id (tasks.claimed_by), or a gateway.
+-- Each live one holds an advisory lock on hashtextextended('switchyard-worker:' || id, 0) on a
+-- connection of its own, so two live processes never share an id, and a row whose lock nobody
+-- holds belongs to a process that is gone. `process` identifies the OS process
+-- ('<boot id>:<pid namespace>:<pid>:<start time>'), so the next holder of the id can tell
+-- whether the previous one is gone and recover what it left running at once.
+CREATE TABLE IF NOT EXISTS workers (
+    id          text PRIMARY KEY CHECK (id <> ''),
+    kind        text NOT NULL CHECK (kind IN ('dispatcher', 'gateway')),
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    process     text NOT NULL,
+    -- The dispatcher's /metrics (health_port), the gateway's WebSocket URL.
+    url         text,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    seen_at     timestamptz NOT NULL DEFAULT now()
+);
+
+INSERT INTO schema_version (version) VALUES (7) ON CONFLICT DO NOTHING;

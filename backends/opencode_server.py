@@ -21,7 +21,9 @@ A turn, against one server and the session's worktree (every request names it as
 6. a dropped stream is reopened and the turn reconciled from ``GET /session/{id}/message``; if the
    server process died instead, the turn fails at once with the server's exit status.
 
-Cancellation (anyio) sends ``POST /session/{id}/abort`` in a shielded, time-bounded ``finally``.
+Every way out of a prompted turn other than ``session.idle`` — the watchdog, the retry cap, a
+stream lost for good while the server lives, cancellation (anyio: a cancel, the dispatcher's
+timeout, shutdown, fencing) — sends ``POST /session/{id}/abort``, shielded and time-bounded.
 """
 
 from __future__ import annotations
@@ -210,8 +212,7 @@ class _TurnRun:
         finally:
             if self.prompted and not self.finished:
                 # Cancelled (or crashed out): stop opencode working on a turn nobody waits for.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT):
-                    await self._abort()
+                await self._abort()
 
     async def _modes(self) -> tuple[Mode, ...]:
         """The opencode agents a task may select (primary ones, not hidden), cached per server."""
@@ -456,20 +457,30 @@ class _TurnRun:
         )
 
     async def _lost(self, error: str) -> TurnOutcome:
-        """The server went away or stopped answering: this turn fails; the next one starts afresh."""
+        """The server went away or stopped answering: this turn fails; the next one starts afresh.
+
+        A server that still runs (only its event stream was lost) is told to abort the prompt,
+        or it would go on editing the worktree unsupervised while the retry prompts the session.
+        """
         log.warning("opencode_server.lost", task_id=self.turn.task_id, error=error)
+        if self.prompted and not self.server.exited.is_set():
+            await self._abort()
         self.finished = True
         return TurnOutcome.failed("agent_crashed", error, transient=True, agent_session=self.agent_session)
 
     async def _abort(self) -> None:
+        """``POST /session/{id}/abort``, shielded and bounded: every way out of a prompted turn
+        that did not end at ``session.idle`` comes through here (watchdog, retry cap, lost
+        stream, cancellation, shutdown)."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT):
+            try:
+                await self.server.request(
+                    "POST", f"/session/{self.session_id}/abort", directory=self.directory, http_timeout=ABORT_TIMEOUT
+                )
+            except (httpx.HTTPError, OpencodeServerError) as exc:
+                fields = {"session": self.session_id, "error": str(exc)}
+                log.warning("opencode_server.abort_failed", **fields)
         self.finished = True
-        try:
-            await self.server.request(
-                "POST", f"/session/{self.session_id}/abort", directory=self.directory, http_timeout=ABORT_TIMEOUT
-            )
-        except (httpx.HTTPError, OpencodeServerError) as exc:
-            fields = {"session": self.session_id, "error": str(exc)}
-            log.warning("opencode_server.abort_failed", **fields)
 
     # ----------------------------------------------------------------------------- permissions
 

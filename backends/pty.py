@@ -106,8 +106,19 @@ class TerminalText:
         return data[:room].decode(errors="ignore") + TRUNCATED_NOTE.format(limit=self.limit)
 
 
+# Linux's limit for one argv string (MAX_ARG_STRLEN: 32 pages, its NUL included); the prompt is one.
+MAX_ARG_STRLEN = 32 * 4096
+
+
 class PtyBackend(OneShotBackend):
     execution_path = "pty"
+
+    @property
+    def max_input_bytes(self) -> int:
+        """The longest prompt (UTF-8 bytes) the agent can be started with; the dispatcher refuses
+        a longer one as ``input_too_long`` instead of failing to start the agent (E2BIG)."""
+        flag = f"{self.spec.prompt_flag}=" if self.spec.prompt_flag else ""
+        return MAX_ARG_STRLEN - 1 - len(flag.encode())
 
     async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
         if turn.mode_id:

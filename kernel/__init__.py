@@ -7,7 +7,17 @@ durable session event log that the dispatcher writes and the gateway reads.
 
 from __future__ import annotations
 
-from kernel.db import CONNECTION_LOST, DATABASE_ERRORS, VALUE_REFUSED, close_quietly, connect, create_pool, report
+from kernel.db import (
+    CONNECTION_LOST,
+    DATABASE_ERRORS,
+    VALUE_REFUSED,
+    BoundedPool,
+    PoolExhausted,
+    close_quietly,
+    connect,
+    create_pool,
+    report,
+)
 from kernel.errors import (
     BackendError,
     ConfigError,
@@ -44,16 +54,21 @@ from kernel.eventlog import (
 )
 from kernel.listen import Connect, Listener
 from kernel.logs import EventLogger, configure_logging, get_logger, redact
+from kernel.metrics import METRIC_PREFIX, METRICS_CONTENT_TYPE, on_scrape, render_metrics
 from kernel.net import free_port, port_is_free
+from kernel.procs import process_gone, process_key
 from kernel.retry import Backoff, exponential
 
 __all__ = [
     "CONNECTION_LOST",
     "DATABASE_ERRORS",
+    "METRICS_CONTENT_TYPE",
+    "METRIC_PREFIX",
     "VALUE_REFUSED",
     "AgentCommandsPayload",
     "BackendError",
     "Backoff",
+    "BoundedPool",
     "ChangesRequestedPayload",
     "ConfigError",
     "Connect",
@@ -68,6 +83,7 @@ __all__ = [
     "PendingChangePayload",
     "PermissionPayload",
     "PlanPayload",
+    "PoolExhausted",
     "ReviewCommentPayload",
     "SchemaError",
     "SessionFrame",
@@ -90,9 +106,13 @@ __all__ = [
     "free_port",
     "get_logger",
     "message_complete",
+    "on_scrape",
     "port_is_free",
+    "process_gone",
+    "process_key",
     "read_events",
     "redact",
+    "render_metrics",
     "report",
     "task_state",
 ]

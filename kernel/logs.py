@@ -2,6 +2,10 @@
 
 Values whose key looks secret are masked, and passwords inside URLs are removed, so
 configuration and connection strings can be logged as they are.
+
+The libraries' own loggers (asyncpg's pool, websockets, asyncio's "exception never retrieved")
+go to the same handler, one line each: their message and the exception's type and text, never
+a multi-line traceback (``log_level = "debug"`` keeps it, as one escaped field).
 """
 
 from __future__ import annotations
@@ -43,6 +47,30 @@ class EventFormatter(logging.Formatter):
         return line
 
 
+# Loggers of libraries that may log errors (with tracebacks) on their own.
+FOREIGN_LOGGERS = ("asyncpg", "websockets", "asyncio")
+
+
+class ForeignFormatter(EventFormatter):
+    """A library's record as one event line: ``<logger>.log message="..." error="Type: text"``."""
+
+    def __init__(self, tracebacks: bool) -> None:
+        super().__init__()
+        self._tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        fields: dict[str, Any] = {"message": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            fields["error"] = f"{type(exc).__name__}: {exc}"
+            if self._tracebacks:
+                fields["exc"] = self.formatException(record.exc_info)
+        parts = [f"{stamp}.{int(record.msecs):03d}Z", record.levelname.lower(), f"{record.name}.log"]
+        parts.extend(f"{key}={_format_value(key, value)}" for key, value in fields.items())
+        return " ".join(parts)
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EventFormatter())
@@ -50,6 +78,14 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    foreign = logging.StreamHandler(sys.stderr)
+    foreign.setFormatter(ForeignFormatter(tracebacks=level.lower() == "debug"))
+    for name in FOREIGN_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers[:] = [foreign]
+        # Their info chatter (websockets' "server listening") stays out of the event log.
+        library.setLevel(max(logging.WARNING, root.level))
+        library.propagate = False
 
 
 class EventLogger:

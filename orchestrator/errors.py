@@ -1,6 +1,7 @@
 """The orchestrator's own leaves of the exception tree (the root is kernel.errors).
 
 SwitchyardError
+├── AlreadyRunning                a service already runs on this data directory
 ├── DatabaseError
 │   └── EmbeddedPostgresError
 │       ├── PostgresNotInstalled  no initdb/pg_ctl found
@@ -9,7 +10,8 @@ SwitchyardError
 ├── InvalidProject                a path that cannot be registered as a project
 ├── InvalidReviewAction           a review request that does not hold together (action, mode, message)
 ├── UsageError                    command-line arguments that do not go together
-└── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
+├── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
+└── WorkerIdTaken                 another live process holds this worker id
 """
 
 from __future__ import annotations
@@ -52,3 +54,15 @@ class TaskRejected(SwitchyardError):
         self.reason = reason
         self.message = message
         super().__init__(message)
+
+
+class WorkerIdTaken(SwitchyardError):
+    """Another live process holds this worker id (orchestrator.db.workers)."""
+
+
+class WorkerIdLost(WorkerIdTaken):
+    """This process's worker id was taken by another process while it could not reach the database."""
+
+
+class AlreadyRunning(SwitchyardError):
+    """A service already runs on this data directory (orchestrator.db.instance)."""

@@ -266,6 +266,14 @@ class WorktreeManager:
         self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
         self._announce = announce
         self._announce_comment = announce_comment
+        # Worktrees the reaper could not remove, and why: each is logged once per reason.
+        self._not_reaped: dict[int, str] = {}
+
+    def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
+        """This manager on another pool or connection (e.g. inside the caller's transaction)."""
+        bound = WorktreeManager(db, self.settings, announce=self._announce, announce_comment=self._announce_comment)
+        bound._not_reaped = self._not_reaped
+        return bound
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -363,7 +371,10 @@ class WorktreeManager:
             wt = await self._lock_worktree(conn, session_id)
             open_changes = [PendingChange.from_row(r) for r in await conn.fetch(q.OPEN_CHANGES, session_id)]
             marked = tuple(dict.fromkeys(p for c in open_changes for p in c.conflicts))
-            before, snapshot, new, conflicted = await anyio.to_thread.run_sync(self._snapshot_diff, wt, marked)
+            # Abandoned (not waited for) when the caller gives up: its deadline must hold.
+            before, snapshot, new, conflicted = await anyio.to_thread.run_sync(
+                self._snapshot_diff, wt, marked, abandon_on_cancel=True
+            )
             if open_changes and snapshot == before and all(c.base_commit == wt.base_commit for c in open_changes):
                 # The turn changed nothing.
                 return next((c for c in open_changes if c.status == "pending"), open_changes[0])
@@ -948,14 +959,18 @@ class WorktreeManager:
                 await conn.execute(q.LOCK_PROJECT, q.LOCK_CLASS, project_id)
                 row = await conn.fetchrow(q.CLAIM_REAP, self.settings.reap_idle_after, ARCHIVED_GRACE_S, session_id)
                 if row is None:
+                    self._not_reaped.pop(session_id, None)
                     return Reaped(session_id, path, False, "in use again")
                 wt = self._worktree(row)
                 path = str(wt.path)
                 # An error rolls the row back to active: nothing is marked removed that is not.
                 await anyio.to_thread.run_sync(self._remove, wt)
         except WorktreeError as exc:
-            log.warning("worktree.not_reaped", session_id=session_id, reason=exc)
+            if self._not_reaped.get(session_id) != str(exc):
+                self._not_reaped[session_id] = str(exc)
+                log.warning("worktree.not_reaped", session_id=session_id, reason=exc)
             return Reaped(session_id, path, False, str(exc))
+        self._not_reaped.pop(session_id, None)
         log.info("worktree.reaped", session_id=session_id, path=path)
         return Reaped(session_id, path, True, "removed")
 

@@ -1,6 +1,7 @@
 """The ws_gateway package's leaves of the exception tree; their branch is kernel.errors.GatewayError.
 
 GatewayError
+├── PortUnavailable    the gateway cannot listen on its host and port (in use, not permitted)
 ├── UnknownProject     a token was asked for a project that does not exist
 ├── MalformedFrame     a client frame that is not a JSON object: the connection is closed (1007)
 └── ActionRejected     a request refused with a code the client can act on: an ``error`` frame
@@ -11,7 +12,11 @@ from __future__ import annotations
 
 from kernel import GatewayError
 
-__all__ = ["ActionRejected", "GatewayError", "InvalidFrame", "MalformedFrame", "UnknownProject"]
+__all__ = ["ActionRejected", "GatewayError", "InvalidFrame", "MalformedFrame", "PortUnavailable", "UnknownProject"]
+
+
+class PortUnavailable(GatewayError):
+    pass
 
 
 class UnknownProject(GatewayError):

@@ -25,12 +25,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from kernel import DATABASE_ERRORS, VALUE_REFUSED, connect, get_logger
-from ws_gateway import auth, signin, web
+from kernel import DATABASE_ERRORS, VALUE_REFUSED, connect, get_logger, render_metrics
+from ws_gateway import auth, metrics, signin, web
 from ws_gateway import queries as q
 from ws_gateway.actions import GatewayActions, TaskSubmission
 from ws_gateway.discovery import Discovery, ProjectHub, ProjectSubscriber
-from ws_gateway.errors import ActionRejected, InvalidFrame, MalformedFrame
+from ws_gateway.errors import ActionRejected, InvalidFrame, MalformedFrame, PortUnavailable
 from ws_gateway.frames import ServerFrame, SnapshotFrame
 from ws_gateway.protocol import (
     Auth,
@@ -68,6 +68,7 @@ PROTOCOL_VERSION = 1
 LISTEN_SETTINGS = {"application_name": "switchyard-gateway-listen"}
 WS_PATH = "/ws"
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
 HEALTH_TIMEOUT_S = 2.0
 
 # Close codes (RFC 6455 and the 4000-4999 range for applications).
@@ -133,6 +134,10 @@ class Gateway:
         return f"ws://{self.settings.host}:{self.port}{WS_PATH}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://{web.own_host(self.settings.host)}:{self.port}{METRICS_PATH}"
+
+    @property
     def page_url(self) -> str:
         """The review page (its origin is always allowed to open the WebSocket)."""
         return f"http://{web.own_host(self.settings.host)}:{self.port}/"
@@ -144,17 +149,23 @@ class Gateway:
             await tg.start(self.hub.run)
             await tg.start(self.projects.run)
             tg.start_soon(self._close_revoked)
-            server = await serve(
-                self._handle,
-                settings.host,
-                settings.port,
-                process_request=self._process_request,
-                compression="deflate" if settings.compression else None,
-                max_size=settings.max_frame_bytes,
-                ping_interval=settings.ping_interval or None,
-                ping_timeout=settings.ping_interval or None,
-                close_timeout=settings.close_timeout,
-            )
+            try:
+                server = await serve(
+                    self._handle,
+                    settings.host,
+                    settings.port,
+                    process_request=self._process_request,
+                    compression="deflate" if settings.compression else None,
+                    max_size=settings.max_frame_bytes,
+                    ping_interval=settings.ping_interval or None,
+                    ping_timeout=settings.ping_interval or None,
+                    close_timeout=settings.close_timeout,
+                )
+            except OSError as exc:
+                raise PortUnavailable(
+                    f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; set gateway.port "
+                    "(SWITCHYARD__GATEWAY__PORT) to a free port, or stop whatever listens there"
+                ) from None
             try:
                 self.port = server.sockets[0].getsockname()[1]
                 log.info("gateway.listening", url=self.url)
@@ -191,6 +202,8 @@ class Gateway:
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        if path == METRICS_PATH:
+            return connection.respond(HTTPStatus.OK, (await render_metrics()).decode())
         if path == HEALTH_PATH:
             if await self.database_ok():
                 return connection.respond(HTTPStatus.OK, "ok\n")
@@ -216,10 +229,12 @@ class Gateway:
             return
         client = ClientConnection(self, ws, access)
         self.clients.add(client)
+        metrics.CLIENTS.inc()
         try:
             await client.run()
         finally:
             self.clients.discard(client)
+            metrics.CLIENTS.dec()
 
 
 class ClientConnection:
@@ -255,6 +270,7 @@ class ClientConnection:
             self.feed.overflow()
 
     def _on_overflow(self) -> None:
+        metrics.SEND_QUEUE_DROPS.inc()
         log.info("gateway.slow_client", **self._fields())
         self.stop(CLOSE_TRY_AGAIN_LATER, "send queue full; reconnect with since_seq")
 
@@ -306,6 +322,7 @@ class ClientConnection:
     async def _send_loop(self) -> None:
         while True:
             await self.ws.send(await self.outbox.get(), text=True)
+            metrics.FRAMES_SENT.inc()
 
     async def _receive_loop(self) -> None:
         async for message in self.ws:

@@ -40,6 +40,7 @@ from websockets.asyncio.connection import Connection, broadcast
 from websockets.protocol import State
 
 from kernel import Connect, Listener, get_logger, read_events
+from ws_gateway import metrics
 from ws_gateway import queries as q
 from ws_gateway.frames import session_frame
 from ws_gateway.protocol import encode_frame
@@ -205,6 +206,7 @@ class ClientFeed:
             and conn.transport.get_write_buffer_size() <= DIRECT_WRITE_LIMIT
         ):
             broadcast([conn], frame, text=True)
+            metrics.FRAMES_SENT.inc()
             return True
         return self.outbox.offer(frame)
 

@@ -15,9 +15,10 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,13 @@ import anyio
 import asyncpg
 
 from backends import POOL_DIR, list_models, read_pool_status
-from kernel import SwitchyardError, configure_logging, connect, create_pool
+from kernel import SwitchyardError, configure_logging, connect, on_scrape
 from orchestrator.app.config import Config, load_config
-from orchestrator.app.service import run_dispatcher_only, run_service
-from orchestrator.db import database_url, migrate, schema_version
+from orchestrator.app.service import announce_gateway, run_dispatcher_only, run_service
+from orchestrator.app.status import print_status, read_status
+from orchestrator.app.wiring import open_pool
+from orchestrator.db import database_url, migrate, migrate_url, schema_version
+from orchestrator.dispatch import refresh_tasks
 from orchestrator.errors import NotFound, UsageError
 from orchestrator.services import (
     OrchestratorActions,
@@ -64,6 +68,9 @@ class CliContext:
 
 
 Handler = Callable[[CliContext, argparse.Namespace], Awaitable[int]]
+
+# The table view of `switchyard tasks` shortens inputs to this many characters (--json: whole rows).
+TABLE_INPUT_CHARS = 60
 
 
 # ---------------------------------------------------------------------------- commands
@@ -119,9 +126,17 @@ async def cmd_submit(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_tasks(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
         rows = await list_tasks(conn, session_id=args.session, state=args.state, limit=args.limit)
+    if args.json:
+        print(json.dumps([dict(row) for row in rows], default=str, indent=2))
+        return 0
     columns = ("id", "project_id", "session_id", "state", "agent", "attempt", "failure_reason", "input")
-    print_table(rows, columns, as_json=args.json)
+    print_table([{**row, "input": _shorten(row["input"])} for row in rows], columns)
     return 0
+
+
+def _shorten(text: str, width: int = TABLE_INPUT_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -341,22 +356,35 @@ async def cmd_pool(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
-    settings = ctx.config.gateway if args.port is None else replace(ctx.config.gateway, port=args.port)
-    async with database_url(ctx.config.database, ctx.config.data_dir) as url:
-        pool = await create_pool(url, ctx.config.database.pool_size)
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn)
+    config = ctx.config
+    settings = config.gateway if args.port is None else replace(config.gateway, port=args.port)
+    async with database_url(config.database, config.data_dir) as url:
+        await migrate_url(url, wait=True)
+        async with AsyncExitStack() as stack:
+            pool = await open_pool(config, url, "gateway")
+            stack.push_async_callback(pool.close)
+            review_pool = await open_pool(config, url, "review")
+            stack.push_async_callback(review_pool.close)
+            stack.callback(on_scrape(partial(refresh_tasks, pool)))
             async with anyio.create_task_group() as tg:
-                actions = OrchestratorActions(pool, ReviewService(pool, ctx.config.worktrees))
+                actions = OrchestratorActions(pool, ReviewService(review_pool, config.worktrees))
                 ws_url = await tg.start(Gateway(settings, pool, actions, url).serve)
+                await tg.start(announce_gateway, url, ws_url)
                 print(f"gateway: {ws_url}", flush=True)
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for _ in signals:
                         break
                 tg.cancel_scope.cancel()
-        finally:
-            await pool.close()
+    return 0
+
+
+async def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        state = await read_status(conn, ctx.config.data_dir)
+    if args.json:
+        print(json.dumps(state, default=str, indent=2))
+    else:
+        print_status(state)
     return 0
 
 
@@ -382,6 +410,11 @@ async def cmd_token_revoke(ctx: CliContext, args: argparse.Namespace) -> int:
         raise NotFound(f"no active token with id {args.token_id}")
     print(f"token {args.token_id} revoked; connections using it are closed")
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[SwitchyardError]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 # ---------------------------------------------------------------------------- output
@@ -554,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     pool = _command(sub, "pool", "show the warm opencode servers: sessions, age, memory", cmd_pool)
     pool.add_argument("--json", action="store_true", help="print JSON")
 
+    status = _command(
+        sub, "status", "the service at a glance: queue, dispatchers and their turns, gateways, pool", cmd_status
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+
     return parser
 
 
@@ -567,6 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(handler, CliContext(config), args)
     except SwitchyardError as exc:
         print(f"switchyard: error: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        # A task group ended with errors raised on purpose (a port in use, a lost worker id):
+        # the first one, in one line, rather than the group's traceback.
+        matched, _rest = group.split(SwitchyardError)
+        if matched is None:
+            raise
+        print(f"switchyard: error: {_first_leaf(matched)}", file=sys.stderr)
         return 1
     except asyncpg.PostgresError as exc:
         print(f"switchyard: database error: {exc}", file=sys.stderr)

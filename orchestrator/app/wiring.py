@@ -2,16 +2,24 @@
 
 The composition root's one place that knows every backend: ``switchyard up`` and
 ``switchyard dispatcher`` both build their dispatcher here.
+
+Pools, one per kind of work, each bounded by ``database.acquire_timeout``, so none can starve
+another: the dispatcher's own (turn writes, leases; opened by the dispatcher), the review
+service's (``review``: accept/reject from the gateway or the CLI, the reaper, start-up) and, in
+a process with a gateway, the gateway's (``gateway``: snapshots, replays, discovery, submits).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import asyncpg
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from backends import (
     POOL_DIR,
@@ -23,9 +31,10 @@ from backends import (
     PtyBackend,
     Sandbox,
 )
-from kernel import create_pool, get_logger
+from kernel import METRIC_PREFIX, create_pool, get_logger, on_scrape
 from orchestrator.app.config import Config
-from orchestrator.dispatch import Dispatcher, Router
+from orchestrator.db import default_base
+from orchestrator.dispatch import Dispatcher, Router, refresh_tasks
 from orchestrator.dispatch.routing import OPENCODE_SERVER_AGENT, BackendFactory
 from orchestrator.services import ReviewService
 
@@ -36,37 +45,85 @@ log = get_logger("wiring")
 class Runtime:
     dispatcher: Dispatcher
     review: ReviewService
+    # The review service's pool (review actions, the reaper, start-up chores).
     pool: asyncpg.Pool
     opencode_pool: OpencodePool | None
     sandbox: Sandbox
 
 
+async def open_pool(config: Config, url: str, name: str) -> asyncpg.Pool:
+    """One of the service's pools (see the module docstring)."""
+    return await create_pool(
+        url,
+        config.database.pool_size,
+        name=name,
+        acquire_timeout=config.database.acquire_timeout,
+        # Connections are made when needed: a database that is away at start-up is waited for
+        # by whoever needs one, as later on, instead of failing the start.
+        min_size=0,
+        server_settings={"application_name": f"switchyard-{name}"},
+    )
+
+
 @asynccontextmanager
 async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]:
     """A dispatcher and its resources; leaving the block stops every opencode server."""
-    # The worktree manager's own pool: it holds a connection while it diffs a worktree.
-    pool = await create_pool(url, config.database.pool_size)
+    pool = await open_pool(config, url, "review")
+    unregister = on_scrape(partial(refresh_tasks, pool))
     try:
         review = ReviewService(pool, config.worktrees)
         sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
             opencode_pool = await _start_opencode_pool(stack, config, sandbox)
             router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
-            dispatcher = Dispatcher(url, config.dispatcher, router, review.worktrees)
+            dispatcher = Dispatcher(
+                url, config.dispatcher, router, review.worktrees, identity_base=default_base(str(config.data_dir))
+            )
             yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
     finally:
+        unregister()
         await pool.close()
 
 
 async def _start_opencode_pool(stack: AsyncExitStack, config: Config, sandbox: Sandbox) -> OpencodePool | None:
     """The warm opencode servers; without an opencode binary the service runs without them."""
     try:
-        return await stack.enter_async_context(
+        pool = await stack.enter_async_context(
             OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR, sandbox=sandbox)
         )
     except BackendError as exc:
         log.warning("opencode_pool.unavailable", reason=str(exc))
         return None
+    collector = _PoolMetrics(pool)
+    REGISTRY.register(collector)
+    stack.callback(REGISTRY.unregister, collector)
+    return pool
+
+
+class _PoolMetrics(Collector):
+    """The warm opencode servers at scrape time: how many in each state, each one's memory."""
+
+    def __init__(self, pool: OpencodePool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        servers = GaugeMetricFamily(
+            METRIC_PREFIX + "opencode_servers", "Warm opencode servers by state", labels=["state"]
+        )
+        rss = GaugeMetricFamily(
+            METRIC_PREFIX + "opencode_server_rss_bytes", "Resident memory of a server's process tree", labels=["server"]
+        )
+        turns = GaugeMetricFamily(
+            METRIC_PREFIX + "opencode_server_active_turns", "Turns running on a server", labels=["server"]
+        )
+        counts: dict[str, int] = {}
+        for status in self._pool.snapshot():
+            counts[status.state] = counts.get(status.state, 0) + 1
+            rss.add_metric([status.key], status.rss_mb * 2**20)
+            turns.add_metric([status.key], status.active_turns)
+        for state, count in sorted(counts.items()):
+            servers.add_metric([state], count)
+        yield from (servers, rss, turns)
 
 
 def agent_sandbox(config: Config) -> Sandbox:

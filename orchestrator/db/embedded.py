@@ -104,6 +104,17 @@ class EmbeddedPostgres:
         except (OSError, IndexError, ValueError):
             return None
 
+    def postmaster_alive(self) -> bool:
+        """A cheap check (no pg_ctl): postmaster.pid names a live process."""
+        try:
+            pid = int((self.directory / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.kill(pid, 0)
+        except PermissionError:
+            return True  # it runs, as another user
+        except (OSError, ValueError):
+            return False
+        return True
+
     # ------------------------------------------------------------------ lifecycle
 
     def ensure_initialized(self) -> None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import anyio
 import asyncpg
 
-from kernel import SchemaError, connect
+from kernel import CONNECTION_LOST, Backoff, SchemaError, close_quietly, connect, get_logger
 from orchestrator.db import queries as q
 
-SCHEMA_VERSION = 6
+log = get_logger("database")
+
+WAIT_BACKOFF = 0.2
+WAIT_BACKOFF_MAX = 5.0
+
+SCHEMA_VERSION = 7
 # Any constant works; it only has to be the same for every Switchyard process.
 MIGRATE_LOCK_KEY = 0x5357_4954_4348  # "SWITCH"
 
@@ -27,7 +33,8 @@ def schema_sql() -> str:
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
-    """Apply schema.sql in one transaction under an advisory lock; returns the version."""
+    """Apply schema.sql in one transaction under an advisory lock, unless the database is at this
+    version already; returns the version."""
     async with conn.transaction():
         await conn.execute(q.LOCK_MIGRATION, MIGRATE_LOCK_KEY)
         exists = await conn.fetchval(q.SCHEMA_VERSION_TABLE_EXISTS)
@@ -38,18 +45,37 @@ async def migrate(conn: asyncpg.Connection) -> int:
                     f"the database has schema version {current}, newer than this Switchyard "
                     f"({SCHEMA_VERSION}); upgrade Switchyard"
                 )
+            if current == SCHEMA_VERSION:
+                # Up to date: nothing to run. (Running the file anyway would take table locks
+                # for its CREATE INDEX/TRIGGER statements and can deadlock with live turns when a
+                # process starts on a busy database.)
+                return SCHEMA_VERSION
         await conn.execute(schema_sql())
         version: int = await conn.fetchval(q.SCHEMA_VERSION)
     return version
 
 
-async def migrate_url(url: str) -> int:
-    """Connect, migrate, disconnect: what every command does before it uses the database."""
-    conn = await connect(url)
-    try:
-        return await migrate(conn)
-    finally:
-        await conn.close()
+async def migrate_url(url: str, *, wait: bool = False) -> int:
+    """Connect, migrate, disconnect: what every command does before it uses the database.
+
+    With ``wait`` (the long-running services), an unreachable database is waited for with
+    backoff (and logged), as it would be later on: a dispatcher started during a restart of
+    PostgreSQL starts once it is back rather than exiting.
+    """
+    backoff = Backoff(WAIT_BACKOFF, WAIT_BACKOFF_MAX)
+    while True:
+        try:
+            conn = await connect(url)
+            try:
+                return await migrate(conn)
+            finally:
+                await close_quietly(conn)
+        except (*CONNECTION_LOST, asyncpg.DeadlockDetectedError) as exc:
+            if not wait:
+                raise
+            delay = backoff.next()
+            log.warning("database.unavailable", error=exc, retry_in=delay)
+            await anyio.sleep(delay)
 
 
 async def schema_version(conn: asyncpg.Connection) -> int:

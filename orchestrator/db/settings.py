@@ -15,4 +15,7 @@ class DatabaseSettings:
     embedded_port: int = DEFAULT_EMBEDDED_PORT
     # Where initdb/pg_ctl live; empty: `pg_config --bindir`, then PATH, then /usr/lib/postgresql/*/bin.
     pg_bindir: str = ""
+    # Connections of each of the service's pools (the gateway's, the review service's).
     pool_size: int = DEFAULT_POOL_SIZE
+    # Waiting for a free connection of one of them gives up after this long.
+    acquire_timeout: float = 10.0

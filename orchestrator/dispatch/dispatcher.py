@@ -20,31 +20,34 @@ to finish, then are cancelled and handed back (``pending`` while attempts remain
 ``failed`` with ``failure_reason='shutdown'``). ``run`` returns when they are finalized.
 Cancelling ``run`` does the same without the grace period.
 
-At start-up, tasks this ``worker_id`` left running (a previous run of the same process that
-died) are recovered before anything is claimed; ``worker_id`` must therefore be unique among
-live dispatchers (the default, ``<hostname>:<pid>``, is).
+The ``worker_id`` is held with an advisory lock (orchestrator.db.workers), so no two live
+dispatchers share one; the default is derived from the host and the data directory, so a
+restarted dispatcher is the same worker. At start-up, tasks its id left running are recovered
+before anything is claimed — at once when the previous holder is certainly gone. If another
+process takes the id while this one cannot reach the database, every turn is fenced and ``run``
+raises WorkerIdLost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections import OrderedDict
-from functools import partial
 
 import anyio
 import asyncpg
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kernel import DATABASE_ERRORS, Backoff, Listener, close_quietly, connect, create_pool, get_logger, report
-from orchestrator.dispatch import queue
+from orchestrator.db import workers
+from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch.queue import ClaimedTask
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
 from orchestrator.dispatch.sink import FlushScheduler
-from orchestrator.dispatch.turn import StopReason, TaskState, TurnHandle, TurnRunner, watch_inactivity
+from orchestrator.dispatch.turn import StopReason, TaskState, TurnHandle, TurnRunner, watch_turns
+from orchestrator.errors import WorkerIdLost
 from worktrees import WorktreeManager
 
 log = get_logger("dispatcher")
@@ -56,6 +59,10 @@ TASK_CANCEL = "task_cancel"
 POOL_EXTRA = 4
 RETRY_BACKOFF = 0.1
 RETRY_BACKOFF_MAX = 5.0
+# No statement of the dispatcher's pool waits longer than max(this, lease_seconds / 2).
+COMMAND_TIMEOUT_MIN = 5.0
+# The server ends a write transaction of ours left idle this long (the diff's allows longer).
+IDLE_IN_TRANSACTION = 5.0
 POOL_CLOSE_TIMEOUT = 5.0
 # Cancel notifications for tasks we did not own, remembered in case we claim them right after.
 RECENT_CANCELS = 1000
@@ -86,8 +93,20 @@ class Dispatcher:
         settings: DispatcherSettings,
         router: Router,
         worktrees: WorktreeManager | None = None,
+        *,
+        identity_base: str | None = None,
     ) -> None:
-        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        # The worker id: the configured one, else the first free id derived from identity_base
+        # (the service passes <host>:<data_dir>; orchestrator.db.workers).
+        explicit = bool(settings.worker_id)
+        base = identity_base or workers.default_base(os.getcwd())
+        self._lock = workers.WorkerLock(
+            database_url,
+            "dispatcher",
+            [settings.worker_id] if explicit else workers.derived_ids(base),
+            explicit=explicit,
+            application_name=lambda worker_id: self._application_name("lock", worker_id),
+        )
         self._url = database_url
         self._settings = settings
         self._router = router
@@ -95,6 +114,8 @@ class Dispatcher:
         self._running: dict[int, TurnHandle] = {}
         self._recent_cancels: OrderedDict[int, bool] = OrderedDict()
         self._shutdown_requested = False
+        # Why this process lost its worker id while running (it then stops; see _identity_lost).
+        self._identity_lost_because: str | None = None
         # Created in run(): anyio primitives need the running event loop.
         self._stop: anyio.Event | None = None
         self._claims: Wakeup | None = None
@@ -102,18 +123,33 @@ class Dispatcher:
         self._turn_ended: Wakeup | None = None
         self._cancel_queue: MemoryObjectSendStream[int] | None = None
         self._service: TaskGroup | None = None
-        listen_settings = {"application_name": self.application_name("listener")}
         self.listener = Listener(
-            partial(connect, database_url, server_settings=listen_settings),
+            self._connect_listener,
             {TASKS_NEW: self._on_task, TASK_CANCEL: self._on_cancel_notified},
             name="dispatcher",
             health_interval=settings.poll_interval,
             while_subscribed=self._subscribed,
         )
 
+    @property
+    def worker_id(self) -> str:
+        """The id in tasks.claimed_by; known once ``run`` has started (empty before, unless configured)."""
+        return self._lock.worker_id
+
+    @property
+    def worker_lock(self) -> workers.WorkerLock:
+        return self._lock
+
+    async def _connect_listener(self) -> asyncpg.Connection:
+        return await connect(self._url, server_settings={"application_name": self.application_name("listener")})
+
     def application_name(self, role: str) -> str:
         """How this dispatcher's dedicated connections show in pg_stat_activity."""
-        return f"switchyard-{role} {self.worker_id}"[:APPLICATION_NAME_MAX]
+        return self._application_name(role, self.worker_id)
+
+    @staticmethod
+    def _application_name(role: str, worker_id: str) -> str:
+        return f"switchyard-{role} {worker_id}"[:APPLICATION_NAME_MAX]
 
     @property
     def running_task_ids(self) -> frozenset[int]:
@@ -132,37 +168,52 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ the service
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until shut down; ``task_status`` is told once the worker id is held and claiming
+        begins. Raises WorkerIdTaken when no id can be held, WorkerIdLost when it was taken away."""
         self._stop = anyio.Event()
         if self._shutdown_requested:
             self._stop.set()
         self._claims, self._maintenance, self._turn_ended = Wakeup(), Wakeup(), Wakeup()
         send, receive = anyio.create_memory_object_stream[int](CANCEL_QUEUE)
         self._cancel_queue = send
-        pool = await self._start()
-        if pool is None:
+        try:
+            pool = await self._start()
+            if pool is None:
+                send.close()
+                receive.close()
+                task_status.started()
+                return
+            log.info("dispatcher.started", worker_id=self.worker_id, max_turns=self._settings.max_concurrent_turns)
+            task_status.started()
+            await self._serve(pool, receive)
+        finally:
             send.close()
-            receive.close()
-            return
-        log.info("dispatcher.started", worker_id=self.worker_id, max_turns=self._settings.max_concurrent_turns)
+            with anyio.CancelScope(shield=True):
+                await self._lock.release()
+        if self._identity_lost_because is not None:
+            raise WorkerIdLost(self._identity_lost_because)
+
+    async def _serve(self, pool: asyncpg.Pool, cancels: MemoryObjectReceiveStream[int]) -> None:
         try:
             settings = self._settings
             flusher = FlushScheduler(pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
-            runner = TurnRunner(pool, settings, self._router, self._worktrees, flusher)
+            # The turns' worktree work (ensure, the diff) uses the dispatcher's own pool too.
+            worktrees = self._worktrees.bound(pool) if self._worktrees is not None else None
+            runner = TurnRunner(pool, settings, self._router, worktrees, flusher)
             async with anyio.create_task_group() as service:
                 self._service = service
+                service.start_soon(self._lock.hold, self._identity_lost)
                 service.start_soon(self.listener.run)
                 service.start_soon(flusher.run)
                 service.start_soon(self._maintain, pool)
-                service.start_soon(self._cancel_pending, pool, receive)
-                if settings.inactivity_timeout > 0:
-                    service.start_soon(watch_inactivity, self._running.values, settings.inactivity_timeout)
+                service.start_soon(self._cancel_pending, pool, cancels)
+                service.start_soon(watch_turns, self._running.values, settings.inactivity_timeout)
                 async with anyio.create_task_group() as turns:
                     await self._claim_loop(runner, turns)
                     await self._drain()
                 service.cancel_scope.cancel()
         finally:
-            send.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(POOL_CLOSE_TIMEOUT) as closing:
                 await pool.close()
             if closing.cancelled_caught:
@@ -170,16 +221,21 @@ class Dispatcher:
             log.info("dispatcher.stopped", worker_id=self.worker_id)
 
     async def _start(self) -> asyncpg.Pool | None:
-        """Open the pool and recover what this worker left behind, waiting out an unreachable
-        database; None if shutdown was requested first."""
+        """Hold a worker id, open the pool and recover what this id's previous run left running
+        (at once, when that process is certainly gone), waiting out an unreachable database;
+        None if shutdown was requested first."""
         assert self._stop is not None
         backoff = Backoff(RETRY_BACKOFF, RETRY_BACKOFF_MAX)
+        held: workers.Held | None = None
         while not self._stop.is_set():
             pool: asyncpg.Pool | None = None
             try:
-                size = self._settings.max_concurrent_turns + POOL_EXTRA
-                pool = await create_pool(self._url, size, reset=_keep_session)
-                await self._recover(pool, left_behind_by=self.worker_id)
+                if held is None:
+                    held = await self._lock.acquire()
+                    log.info("dispatcher.worker_id", worker_id=held.worker_id, recover_now=held.predecessor_gone)
+                pool = await self._create_pool()
+                if held.predecessor_gone:
+                    await self._recover(pool, left_behind_by=self.worker_id)
                 return pool
             except DATABASE_ERRORS as exc:
                 if pool is not None:
@@ -189,6 +245,36 @@ class Dispatcher:
                 with anyio.move_on_after(delay):
                     await self._stop.wait()
         return None
+
+    def _identity_lost(self, reason: str) -> None:
+        """Another process holds our worker id now and may recover our tasks at any moment: stop
+        every turn without writing, stop claiming, and let ``run`` fail with the reason."""
+        log.error("dispatcher.worker_id_lost", worker_id=self.worker_id, why=reason)
+        self._identity_lost_because = reason
+        for handle in self._running.values():
+            handle.fence(StopReason.LEASE_LOST)
+        self.request_shutdown()
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        """The dispatcher's own pool: turn writes and maintenance, shared with nobody else.
+
+        Every wait is bounded: for a connection (``acquire_timeout``), for a statement
+        (``command_timeout``), and on the server a transaction left idle (a partition in the
+        middle of a write) is ended, so its claim lock cannot hold off recovery for long.
+        """
+        s = self._settings
+        return await create_pool(
+            self._url,
+            s.max_concurrent_turns + POOL_EXTRA,
+            name="dispatcher",
+            acquire_timeout=s.acquire_timeout,
+            reset=_keep_session,
+            command_timeout=max(COMMAND_TIMEOUT_MIN, s.lease_seconds / 2),
+            server_settings={
+                "application_name": self.application_name("turns"),
+                "idle_in_transaction_session_timeout": str(int(IDLE_IN_TRANSACTION * 1000)),
+            },
+        )
 
     # ------------------------------------------------------------------ claiming
 
@@ -204,6 +290,7 @@ class Dispatcher:
                         if conn is None:
                             conn = await queue.connect_claimer(self._url, self.application_name("claim"))
                         settings = self._settings
+                        sent = anyio.current_time()
                         claimed = await queue.claim_tasks(
                             conn, self.worker_id, settings.lease_seconds, free, settings.history_messages
                         )
@@ -217,7 +304,7 @@ class Dispatcher:
                         await self._claims.wait(delay)
                         continue
                     for task in claimed:
-                        turns.start_soon(self._turn, runner, self._register(task))
+                        turns.start_soon(self._turn, runner, self._register(task, sent))
                     if len(claimed) == free:
                         continue  # there may be more; claim again once a slot is free
                 await self._claims.wait(self._settings.poll_interval)
@@ -225,9 +312,23 @@ class Dispatcher:
             if conn is not None:
                 await close_quietly(conn)
 
-    def _register(self, task: ClaimedTask) -> TurnHandle:
-        handle = TurnHandle(task)
+    def _register(self, task: ClaimedTask, claimed_at: float) -> TurnHandle:
+        # The lease runs from the claim, whose statement was sent at claimed_at (or later).
+        handle = TurnHandle(task, self._lease_deadline(claimed_at))
+        earlier = self._running.get(task.id)
+        if earlier is not None:
+            # Our own earlier attempt was fenced and recovered, and is still winding down (its
+            # cleanup waiting on the database); it writes nothing and is forgotten here.
+            log.warning(
+                "task.claimed_while_stopping",
+                task_id=task.id,
+                attempt=task.attempt,
+                earlier_attempt=earlier.task.attempt,
+                backend_running=earlier.executing,
+            )
+            metrics.RUNNING_TURNS.dec()
         self._running[task.id] = handle
+        metrics.RUNNING_TURNS.inc()
         log.debug("task.claimed", task_id=task.id, session_id=task.session_id, attempt=task.attempt)
         if task.cancel_requested or self._recent_cancels.pop(task.id, False):
             handle.abort(StopReason.CANCELLED)
@@ -243,12 +344,20 @@ class Dispatcher:
             log.exception("task.unfinished", task_id=task.id, attempt=task.attempt)
             result = None
         finally:
-            del self._running[task.id]
+            if self._running.get(task.id) is handle:
+                del self._running[task.id]
+                metrics.RUNNING_TURNS.dec()
             self._wake_claims()
             if self._turn_ended is not None:
                 self._turn_ended.set()
+        metrics.TURN_DURATION.labels(handle.track).observe(anyio.current_time() - started)
         if result is None:
+            metrics.FENCED.labels(handle.reason or "unfinished").inc()
             return
+        if result.state is TaskState.PENDING:
+            metrics.RETRIES.labels(result.failure_reason or "-").inc()
+        elif result.state is TaskState.FAILED:
+            metrics.FAILURES.labels(result.failure_reason or "-").inc()
         log.info(
             "task.finished",
             task_id=task.id,
@@ -340,12 +449,25 @@ class Dispatcher:
             except Exception as exc:
                 report(log, "dispatcher.maintenance_failed", exc)
 
+    def _lease_deadline(self, sent: float) -> float:
+        """When a lease renewed by a statement sent at ``sent`` must be renewed again (local time)."""
+        return sent + self._settings.lease_seconds - self._settings.fence_margin
+
     async def _extend_leases(self, pool: asyncpg.Pool) -> None:
         handles = list(self._running.values())
         claims = [(h.task.id, h.task.claim_token) for h in handles]
-        renewed = await queue.extend_leases(pool, claims, self._settings.lease_seconds)
+        sent = anyio.current_time()
+        try:
+            renewed = await queue.extend_leases(pool, claims, self._settings.lease_seconds)
+        except Exception:
+            if handles:
+                metrics.LEASE_RENEWALS_FAILED.inc()
+            raise
+        deadline = self._lease_deadline(sent)
         for handle in handles:
             cancel_requested = renewed.get(handle.task.id)
+            if cancel_requested is not None:
+                handle.lease_deadline = max(handle.lease_deadline, deadline)
             if cancel_requested is None:
                 if not handle.finalizing:
                     log.warning("task.lease_lost", task_id=handle.task.id)
@@ -358,6 +480,7 @@ class Dispatcher:
         recovered = await queue.recover_tasks(
             pool, left_behind_by=left_behind_by, backoff=s.retry_backoff, backoff_max=s.retry_backoff_max
         )
+        metrics.RECOVERED.inc(len(recovered))
         for task in recovered:
             log.warning("task.recovered", task_id=task.task_id, state=task.state, attempt=task.attempt, why=task.error)
 

@@ -53,6 +53,8 @@ SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c
        coalesce(c.expires_at <= now(), false) AS expired,
        c.cancel_requested_at IS NOT NULL AS cancel_requested,
        EXISTS (SELECT 1 FROM projects p WHERE p.id = c.project_id) AS project_exists,
+       (SELECT p.repo_path FROM projects p WHERE p.id = c.project_id) AS repo_path,
+       extract(epoch FROM c.started_at - c.created_at)::float8 AS claim_wait,
        s.project_id AS session_project_id,
        s.status AS session_status,
        CASE WHEN s.project_id = c.project_id THEN
@@ -87,6 +89,20 @@ UPDATE tasks t SET session_id = created.id
  WHERE t.id = $1
 RETURNING t.session_id
 """
+
+
+# A turn's write transaction starts with this (see queue.hold_claim_of).
+HOLD_CLAIM = """
+SELECT pg_current_xact_id()::text FROM tasks WHERE id = $1 AND claim_token = $2 AND state = 'running' FOR KEY SHARE
+"""
+
+
+# Did a transaction whose COMMIT went unanswered (the connection died) commit?
+TRANSACTION_STATUS = "SELECT pg_xact_status($1::text::xid8)"
+
+
+# For the rest of the transaction (the dispatcher's connections otherwise allow a few seconds).
+ALLOW_IDLE_IN_TRANSACTION = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
 
 
 EXTEND_LEASES = """
@@ -181,7 +197,8 @@ SWEEP_PENDING = _END_PENDING.format(only_one="")
 END_PENDING_TASK = _END_PENDING.format(only_one="AND id = $1")
 
 
-# Ends the attempt; nothing happens (no row) if the claim is no longer ours.
+# Ends the attempt; nothing happens (no row) if the claim is no longer ours. Returns the
+# transaction's id (see TRANSACTION_STATUS).
 FINISH_TURN = """
 WITH task AS (
     UPDATE tasks
@@ -189,8 +206,10 @@ WITH task AS (
            lease_expires_at = NULL,
            ended_at = CASE WHEN $3 = 'pending' THEN NULL ELSE clock_timestamp() END,
            not_before = CASE WHEN $3 = 'pending' THEN clock_timestamp() + make_interval(secs => $4) END,
-           failure_reason = $5,
-           error = $6,
+           -- A task handed back at shutdown ($10 'interrupted', back to pending) did not fail:
+           -- its row says nothing; the attempt row keeps why it stopped.
+           failure_reason = CASE WHEN $10 = 'interrupted' AND $3 = 'pending' THEN NULL ELSE $5 END,
+           error = CASE WHEN $10 = 'interrupted' AND $3 = 'pending' THEN NULL ELSE $6 END,
            output_summary = coalesce($7, output_summary),
            cost_tokens = coalesce(cost_tokens, 0) + $8,
            execution_path = coalesce($9, execution_path)
@@ -203,7 +222,7 @@ attempt AS (
       FROM task
      WHERE a.task_id = task.id AND a.attempt = task.attempt
 )
-SELECT id FROM task
+SELECT pg_current_xact_id()::text FROM task
 """
 
 
@@ -260,3 +279,14 @@ ON CONFLICT (message_id, tool_call_id) DO UPDATE
    SET name = EXCLUDED.name, kind = EXCLUDED.kind, status = EXCLUDED.status, input = EXCLUDED.input,
        output = EXCLUDED.output, locations = EXCLUDED.locations, updated_at = clock_timestamp()
 """
+
+
+# Tasks by state (metrics, `switchyard status`); runnable: pending and due now.
+COUNT_TASKS = """
+SELECT state, count(*) AS count,
+       count(*) FILTER (WHERE state = 'pending' AND (not_before IS NULL OR not_before <= now())) AS runnable
+  FROM tasks
+ GROUP BY state
+"""
+
+OLDEST_PENDING = "SELECT extract(epoch FROM now() - min(created_at))::float8 FROM tasks WHERE state = 'pending'"

@@ -8,8 +8,9 @@ share a database. Guarantees, and what provides them:
   ``tasks_one_running_per_session`` refuses whatever a race would let through; the loser
   simply claims again.
 - A task runs once per attempt: ``FOR UPDATE SKIP LOCKED`` hands each row to one claimer,
-  and every later write of the turn checks ``claim_token``, so a turn whose lease was
-  recovered by someone else can no longer change the task.
+  and every later write of the turn locks its ``claim_token`` in the same transaction
+  (:func:`hold_claim`, or ``FINISH_TURN`` itself), so a turn whose lease was recovered by
+  someone else can no longer change the task, its session's log or its messages.
 - Nothing stays running: the owner renews ``lease_expires_at``; once it lapses any
   dispatcher moves the task back to ``pending`` (when attempts remain) or to ``failed`` with
   ``failure_reason = 'interrupted'``.
@@ -33,6 +34,7 @@ from kernel import Event, SessionFrame, append_events, connect, message_complete
 from orchestrator.dispatch import queries as q
 from orchestrator.dispatch.routing import NATIVE
 
+TASK_STATES = ("pending", "running", "completed", "failed", "cancelled")
 # A claim that loses the one-running-per-session race is repeated at once this often.
 CLAIM_RACE_RETRIES = 3
 
@@ -71,6 +73,10 @@ class ClaimedTask:
     # The referenced session's project and status; None when the session does not exist.
     session_project_id: int | None
     session_status: str | None
+    # The project's repository (None when the project does not exist).
+    repo_path: str | None = None
+    # Seconds from the task's insert to this claim.
+    claim_wait: float = 0.0
     # Earlier complete messages of the session, oldest first (empty unless session_ok).
     history: tuple[HistoryMessage, ...] = ()
     agent_session: AgentSession | None = None
@@ -89,6 +95,10 @@ class ClaimedTask:
         return (
             self.session_id is not None and self.project_id is not None and self.session_project_id == self.project_id
         )
+
+
+class ClaimLost(Exception):
+    """The task is no longer ours (its lease lapsed and someone recovered it): write nothing."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,27 @@ async def create_session(conn: asyncpg.Connection | asyncpg.Pool, task: ClaimedT
     """A new session for a claimed task without one; None if the claim is no longer ours."""
     session_id: int | None = await conn.fetchval(q.CREATE_SESSION, task.id, task.claim_token, title)
     return session_id
+
+
+async def hold_claim_of(conn: asyncpg.Connection, task_id: int, claim_token: uuid.UUID) -> str | None:
+    """Inside a turn's write transaction: lock the claim until commit; returns the transaction's
+    id (for :func:`transaction_status`), None if the claim is not ours.
+
+    ``FOR KEY SHARE`` lets our own lease renewal through but holds off recovery (which locks
+    ``FOR UPDATE SKIP LOCKED``), so nobody can take the task between this check and the commit.
+    """
+    xid: str | None = await conn.fetchval(q.HOLD_CLAIM, task_id, claim_token)
+    return xid
+
+
+async def hold_claim(conn: asyncpg.Connection, task: ClaimedTask) -> str | None:
+    return await hold_claim_of(conn, task.id, task.claim_token)
+
+
+async def transaction_status(db: asyncpg.Pool | asyncpg.Connection, xid: str) -> str:
+    """``committed``, ``aborted`` or ``in progress`` (PostgreSQL's pg_xact_status; unknown: aborted)."""
+    status: str | None = await db.fetchval(q.TRANSACTION_STATUS, xid)
+    return status or "aborted"
 
 
 async def extend_leases(
@@ -181,10 +212,10 @@ class AttemptEnd:
     execution_path: str | None = None
 
 
-async def finish_attempt(conn: asyncpg.Connection, task: ClaimedTask, end: AttemptEnd) -> bool:
-    """End the task's running attempt (run inside the turn's last transaction); False when the
-    claim is no longer ours, and then nothing was changed."""
-    finished = await conn.fetchval(
+async def finish_attempt(conn: asyncpg.Connection, task: ClaimedTask, end: AttemptEnd) -> str | None:
+    """End the task's running attempt (run inside the turn's last transaction); returns the
+    transaction's id, None when the claim is no longer ours (and then nothing was changed)."""
+    xid: str | None = await conn.fetchval(
         q.FINISH_TURN,
         task.id,
         task.claim_token,
@@ -197,7 +228,7 @@ async def finish_attempt(conn: asyncpg.Connection, task: ClaimedTask, end: Attem
         end.execution_path,
         end.outcome,
     )
-    return finished is not None
+    return xid
 
 
 def _transition(row: asyncpg.Record) -> Transition:
@@ -218,3 +249,20 @@ async def _announce(conn: asyncpg.Connection, rows: Iterable[asyncpg.Record]) ->
         frames.append((SessionFrame.TASK_STATE, state))
     for session_id, frames in by_session.items():
         await append_events(conn, session_id, frames)
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """How many tasks are in each state, how many pending ones may run now, the oldest one's age."""
+
+    states: dict[str, int]
+    runnable: int
+    oldest_pending_seconds: float | None
+
+
+async def queue_summary(db: asyncpg.Connection | asyncpg.Pool) -> QueueSummary:
+    rows = await db.fetch(q.COUNT_TASKS)
+    states = {state: 0 for state in TASK_STATES}
+    states.update({row["state"]: row["count"] for row in rows})
+    oldest = await db.fetchval(q.OLDEST_PENDING)
+    return QueueSummary(states, sum(row["runnable"] for row in rows), oldest)

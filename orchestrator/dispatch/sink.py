@@ -13,12 +13,18 @@ last write.
 
 Frames are written only when the task's session exists and belongs to its project; a bad
 row must not put frames into somebody else's session.
+
+Fencing: a flush's transaction first locks the turn's claim (``queue.hold_claim``), so output of
+a turn whose task was recovered elsewhere is never stored (the sink calls ``on_claim_lost``);
+the final write is fenced by ``FINISH_TURN`` in the same way. A fenced sink (:meth:`TurnSink.fence`)
+drops what it holds and writes nothing more.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +44,7 @@ from backends import (
     Usage,
 )
 from kernel import (
+    CONNECTION_LOST,
     SessionFrame,
     TaskStatePayload,
     WorktreeChangedPayload,
@@ -48,6 +55,8 @@ from kernel import (
     report,
 )
 from orchestrator.dispatch import queries as q
+from orchestrator.dispatch import queue
+from orchestrator.dispatch.queue import ClaimLost
 
 log = get_logger("sink")
 
@@ -133,8 +142,16 @@ class TurnSink:
         user_input: str,
         attempt: int,
         on_output: Callable[[TurnSink], None] | None = None,
+        *,
+        claim_token: uuid.UUID | None = None,
+        on_claim_lost: Callable[[], None] | None = None,
     ) -> None:
         self.task_id = task_id
+        # The claim every flush locks first (None: unfenced, for tests of the sink alone).
+        self.claim_token = claim_token
+        self._on_claim_lost = on_claim_lost
+        # Set once the turn may write nothing more (its claim is lost or its lease ran out).
+        self.fenced = False
         # None: nothing may be written to any session (see the module docstring).
         self.session_id = session_id
         self._user_input = user_input
@@ -228,8 +245,13 @@ class TurnSink:
             case Usage():
                 self.usage = event if self.usage is None else self.usage + event
 
+    def fence(self) -> None:
+        """Write nothing more: what is buffered is dropped, later output too."""
+        self.fenced = True
+        self._buffer = Batch()
+
     def _push(self, frame: _Frame) -> None:
-        if self.session_id is None:
+        if self.session_id is None or self.fenced:
             return
         self._buffer.frames.append(frame)
         if self._on_output is not None:
@@ -285,7 +307,7 @@ class TurnSink:
     async def write(self, conn: asyncpg.Connection, batch: Batch) -> None:
         """Write ``batch`` inside the caller's transaction: the message's rows, then its frames."""
         session_id = self.session_id
-        if session_id is None or batch.empty:
+        if session_id is None or batch.empty or self.fenced:
             return
         if self.message_opened:
             await self._write_message(conn, session_id, MessageUpdate.of(batch))
@@ -336,17 +358,50 @@ class TurnSink:
         sink: a batch finalize put back after a failed attempt must go out with the task's end.
         """
         async with self.writing:
-            if unless_closed and self.closed:
+            if (unless_closed and self.closed) or self.fenced:
                 return
             batch = self.take()
             if batch.empty:
                 return
+            xid: str | None = None
             try:
                 async with pool.acquire() as conn, conn.transaction():
+                    if self.claim_token is not None:
+                        xid = await queue.hold_claim_of(conn, self.task_id, self.claim_token)
+                        if xid is None:
+                            raise ClaimLost
                     await self.write(conn, batch)
-            except BaseException:
-                self.put_back(batch)
+            except ClaimLost:
+                self.fence()
+                if self._on_claim_lost is not None:
+                    self._on_claim_lost()
                 raise
+            except CONNECTION_LOST:
+                # Written again only if it did not commit (the answer to a COMMIT can be lost).
+                if xid is not None and await _committed(pool, xid):
+                    return
+                if not self.fenced:
+                    self.put_back(batch)
+                raise
+            except BaseException:
+                if not self.fenced:
+                    self.put_back(batch)
+                raise
+
+
+async def _committed(pool: asyncpg.Pool, xid: str) -> bool:
+    """Whether a flush whose connection died committed; not known yet counts as not committed
+    only once the database answers again (within the flush's own deadline)."""
+    delay = FLUSH_RETRY
+    while True:
+        try:
+            status = await queue.transaction_status(pool, xid)
+        except CONNECTION_LOST:
+            status = "in progress"
+        if status != "in progress":
+            return status == "committed"
+        await anyio.sleep(delay)
+        delay = min(delay * 2, FLUSH_RETRY_MAX)
 
 
 class FlushScheduler:
@@ -369,7 +424,7 @@ class FlushScheduler:
 
     def schedule(self, sink: TurnSink) -> None:
         """The sink's ``on_output``."""
-        if sink.closed or sink in self._now or sink in self._due:
+        if sink.closed or sink.fenced or sink in self._now or sink in self._due:
             return
         if anyio.current_time() - sink.flushed_at >= self._coalesce:
             self._now[sink] = None
@@ -409,8 +464,13 @@ class FlushScheduler:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._flush_limit) as deadline:
             try:
                 await sink.flush(self._pool, unless_closed=True)
+            except ClaimLost:
+                log.warning("turn.claim_lost", task_id=sink.task_id)
+                return
             except Exception as exc:
                 error = exc
+        if sink.fenced:
+            return
         if error is None and not deadline.cancelled_caught:
             sink.flush_failures = 0
             return

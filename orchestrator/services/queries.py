@@ -31,9 +31,9 @@ RETURNING state
 TASK_STATE = "SELECT state FROM tasks WHERE id = $1"
 
 
+# Whole rows: `switchyard tasks --json` is for programs (the table view shortens the input).
 LIST_TASKS = """
-SELECT id, project_id, session_id, state, agent, model, attempt, created_at, ended_at,
-       failure_reason, error, left(input, 60) AS input
+SELECT *
   FROM tasks
  WHERE ($1::bigint IS NULL OR session_id = $1)
    AND ($2::text IS NULL OR state = $2)

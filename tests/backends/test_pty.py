@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import subprocess
 import sys
 from pathlib import Path
 
@@ -243,3 +245,13 @@ async def test_opencode_run_allows_only_exact_argument_free_commands(worktree: P
     assert not (tmp_path / "pwned").exists()
     assert (worktree / "README.md").exists()
     assert "All done." in emit.text
+
+
+@pytest.mark.parametrize("prompt_flag", ["", "--message"])
+def test_the_longest_prompt_a_pty_agent_takes_is_exactly_what_one_argument_may_hold(prompt_flag: str) -> None:
+    limit = PtyBackend(cli("pass", prompt_flag=prompt_flag)).max_input_bytes
+    flag = f"{prompt_flag}=" if prompt_flag else ""
+    subprocess.run(["true", flag + "x" * limit], check=True)
+    with pytest.raises(OSError) as refused:
+        subprocess.run(["true", flag + "x" * (limit + 1)], check=True)
+    assert refused.value.errno == errno.E2BIG

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import asyncpg
@@ -18,40 +14,9 @@ from kernel.eventlog import append_events
 from kernel.net import free_port
 from testkit import SWITCHYARD
 from testkit.clients import open_client, recv, request, session_frames
+from tests.dispatching import gateway_process
 
 pytestmark = pytest.mark.anyio
-
-START_TIMEOUT_S = 60
-
-
-@asynccontextmanager
-async def gateway_process(db_url: str, port: int, *, kill: bool = False) -> AsyncIterator[str]:
-    """Run `switchyard gateway --port PORT`; yields its WebSocket URL. Stops it with SIGTERM (or SIGKILL)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD")}
-    env["SWITCHYARD_DATABASE_URL"] = db_url
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [*SWITCHYARD, "gateway", "--port", str(port)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            with anyio.fail_after(START_TIMEOUT_S):
-                line = await anyio.to_thread.run_sync(proc.stdout.readline)
-            if not line.startswith("gateway: "):
-                stderr.seek(0)
-                raise AssertionError(f"gateway did not start: {line!r} {stderr.read().decode()}")
-            yield line.removeprefix("gateway: ").strip()
-            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            code = await anyio.to_thread.run_sync(proc.wait, START_TIMEOUT_S)
-            assert code == (-signal.SIGKILL if kill else 0)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def deltas(start: int, count: int) -> list[tuple[str, dict[str, object]]]:

@@ -460,3 +460,44 @@ async def test_a_session_worktree_is_disposed_on_request(oc_pool: OpencodePool, 
     again = (await run(backend, make_turn(wt, "hi again", session, agent_session=done.agent_session))).outcome
     assert again.status is OutcomeStatus.COMPLETED, again
     assert again.agent_session == done.agent_session
+
+
+async def test_a_stream_lost_for_good_aborts_the_prompt_on_the_live_server(
+    oc_pool: OpencodePool, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reconnects run out while the server lives: the turn fails (transient) and opencode is told
+    to stop, so it does not keep editing the worktree while the retry prompts the session."""
+    backend = OpencodeServerBackend(oc_pool, SLEEP_ALLOWED)
+    wt, session = worktree(project_dir), next(_session_ids)
+    warm = (await run(backend, make_turn(wt, "hi", session))).outcome
+    assert warm.agent_session is not None
+    (server,) = [s for s in oc_pool.servers if s.key == warm.agent_session.server_key]
+    real_events = server.events
+
+    class Dead:
+        """Every stream breaks after its first event of the session, once the tool runs."""
+
+        def __init__(self, source: Any) -> None:
+            self.source = source
+
+        async def aiter_sse(self) -> AsyncIterator[Any]:
+            async for sse in self.source.aiter_sse():
+                yield sse
+                if sleeping_tools(server.marker):
+                    raise httpx.ReadError("connection dropped for good (test)")
+
+    @asynccontextmanager
+    async def broken(directory: str) -> AsyncIterator[Any]:
+        async with real_events(directory) as source:
+            yield Dead(source)
+
+    monkeypatch.setattr(server, "events", broken)
+    monkeypatch.setattr("backends.opencode_server.RECONNECT_DELAYS", (0.05, 0.05))
+    result = await run(backend, make_turn(wt, "SLEEP_TOOL", session, agent_session=warm.agent_session))
+    assert result.outcome.status is OutcomeStatus.FAILED, result.outcome
+    assert (result.outcome.stop_reason, result.outcome.transient) == ("agent_crashed", True)
+    assert "lost the event stream" in (result.outcome.error or "")
+    assert not server.exited.is_set()
+    # Aborted: opencode stops the tool and the session is idle for the retry.
+    await wait_until(lambda: not sleeping_tools(server.marker), timeout=10)
+    assert await server.request("GET", "/session/status", directory=str(wt.resolve())) == {}

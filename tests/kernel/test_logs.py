@@ -24,3 +24,21 @@ def test_one_structured_line_without_secrets(capsys: pytest.CaptureFixture[str])
     assert 'note="two words"' in lines[0]
     assert "sk-live-123" not in err and "pw@" not in err
     logging.getLogger("switchyard").handlers.clear()
+
+
+def test_a_library_traceback_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info")
+    try:
+        raise ConnectionResetError("connection reset by peer")
+    except ConnectionResetError:
+        logging.getLogger("asyncpg.pool").exception("error in connection release")
+    logging.getLogger("websockets.server").info("server listening")  # chatter stays out
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert " error asyncpg.pool.log " in lines[0]
+    assert 'message="error in connection release"' in lines[0]
+    assert 'error="ConnectionResetError: connection reset by peer"' in lines[0]
+    assert "Traceback" not in lines[0]
+    for name in ("switchyard", "asyncpg", "websockets", "asyncio"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -387,6 +388,20 @@ async def test_the_reaper_removes_only_what_it_may(
     git(repo, "commit", "-q", "-m", "meanwhile")
     back = await manager.ensure(idle)
     assert back.path.is_dir() and back.base_commit == git(repo, "rev-parse", "HEAD")
+
+
+async def test_a_worktree_the_reaper_keeps_is_reported_once(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
+    dirty = await add_repo_session(pool, repo)
+    path = (await manager.ensure(dirty)).path
+    (path / "unrecorded.txt").write_text("work nobody has seen\n")
+    await make_idle(pool, dirty)
+    with caplog.at_level(logging.WARNING, logger="switchyard.worktrees"):
+        for _ in range(5):
+            assert [r.removed for r in await manager.reap()] == [False]
+    assert [r.getMessage() for r in caplog.records].count("worktree.not_reaped") == 1
 
 
 async def test_the_reaper_keeps_what_a_reject_discarded(

@@ -285,3 +285,15 @@ async def test_a_version_4_database_gets_the_review_loop_without_losing_rows(poo
                 change,
                 session,
             )
+
+
+async def test_a_version_4_database_gets_the_workers_table_without_losing_rows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("DROP TABLE workers")
+        await conn.execute("DELETE FROM schema_version WHERE version > 4")
+        project, session = await _project_and_session(conn)
+        await _running_task(conn, project, session)
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT count(*) FROM workers") == 0
+        assert await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'running'") == 1
+        assert await conn.fetchval("SELECT 7 = ANY(array_agg(version)) FROM schema_version")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
+from backends import AgentSpec, PtyBackend
 from backends.base import (
     AgentCommands,
     AgentSession,
@@ -482,10 +484,11 @@ async def test_shutdown_hands_running_turns_back_after_the_grace_period(db_url: 
         await wait_state(pool, last, "running")
     assert dispatcher.running_task_ids == frozenset()
     row = await task(pool, again)
-    assert (row["state"], row["failure_reason"], row["attempt"]) == ("pending", "shutdown", 1)
+    # Handed back, not failed: the row carries no failure; the attempt row says why it stopped.
+    assert (row["state"], row["failure_reason"], row["error"], row["attempt"]) == ("pending", None, None, 1)
     row = await task(pool, last)
     assert (row["state"], row["failure_reason"]) == ("failed", "shutdown")
-    assert [a["outcome"] for a in await attempts(pool, again)] == ["interrupted"]
+    assert [(a["outcome"], a["failure_reason"]) for a in await attempts(pool, again)] == [("interrupted", "shutdown")]
     assert sorted(slow.aborted) == sorted([again, last])
     # The next dispatcher runs the handed-back task.
     slow.release()
@@ -624,3 +627,34 @@ async def test_running_frame_is_written_before_the_backend_says_anything(db_url:
         async with pool.acquire() as conn:
             await cancel_task(conn, task_id)
         await wait_state(pool, task_id, "cancelled")
+
+
+# ---------------------------------------------------------------------------- bad input, not faults
+
+
+async def test_a_removed_repository_fails_once_at_once_naming_the_path(
+    db_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    repo = sample_repo(tmp_path / "project")
+    project = await pool.fetchval("INSERT INTO projects (name, repo_path) VALUES ('p', $1) RETURNING id", str(repo))
+    review = ReviewService(pool, WorktreeSettings(root=tmp_path / "worktrees"))
+    editor = ScriptedBackend(needs_worktree=True)
+    async with running_dispatcher(db_url, router(editor=editor), worktrees=review.worktrees):
+        first = await add_task(pool, project, "x", agent="editor")
+        await wait_state(pool, first, "completed")  # its worktree exists now
+        shutil.rmtree(repo)
+        again = await add_task(pool, project, "y", agent="editor", max_attempts=3)
+        row = await wait_state(pool, again, "failed")
+    assert (row["failure_reason"], row["attempt"]) == ("repository_missing", 1)
+    assert str(repo) in row["error"] and "does not exist" in row["error"]
+    assert len(editor.turns) == 1
+
+
+async def test_a_prompt_too_long_for_a_pty_agent_is_refused_with_the_limit(db_url: str, pool: asyncpg.Pool) -> None:
+    spec = AgentSpec("printer", "pty", ("true",))
+    project = await add_project(pool)
+    async with running_dispatcher(db_url, Router(agents={"printer": lambda: PtyBackend(spec)})):
+        task_id = await add_task(pool, project, "x" * 200_000, agent="printer")
+        row = await wait_state(pool, task_id, "failed")
+    assert (row["failure_reason"], row["attempt"]) == ("input_too_long", 1)
+    assert "200,000 bytes" in row["error"] and "131,071 bytes" in row["error"]
