@@ -328,6 +328,98 @@ CREATE OR REPLACE TRIGGER pending_changes_project_feed_update
 
 INSERT INTO schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
 
+-- ---------------------------------------------------------------- version 5
+
+-- Per-task agent options (an ACP session config option such as {"effort": "high"}), checked
+-- against what the agent advertised; and a fresh context: the turn gets no upstream session and
+-- no history, and later turns continue from it.
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS agent_options jsonb NOT NULL DEFAULT '{}'::jsonb
+    CHECK (jsonb_typeof(agent_options) = 'object');
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS fresh_context boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS tasks_fresh_context_idx ON tasks (session_id, id) WHERE fresh_context;
+
+-- The catalogue: what an agent offers. opencode agents list their configured models; an ACP
+-- agent's models, modes and session config options are what its last session/new advertised.
+ALTER TABLE available_agents ADD COLUMN IF NOT EXISTS models jsonb NOT NULL DEFAULT '[]'::jsonb;
+ALTER TABLE available_agents ADD COLUMN IF NOT EXISTS modes jsonb NOT NULL DEFAULT '[]'::jsonb;
+ALTER TABLE available_agents ADD COLUMN IF NOT EXISTS config_options jsonb NOT NULL DEFAULT '[]'::jsonb;
+ALTER TABLE available_agents ADD COLUMN IF NOT EXISTS advertised_at timestamptz;
+
+-- Approvals by a person: a turn waiting for an answer to a permission (or an opencode question).
+-- The first reply wins (state leaves 'pending' once); the turn, in whichever dispatcher, learns
+-- the answer from the NOTIFY on permission_replies.
+CREATE TABLE IF NOT EXISTS permission_requests (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id       bigint NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    -- The attempt that asked: a request outlives neither its attempt nor its claim.
+    claim_token   uuid NOT NULL,
+    session_id    bigint NOT NULL REFERENCES sessions(id),
+    project_id    bigint NOT NULL REFERENCES projects(id),
+    -- The assistant message of the turn that asked (its frames carry it too).
+    message_id    bigint REFERENCES messages(id) ON DELETE SET NULL,
+    kind          text NOT NULL DEFAULT 'permission' CHECK (kind IN ('permission', 'question')),
+    tool_call_id  text,
+    -- The agent's name for the permission (bash, edit, ...) and its ACP tool kind.
+    permission    text NOT NULL DEFAULT '',
+    tool_kind     text NOT NULL DEFAULT 'other',
+    title         text NOT NULL DEFAULT '',
+    command       text,
+    paths         text[] NOT NULL DEFAULT '{}',
+    -- Patterns an "allow always" covers (opencode's `always`), else derived from the command.
+    patterns      text[] NOT NULL DEFAULT '{}',
+    -- [{option_id, kind, name}] for a permission; the questions for a question.
+    options       jsonb NOT NULL DEFAULT '[]'::jsonb,
+    questions     jsonb,
+    state         text NOT NULL DEFAULT 'pending'
+                  CHECK (state IN ('pending', 'allowed', 'denied', 'answered', 'expired', 'withdrawn')),
+    option_id     text,
+    answers       jsonb,
+    remember      text CHECK (remember IN ('once', 'session')),
+    decided_by    text,
+    decided_at    timestamptz,
+    reason        text,
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at    timestamptz NOT NULL,
+    CHECK ((state = 'pending') = (decided_at IS NULL))
+);
+CREATE INDEX IF NOT EXISTS permission_requests_pending_idx
+    ON permission_requests (task_id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS permission_requests_session_idx ON permission_requests (session_id, id);
+
+-- "Allow always": later requests of the session matching a grant are allowed without asking.
+CREATE TABLE IF NOT EXISTS permission_grants (
+    session_id  bigint NOT NULL REFERENCES sessions(id),
+    tool_kind   text NOT NULL,
+    pattern     text NOT NULL,
+    request_id  bigint REFERENCES permission_requests(id) ON DELETE SET NULL,
+    granted_by  text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (session_id, tool_kind, pattern)
+);
+
+-- The payload is the decision itself when it is small (a permission's), so the waiting turn needs
+-- no further read; else (a question's answers, long values) just the request id.
+CREATE OR REPLACE FUNCTION switchyard_notify_permission_reply() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    decision text := json_build_object('id', NEW.id, 'state', NEW.state, 'option_id', NEW.option_id,
+                                       'remember', NEW.remember, 'decided_by', NEW.decided_by,
+                                       'reason', NEW.reason)::text;
+BEGIN
+    PERFORM pg_notify('permission_replies',
+                      CASE WHEN NEW.kind = 'permission' AND octet_length(decision) < 4000 THEN decision
+                           ELSE NEW.id::text END);
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER permission_requests_notify
+    AFTER UPDATE OF state ON permission_requests
+    FOR EACH ROW WHEN (OLD.state = 'pending' AND NEW.state <> 'pending')
+    EXECUTE FUNCTION switchyard_notify_permission_reply();
+
+INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
+
 -- ---------------------------------------------------------------- version 6
 
 -- The review loop. A change remembers the change it replaced (a new turn's diff, the rest of a

@@ -8,7 +8,21 @@ confinement of agents to their worktree. Nothing here touches the database.
 from __future__ import annotations
 
 from backends.acp import AcpBackend
+from backends.approval import (
+    ALLOW_OPTION_KINDS,
+    REJECT_OPTION_KINDS,
+    ApprovalAnswer,
+    ApprovalRequest,
+    Asker,
+    AskOption,
+    QuestionAnswer,
+    QuestionRequest,
+    grant_covers,
+    grant_patterns,
+)
 from backends.base import (
+    CONTEXT_OVERFLOW,
+    AgentAdvertised,
     AgentCommands,
     AgentSession,
     Backend,
@@ -31,6 +45,7 @@ from backends.errors import (
     AgentConfigError,
     AgentNotFoundError,
     BackendError,
+    BadAgentOptionError,
     BadModelError,
     OpencodeNotFoundError,
     OpencodeServerError,
@@ -42,15 +57,20 @@ from backends.noop import NoopBackend
 from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings, read_pool_status
 from backends.opencode_server import OpencodeServerBackend
-from backends.permissions import PermissionPolicy
+from backends.permissions import DEFAULT_ASK_TIMEOUT, PermissionOverride, PermissionPolicy
 from backends.pty import PtyBackend
 from backends.registry import PRESETS, AgentConfig, AgentProbe, AgentSpec, build_specs, probe
 from backends.sandbox import Sandbox, SandboxSettings, SandboxUnavailable
 
 __all__ = [
+    "ALLOW_OPTION_KINDS",
+    "CONTEXT_OVERFLOW",
+    "DEFAULT_ASK_TIMEOUT",
     "POOL_DIR",
     "PRESETS",
+    "REJECT_OPTION_KINDS",
     "AcpBackend",
+    "AgentAdvertised",
     "AgentCommands",
     "AgentConfig",
     "AgentConfigError",
@@ -58,9 +78,14 @@ __all__ = [
     "AgentProbe",
     "AgentSession",
     "AgentSpec",
+    "ApprovalAnswer",
+    "ApprovalRequest",
+    "AskOption",
+    "Asker",
     "Backend",
     "BackendError",
     "BackendEvent",
+    "BadAgentOptionError",
     "BadModelError",
     "Emit",
     "HistoryMessage",
@@ -76,10 +101,13 @@ __all__ = [
     "OutcomeStatus",
     "PathEscapeError",
     "PermissionDecision",
+    "PermissionOverride",
     "PermissionPolicy",
     "Plan",
     "ProtectedPathError",
     "PtyBackend",
+    "QuestionAnswer",
+    "QuestionRequest",
     "ReasoningDelta",
     "Sandbox",
     "SandboxSettings",
@@ -92,6 +120,8 @@ __all__ = [
     "TurnOutcome",
     "Usage",
     "build_specs",
+    "grant_covers",
+    "grant_patterns",
     "list_models",
     "probe",
     "read_pool_status",

@@ -4,17 +4,23 @@ One turn spawns the agent in the session worktree (its own session, so its tree 
 talks to it with the ``acp`` SDK's client side over stdio, and ends it:
 
 1. ``initialize`` advertising ``fs.readTextFile`` and ``fs.writeTextFile`` (no terminals), then
-   ``session/new`` in the worktree with no MCP servers; the task's mode and, without a
-   ``model_flag``, its model are set through the session's config options;
+   the session: the Switchyard session's earlier upstream session is continued with
+   ``session/resume`` (or ``session/load``, whose replayed history is not emitted again) when the
+   agent advertises it, else ``session/new`` in the worktree with no MCP servers, and the prompt
+   then carries a bounded transcript of the earlier turns. The task's mode, its model (without a
+   ``model_flag``) and its agent options are set through the session's config options, checked
+   against what the session advertised (which is also emitted, for the catalogue);
 2. ``session/prompt`` with the task's input, streaming until its response:
    ``agent_message_chunk`` → ``TextDelta``, ``agent_thought_chunk`` → ``ReasoningDelta``,
    ``tool_call``/``tool_call_update`` → merged ``ToolCall`` snapshots, ``plan`` → ``Plan``,
    ``available_commands_update`` → ``AgentCommands``; other updates are ignored. The response's
    stop reason and (unstable) usage end the turn;
 3. permission requests are answered by the :class:`PermissionPolicy` (``allow_once`` or
-   ``reject_once``, never "always", so every request is judged), each one shown as a
-   ``PermissionDecision``; ``fs/*`` requests are served only inside the worktree
-   (:mod:`backends.confine`), a refusal being an error to the agent and a ``PermissionDecision``;
+   ``reject_once``, never "always", so every request is judged); where it says ``ask``, a person
+   decides through the turn's asker (backends.approval) with the options the agent offered.
+   Each decision is shown as a ``PermissionDecision``. ``fs/*`` requests are served only inside
+   the worktree (:mod:`backends.confine`), a refusal being an error to the agent and a
+   ``PermissionDecision``; a write a person approved as a permission request is not asked again;
 4. the end, however it comes: ``session/cancel`` if the prompt is still running (pending and later
    permission requests are answered ``cancelled``) and a grace period for the agent to wind down,
    stdin closed, then the whole process tree terminated (:mod:`backends.processes`).
@@ -24,14 +30,16 @@ exits or closes stdout mid-turn fails the turn (``agent_crashed``) with the tail
 stderr is never logged. Events are queued synchronously in the order the SDK delivers them and
 emitted by one task, so frames keep the agent's order even when ``emit`` waits; after a cancel,
 what the agent sent while winding down is still emitted (for ``DRAIN_GRACE`` seconds at most).
-A one-shot agent sees only the task's input, not the session's history: the worktree carries
-the state between turns.
+An opencode agent keeps its data per Switchyard session (``state_dir``), so its next turn can
+resume the same upstream session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import replace
@@ -53,13 +61,18 @@ from acp.schema import (
     DeniedOutcome,
     FileSystemCapabilities,
     Implementation,
+    InitializeResponse,
+    LoadSessionResponse,
     NewSessionResponse,
     PermissionOption,
     PromptResponse,
     ReadTextFileResponse,
     RequestPermissionResponse,
+    ResumeSessionResponse,
+    SessionConfigOptionBoolean,
     SessionConfigOptionSelect,
     SessionConfigSelectGroup,
+    SessionModeState,
     TextContentBlock,
     ToolCallProgress,
     ToolCallStart,
@@ -71,8 +84,12 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel, ValidationError
 
+from backends.approval import OPTION_KINDS, ApprovalAnswer, ApprovalRequest, Asker, AskOption
 from backends.base import (
+    CONTEXT_OVERFLOW,
+    AgentAdvertised,
     AgentCommands,
+    AgentSession,
     BackendEvent,
     Emit,
     PermissionDecision,
@@ -84,9 +101,11 @@ from backends.base import (
     Turn,
     TurnOutcome,
     Usage,
+    is_context_overflow,
+    transcript,
 )
 from backends.confine import read_text, write_text
-from backends.errors import BackendError, BadModelError
+from backends.errors import BackendError, BadAgentOptionError, BadModelError
 from backends.launch import Launch, OneShotBackend, prepare
 from backends.modes import Mode, bypasses, check_mode
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
@@ -118,14 +137,20 @@ PATH_KEYS = ("path", "filePath", "filepath", "file_path", "cwd", "workdir", "dir
 CWD_KEYS = ("cwd", "workdir")
 ALLOW_KINDS = ("allow_once", "allow_always")
 REJECT_KINDS = ("reject_once", "reject_always")
+# What a file access the policy says "ask" for offers a person (no agent options exist for it).
+FS_OPTIONS = (AskOption("allow", "allow_once", "Allow once"), AskOption("reject", "reject_once", "Reject"))
+SessionSetup = NewSessionResponse | ResumeSessionResponse | LoadSessionResponse
+ConfigOption = SessionConfigOptionSelect | SessionConfigOptionBoolean
 
 
 class AcpBackend(OneShotBackend):
     execution_path = "acp"
+    takes_agent_options = True
 
     async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
         root = Path(await anyio.to_thread.run_sync(workdir.resolve))
         settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
+        data_dir = self.session_state(turn)
         async with prepare(
             self.spec,
             turn.model,
@@ -134,21 +159,36 @@ class AcpBackend(OneShotBackend):
             git_dir=turn.git_dir,
             opencode=settings,
             parent_env=self.parent_env,
+            data_dir=data_dir,
         ) as launch:
-            return await _AcpTurn(self, turn, root, launch, emit).run()
+            return await _AcpTurn(self, turn, root, launch, emit, resumable=data_dir is not None).run()
+
+    def config_hash(self, root: Path) -> str:
+        """What must not change for an upstream session to be continued: the agent and the worktree."""
+        facts = {"agent": self.spec.name, "command": list(self.spec.command), "cwd": str(root)}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 class _AcpTurn:
     """One turn: the agent process, the connection, the event queue and the way it all ends."""
 
-    def __init__(self, backend: AcpBackend, turn: Turn, root: Path, launch: Launch, emit: Emit) -> None:
+    def __init__(
+        self, backend: AcpBackend, turn: Turn, root: Path, launch: Launch, emit: Emit, *, resumable: bool
+    ) -> None:
         self.spec = backend.spec
         self.turn = turn
         self.root = root
         self.launch = launch
         self.emit = emit
-        self.send, self.receive = anyio.create_memory_object_stream[BackendEvent](math.inf)
-        self.client = TurnClient(root, backend.policy, self.send)
+        self.send, self.receive = anyio.create_memory_object_stream[BackendEvent | anyio.Event](math.inf)
+        policy = backend.policy.effective(self.spec.name, turn.project_name)
+        self.client = TurnClient(root, policy, self.send, turn.asker)
+        # Only an agent whose data outlives the turn (opencode with a state_dir; any other agent
+        # keeps its own) has a session worth continuing.
+        self.config_hash = backend.config_hash(root) if resumable or not self.spec.opencode else None
+        self.agent_session: AgentSession | None = None
+        # No upstream session to continue: the prompt carries the earlier turns.
+        self.context = ""
         self.forward_scope = anyio.CancelScope(shield=True)
         self.stderr_tail = bytearray()
         self.stderr_done = anyio.Event()
@@ -198,8 +238,8 @@ class _AcpTurn:
                 session_id = await self._start_session(conn)
         except TimeoutError:
             return TurnOutcome.failed("agent_start_timeout", f"{self.spec.name} did not start a session in time")
-        except BadModelError as exc:
-            return TurnOutcome.failed("bad_input", str(exc))
+        except (BadModelError, BadAgentOptionError) as exc:
+            return TurnOutcome.failed("bad_input", str(exc), agent_session=self.agent_session)
         except Exception as exc:
             return await self._failure(exc, process, "session setup")
         if session_id is None:
@@ -209,7 +249,8 @@ class _AcpTurn:
         except Exception as exc:
             return await self._failure(exc, process, "session/prompt")
         if response is None:
-            return TurnOutcome.failed("timeout", f"{self.spec.name} gave no result in {self.spec.timeout:g}s")
+            error = f"{self.spec.name} gave no result in {self.spec.timeout:g}s"
+            return TurnOutcome.failed("timeout", error, agent_session=self.agent_session)
         return self._outcome(response)
 
     async def _start_session(self, conn: ClientSideConnection) -> str | None:
@@ -222,26 +263,77 @@ class _AcpTurn:
         )
         if init.protocol_version != PROTOCOL_VERSION:
             return None
-        session = await conn.new_session(cwd=str(self.root), mcp_servers=[])
+        continued = await self._continue_session(conn, init)
+        if continued is None:
+            session = await conn.new_session(cwd=str(self.root), mcp_servers=[])
+            session_id, setup = session.session_id, cast(SessionSetup, session)
+            self.context = transcript(self.turn.history)
+        else:
+            session_id, setup = continued
+        if self.config_hash is not None:
+            self.agent_session = AgentSession(session_id, self.config_hash)
+        options = list(setup.config_options or ())
+        self.client.queue(advertised(options, setup.modes, self.client.policy.denied_modes))
         if self.turn.mode_id:
-            check_mode(self.client.policy.denied_modes, self.turn.mode_id, advertised_modes(session), self.spec.name)
-            await self._select(conn, session, "mode", self.turn.mode_id)
+            check_mode(self.client.policy.denied_modes, self.turn.mode_id, advertised_modes(setup), self.spec.name)
+            await self._select(conn, session_id, options, setup.modes, "mode", self.turn.mode_id)
         if self.launch.session_model:
-            await self._select(conn, session, "model", self.launch.session_model)
-        return session.session_id
+            await self._select(conn, session_id, options, setup.modes, "model", self.launch.session_model)
+        for key, value in self.turn.agent_options.items():
+            config_id = check_option(self.spec.name, options, key, value)
+            try:
+                await conn.set_config_option(config_id=config_id, session_id=session_id, value=value)
+            except RequestError as exc:
+                raise BadAgentOptionError(f"{self.spec.name} refused {key} = {value!r}: {exc}") from None
+        return session_id
 
-    async def _select(self, conn: ClientSideConnection, session: NewSessionResponse, category: str, value: str) -> None:
+    async def _continue_session(
+        self, conn: ClientSideConnection, init: InitializeResponse
+    ) -> tuple[str, SessionSetup] | None:
+        """The earlier upstream session, resumed (or loaded) if the agent can; None: start anew."""
+        previous = self.turn.agent_session
+        if previous is None or previous.config_hash != self.config_hash:
+            return None
+        capabilities = init.agent_capabilities
+        sessions = capabilities.session_capabilities if capabilities else None
+        upstream = previous.upstream_session_id
+        try:
+            if sessions is not None and sessions.resume is not None:
+                resumed = await conn.resume_session(session_id=upstream, cwd=str(self.root), mcp_servers=[])
+                return upstream, resumed
+            if capabilities is not None and capabilities.load_session:
+                # The agent replays the conversation as updates: history, not this turn's output.
+                self.client.replaying = True
+                try:
+                    loaded = await conn.load_session(session_id=upstream, cwd=str(self.root), mcp_servers=[])
+                finally:
+                    self.client.replaying = False
+                return upstream, loaded or LoadSessionResponse()
+        except RequestError as exc:
+            fields = {"agent": self.spec.name, "session": upstream, "error": str(exc)}
+            log.info("acp.session_not_continued", **fields)
+        return None
+
+    async def _select(
+        self,
+        conn: ClientSideConnection,
+        session_id: str,
+        options: Sequence[ConfigOption],
+        modes: SessionModeState | None,
+        category: str,
+        value: str,
+    ) -> None:
         """Set the session's config option of ``category`` (``mode`` falls back to session/set_mode)."""
-        for option in session.config_options or ():
+        for option in options:
             if option.category == category:
                 try:
-                    await conn.set_config_option(config_id=option.id, session_id=session.session_id, value=value)
+                    await conn.set_config_option(config_id=option.id, session_id=session_id, value=value)
                 except RequestError as exc:
                     raise BadModelError(f"{self.spec.name} refused {category} {value!r}: {exc}") from None
                 return
-        if category == "mode" and session.modes is not None:
+        if category == "mode" and modes is not None:
             try:
-                await conn.set_session_mode(session_id=session.session_id, mode_id=value)
+                await conn.set_session_mode(session_id=session_id, mode_id=value)
             except RequestError as exc:
                 raise BadModelError(f"{self.spec.name} refused mode {value!r}: {exc}") from None
             return
@@ -256,8 +348,10 @@ class _AcpTurn:
 
         async def prompt() -> None:
             with prompt_scope:
+                blocks: list[Any] = [text_block(self.context)] if self.context else []
+                blocks.append(text_block(self.turn.input))
                 try:
-                    result.append(await conn.prompt(session_id=session_id, prompt=[text_block(self.turn.input)]))
+                    result.append(await conn.prompt(session_id=session_id, prompt=blocks))
                 except Exception as exc:
                     result.append(exc)
             done.set()
@@ -279,7 +373,7 @@ class _AcpTurn:
         return result[0]
 
     async def _cancel(self, conn: ClientSideConnection, session_id: str, done: anyio.Event) -> None:
-        self.client.cancelling = True
+        self.client.cancel_asks()
         with anyio.move_on_after(CANCEL_GRACE):
             with suppress(Exception):
                 await conn.cancel(session_id=session_id)
@@ -292,13 +386,16 @@ class _AcpTurn:
             self.client.queue(usage)
         if response.stop_reason == "cancelled":
             return TurnOutcome.cancelled(usage=usage)
-        return TurnOutcome.completed(response.stop_reason, usage=usage)
+        return TurnOutcome.completed(response.stop_reason, usage=usage, agent_session=self.agent_session)
 
     async def _failure(self, exc: Exception, process: Process, during: str) -> TurnOutcome:
         name = self.spec.name
         if isinstance(exc, RequestError):
             reason = "agent_auth_required" if exc.code == -32000 else "agent_error"
-            return TurnOutcome.failed(reason, f"{name} answered {during} with error {exc.code}: {exc}")
+            message = f"{name} answered {during} with error {exc.code}: {exc}"
+            if is_context_overflow(f"{exc} {json.dumps(exc.data, default=str)}"):
+                reason = CONTEXT_OVERFLOW
+            return TurnOutcome.failed(reason, message, agent_session=self.agent_session)
         if isinstance(exc, ValidationError):
             return TurnOutcome.failed("protocol_error", f"{name} sent an invalid {during} result: {exc}")
         if not isinstance(exc, ConnectionError):
@@ -316,7 +413,10 @@ class _AcpTurn:
     async def _forward(self) -> None:
         with self.forward_scope, self.receive:
             async for event in self.receive:
-                await self.emit(event)
+                if isinstance(event, anyio.Event):
+                    event.set()  # everything queued before it has been emitted
+                else:
+                    await self.emit(event)
 
     async def _read_stderr(self, stderr: ByteReceiveStream) -> None:
         try:
@@ -337,6 +437,7 @@ class _AcpTurn:
 
     async def _shut_down(self, process: Process, conn: ClientSideConnection, tree: ProcessTree) -> None:
         """Close the connection (and with it stdin), give the agent a moment to exit, then end its tree."""
+        self.client.cancel_asks()
         with suppress(Exception), anyio.move_on_after(EXIT_GRACE):
             await conn.close()
         with anyio.move_on_after(EXIT_GRACE):
@@ -397,19 +498,42 @@ class NdjsonStdio:
 class TurnClient:
     """The client side the agent talks to: session updates, permissions, confined files."""
 
-    def __init__(self, root: Path, policy: PermissionPolicy, events: MemoryObjectSendStream[BackendEvent]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        policy: PermissionPolicy,
+        events: MemoryObjectSendStream[BackendEvent | anyio.Event],
+        asker: Asker | None = None,
+    ) -> None:
         self.root = root
         self.policy = policy
         self.events = events
+        self.asker = asker
         self.cancelling = False
+        # While session/load replays the conversation: updates are history, not this turn's.
+        self.replaying = False
         self.tools: dict[str, ToolCall] = {}
         # Tool calls whose output came as rawOutput, which then wins over their content.
         self.raw_outputs: set[str] = set()
+        # Requests waiting for a person; cancelled (answered "cancelled") when the turn ends.
+        self.asking: set[anyio.CancelScope] = set()
+        # Real paths a person allowed to be edited in this turn: the fs/* call that follows the
+        # agent's permission request is not asked again.
+        self.approved_paths: set[str] = set()
 
-    def queue(self, event: BackendEvent) -> None:
+    def queue(self, event: BackendEvent | anyio.Event) -> bool:
         # Synchronous, so events keep the order in which the SDK hands them over.
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        try:
             self.events.send_nowait(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    def cancel_asks(self) -> None:
+        """The turn is ending: nothing more is asked, and open questions are withdrawn."""
+        self.cancelling = True
+        for scope in self.asking:
+            scope.cancel()
 
     def unfinished(self) -> list[ToolCall]:
         """Tool calls the agent left pending or running, marked failed (the turn is over)."""
@@ -419,6 +543,8 @@ class TurnClient:
     # ---------------------------------------------------------------- agent → client requests
 
     async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
+        if self.replaying:
+            return
         for event in self._events(update):
             self.queue(event)
 
@@ -426,21 +552,62 @@ class TurnClient:
         self, options: list[PermissionOption], session_id: str, tool_call: ToolCallUpdate, **kwargs: Any
     ) -> RequestPermissionResponse:
         call_id, permission = tool_call.tool_call_id, tool_call.kind or "other"
-        verdict: Verdict | None = None
-        if not self.cancelling:
-            request = permission_request(tool_call)
-            verdict = await anyio.to_thread.run_sync(decide, self.policy, request, self.root)
-        if verdict is None or self.cancelling:
+        cancelled = RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        if self.cancelling:
             self.queue(PermissionDecision(call_id, permission, "cancelled", "the turn is being cancelled"))
-            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+            return cancelled
+        request = permission_request(tool_call)
+        verdict = await anyio.to_thread.run_sync(decide, self.policy, request, self.root)
+        if verdict.ask and self.asker is not None:
+            offered = tuple(
+                AskOption(o.option_id, o.kind, o.name)
+                for o in options
+                if o.kind in OPTION_KINDS and not bypasses(self.policy.denied_modes, o.option_id, o.name)
+            )
+            asked = ApprovalRequest(
+                permission=permission,
+                tool_kind=request.kind,
+                title=request.title,
+                options=offered,
+                tool_call_id=call_id,
+                command=request.command if isinstance(request.command, str) else _join(request.command),
+                paths=request.paths,
+            )
+            answer = await self._ask(asked)
+            if answer is None:
+                self.queue(PermissionDecision(call_id, permission, "cancelled", "the turn is being cancelled"))
+                return cancelled
+            if answer.allowed:
+                self.approved_paths |= await anyio.to_thread.run_sync(_real_paths, self.root, request.paths)
+            self.queue(
+                PermissionDecision(call_id, permission, "allowed" if answer.allowed else "denied", answer.reason)
+            )
+            if answer.option_id is None:
+                return cancelled
+            return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=answer.option_id))
         option = choose_option(verdict.allowed, options, self.policy.denied_modes)
         if option is None:
             # Neither a matching allow nor reject option: "cancelled" is the only other answer.
             reason = f"{verdict.reason}; the agent offered no matching option"
             self.queue(PermissionDecision(call_id, permission, "denied", reason))
-            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+            return cancelled
         self.queue(PermissionDecision(call_id, permission, "allowed" if verdict.allowed else "denied", verdict.reason))
         return RequestPermissionResponse(outcome=AllowedOutcome(outcome="selected", option_id=option))
+
+    async def _ask(self, request: ApprovalRequest) -> ApprovalAnswer | None:
+        """A person's answer; None when the turn ended first (the request is withdrawn)."""
+        assert self.asker is not None
+        with anyio.CancelScope() as scope:
+            self.asking.add(scope)
+            try:
+                # What the agent sent before asking (the tool call) reaches clients first.
+                emitted = anyio.Event()
+                if self.queue(emitted):
+                    await emitted.wait()
+                return await self.asker.permission(request)
+            finally:
+                self.asking.discard(scope)
+        return None
 
     async def write_text_file(self, content: str, path: str, session_id: str, **kwargs: Any) -> WriteTextFileResponse:
         await self._check("edit", "fs/write_text_file", path)
@@ -471,6 +638,20 @@ class TurnClient:
     async def _check(self, kind: str, method: str, path: str) -> None:
         request = PermissionRequest(kind, method, (path,))
         verdict = await anyio.to_thread.run_sync(decide, self.policy, request, self.root)
+        if verdict.ask and not self.cancelling:
+            real = await anyio.to_thread.run_sync(_real_paths, self.root, (path,))
+            if real <= self.approved_paths:
+                return  # a person allowed this edit when the agent asked for it
+            if self.asker is not None:
+                asked = ApprovalRequest(
+                    permission=method, tool_kind=kind, title=f"{method} {path}", options=FS_OPTIONS, paths=(path,)
+                )
+                answer = await self._ask(asked)
+                if answer is not None and answer.allowed:
+                    self.approved_paths |= real
+                    self.queue(PermissionDecision(None, method, "allowed", answer.reason))
+                    return
+                verdict = Verdict(False, answer.reason if answer else "the turn is being cancelled")
         if not verdict.allowed:
             self._refused(method, verdict.reason)
             raise RequestError(-32602, verdict.reason, {"path": path})
@@ -540,6 +721,61 @@ def permission_request(tool_call: ToolCallUpdate) -> PermissionRequest:
     )
 
 
+def advertised(
+    options: Sequence[ConfigOption], modes: SessionModeState | None, denied_modes: Sequence[str] = ()
+) -> AgentAdvertised:
+    """What a session offers: its models and modes (config options of those categories, or the
+    legacy mode state; not those a task may not select) and every config option, for the
+    catalogue and agent options."""
+    models = tuple(value for option in options if option.category == "model" for value in _values(option))
+    mode_list: list[dict[str, Any]] = [
+        {"id": choice.value, "name": choice.name, **({"description": choice.description} if choice.description else {})}
+        for option in options
+        if option.category == "mode" and isinstance(option, SessionConfigOptionSelect)
+        for choice in _choices(option)
+    ]
+    if not mode_list and modes is not None:
+        mode_list = _dump_all(modes.available_modes)
+    allowed = [m for m in mode_list if not bypasses(denied_modes, str(m["id"]), str(m.get("name", "")))]
+    return AgentAdvertised(models, tuple(allowed), tuple(_dump_all(options)))
+
+
+def check_option(agent: str, options: Sequence[ConfigOption], key: str, value: str | bool) -> str:
+    """The config option id for an agent option ``key`` (an option's id or its category) if
+    ``value`` is one it accepts; else :class:`BadAgentOptionError` saying what it offers."""
+    option = next((o for o in options if o.id == key), None) or next((o for o in options if o.category == key), None)
+    if option is None:
+        offered = ", ".join(sorted(o.id for o in options)) or "none"
+        raise BadAgentOptionError(f"{agent} has no option {key!r} (it offers: {offered})")
+    if isinstance(option, SessionConfigOptionBoolean):
+        if not isinstance(value, bool):
+            raise BadAgentOptionError(f"{agent} option {key!r} is true or false, not {value!r}")
+        return option.id
+    values = _values(option)
+    if value not in values:
+        raise BadAgentOptionError(f"{agent} option {key!r} must be one of {', '.join(values)}, not {value!r}")
+    return option.id
+
+
+def _choices(option: SessionConfigOptionSelect) -> list[Any]:
+    flat: list[Any] = []
+    for item in option.options:
+        flat += item.options if isinstance(item, SessionConfigSelectGroup) else [item]
+    return flat
+
+
+def _values(option: ConfigOption) -> list[str]:
+    return [c.value for c in _choices(option)] if isinstance(option, SessionConfigOptionSelect) else []
+
+
+def _real_paths(root: Path, paths: Iterable[str]) -> set[str]:
+    return {os.path.realpath(Path(root, p)) for p in paths}
+
+
+def _join(command: Sequence[str] | None) -> str | None:
+    return None if command is None else " ".join(command)
+
+
 def choose_option(allowed: bool, options: Sequence[PermissionOption], denied_modes: Sequence[str] = ()) -> str | None:
     """The agent's option id for the verdict: a one-time allow or reject; None if it offers none.
 
@@ -553,14 +789,12 @@ def choose_option(allowed: bool, options: Sequence[PermissionOption], denied_mod
     return None
 
 
-def advertised_modes(session: NewSessionResponse) -> list[Mode]:
-    """The modes of ``session/new``: its mode state and its config options of category mode."""
+def advertised_modes(session: SessionSetup) -> list[Mode]:
+    """The modes a session offers: its mode state and its config options of category mode."""
     modes = [Mode(m.id, m.name) for m in (session.modes.available_modes if session.modes else ())]
     for option in session.config_options or ():
         if isinstance(option, SessionConfigOptionSelect) and option.category == "mode":
-            for entry in option.options:
-                choices = entry.options if isinstance(entry, SessionConfigSelectGroup) else [entry]
-                modes += [Mode(c.value, c.name) for c in choices]
+            modes += [Mode(c.value, c.name) for c in _choices(option)]
     return modes
 
 

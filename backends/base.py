@@ -14,11 +14,14 @@ process group) and lets the cancellation propagate; the orchestrator records ``c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from backends.approval import Asker
 
 # ---------------------------------------------------------------------------- the turn
 
@@ -54,9 +57,16 @@ class Turn:
     # The project repository's git directory (the worktree's objects and refs): agents in the
     # sandbox may read it, never write it.
     git_dir: Path | None = None
-    # Earlier messages of the session, oldest first (bounded by the orchestrator).
+    # Earlier messages of the session, oldest first (bounded by the orchestrator; empty for a
+    # turn with a fresh context, which gets no agent_session either).
     history: tuple[HistoryMessage, ...] = ()
     agent_session: AgentSession | None = None
+    # The task's agent options (``tasks.agent_options``), checked against what the agent offers.
+    agent_options: Mapping[str, str | bool] = field(default_factory=dict)
+    # The project's name (per-project permission overrides).
+    project_name: str = ""
+    # Asks a person when the policy says ``ask``; None: nobody can be asked.
+    asker: Asker | None = None
 
 
 # ---------------------------------------------------------------------------- events
@@ -137,7 +147,20 @@ class Status:
     detail: str = ""
 
 
-BackendEvent = TextDelta | ReasoningDelta | ToolCall | AgentCommands | Plan | PermissionDecision | Usage | Status
+@dataclass(frozen=True)
+class AgentAdvertised:
+    """What the agent offers, as its session told (ACP ``session/new``): the catalogue keeps it."""
+
+    models: tuple[str, ...] = ()
+    # [{id, name, description?}]
+    modes: tuple[Mapping[str, Any], ...] = ()
+    # ACP session config options as the agent sent them ({id, name, category, type, options, ...}).
+    config_options: tuple[Mapping[str, Any], ...] = ()
+
+
+BackendEvent = (
+    TextDelta | ReasoningDelta | ToolCall | AgentCommands | Plan | PermissionDecision | Usage | Status | AgentAdvertised
+)
 Emit = Callable[[BackendEvent], Awaitable[None]]
 
 # ---------------------------------------------------------------------------- the outcome
@@ -205,3 +228,36 @@ class Backend(Protocol):
     needs_worktree: bool
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome: ...
+
+
+# ---------------------------------------------------------------------------- conversations
+
+# The failure reason of a turn whose context no longer fits the model; the next turn of the
+# session starts with a fresh context.
+CONTEXT_OVERFLOW = "context_overflow"
+_OVERFLOW = re.compile(
+    r"context[ _-]?(length|window|overflow|limit)|maximum context|too many tokens|prompt is too long", re.IGNORECASE
+)
+# A transcript of earlier turns given to an agent that cannot resume its own session keeps at
+# most this many characters (the most recent ones).
+TRANSCRIPT_CHARS = 20_000
+
+
+def is_context_overflow(text: str) -> bool:
+    """Does a model's or agent's error say the context is too long?"""
+    return bool(_OVERFLOW.search(text))
+
+
+def transcript(history: Sequence[HistoryMessage], limit: int = TRANSCRIPT_CHARS) -> str:
+    """Earlier turns as context for an agent that does not remember them; '' without history."""
+    lines: list[str] = []
+    size = 0
+    for message in reversed(history):
+        line = f"{message.role}: {message.content}"
+        if size + len(line) > limit:
+            break
+        lines.append(line)
+        size += len(line) + 2
+    if not lines:
+        return ""
+    return "Earlier conversation in this session (for context):\n\n" + "\n\n".join(reversed(lines))

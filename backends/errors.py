@@ -8,6 +8,7 @@ __all__ = [
     "AgentConfigError",
     "AgentNotFoundError",
     "BackendError",
+    "BadAgentOptionError",
     "BadModelError",
     "OpencodeNotFoundError",
     "OpencodeServerError",
@@ -58,3 +59,7 @@ class FileTooLargeError(BackendError):
 
 class BadModelError(BackendError):
     """A task asks for a model or a mode its agent cannot be given."""
+
+
+class BadAgentOptionError(BackendError):
+    """A task asks for an agent option its agent does not offer (or a value it does not accept)."""

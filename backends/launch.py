@@ -56,6 +56,8 @@ class OneShotBackend(abc.ABC):
     """An agent run once per turn in the session worktree: what the ACP and PTY tracks share."""
 
     needs_worktree = True
+    # Whether the track can apply a task's agent options (ACP session config options).
+    takes_agent_options = False
 
     def __init__(
         self,
@@ -65,16 +67,29 @@ class OneShotBackend(abc.ABC):
         opencode: OpencodeSettings | None = None,
         parent_env: Mapping[str, str] | None = None,
         sandbox: Sandbox | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.spec = spec
         self.policy = policy or PermissionPolicy()
         self.opencode = opencode or OpencodeSettings()
         self.parent_env = parent_env
         self.sandbox = sandbox or Sandbox()
+        # Where an opencode agent keeps its sessions (per Switchyard session) between turns, so a
+        # later turn can resume them; None: in the turn's throw-away HOME.
+        self.state_dir = state_dir
+
+    def session_state(self, turn: Turn) -> Path | None:
+        """The agent's data directory for the turn's Switchyard session (opencode agents only)."""
+        if self.state_dir is None or not self.spec.opencode:
+            return None
+        return self.state_dir / self.spec.name / str(turn.session_id)
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         if turn.workdir is None:
             return TurnOutcome.failed("bad_input", f"agent {self.spec.name!r} runs in the session worktree; none given")
+        if turn.agent_options and not self.takes_agent_options:
+            error = f"agent {self.spec.name!r} offers no agent options: {dict(turn.agent_options)}"
+            return TurnOutcome.failed("bad_input", error)
         try:
             return await self.run_in(turn, turn.workdir, emit)
         except (AgentNotFoundError, SandboxUnavailable) as exc:
@@ -108,8 +123,11 @@ async def prepare(
     prompt: str | None = None,
     opencode: OpencodeSettings | None = None,
     parent_env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[Launch]:
-    """The launch of one turn in ``workdir``; ``prompt`` (PTY track) goes last on the command line.
+    """The launch of one turn in ``workdir``; ``prompt`` (PTY track) goes last on the command line;
+    an opencode agent keeps its data (sessions) in ``data_dir`` when given (writable in the
+    sandbox), else in the turn's HOME.
 
     ``git_dir`` (the project repository's git directory) stays readable in the sandbox. Raises
     AgentNotFoundError, BadModelError or SandboxUnavailable before anything is created.
@@ -138,6 +156,9 @@ async def prepare(
         if spec.opencode:
             home = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, HOME_PREFIX))
             env = agent_env(spec, parent, opencode_env(settings, home, parent))
+            if data_dir is not None:
+                await anyio.to_thread.run_sync(lambda: data_dir.mkdir(parents=True, exist_ok=True))
+                env["XDG_DATA_HOME"] = str(data_dir)
         else:
             env = agent_env(spec, parent)
         run_id = secrets.token_hex(16)
@@ -148,7 +169,7 @@ async def prepare(
                 sandbox.command,
                 argv,
                 cwd=workdir,
-                writable=[workdir, *([home] if home else [])],
+                writable=[workdir, *([home] if home else []), *([data_dir] if data_dir else [])],
                 read_only=[program, *([git_dir] if git_dir else [])],
                 frozen=[workdir / ".git"],
             )

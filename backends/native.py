@@ -45,7 +45,7 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from backends.base import Emit, HistoryMessage, ToolStatus, Turn, TurnOutcome
+from backends.base import CONTEXT_OVERFLOW, Emit, HistoryMessage, ToolStatus, Turn, TurnOutcome, is_context_overflow
 from backends.errors import BackendError
 from backends.openai_stream import ChatStream, MalformedChunk, error_message
 from kernel import get_logger
@@ -105,6 +105,8 @@ class NativeSettings:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     # Extra request body per model name, e.g. {"qwen3": {"temperature": 0.6, "max_tokens": 4096}}.
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How long the gateway keeps the endpoint's model list (the WebSocket ``list_models``).
+    models_cache_ttl: float = 60.0
 
     def __post_init__(self) -> None:
         try:
@@ -175,6 +177,9 @@ class NativeBackend:
         self._environ = os.environ if environ is None else environ
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
+        if turn.agent_options:
+            error = f"native inference offers no agent options: {dict(turn.agent_options)}"
+            return TurnOutcome.failed("bad_input", error)
         try:
             headers = self.settings.headers(self._environ)
         except NativeConfigError as exc:
@@ -318,7 +323,8 @@ def _http_failure(response: httpx.Response, body: bytes, endpoint: str) -> TurnO
         return TurnOutcome.failed(RATE_LIMITED, error, transient=True, retry_after=retry_after)
     if status >= 500 or status in TRANSIENT_STATUSES:
         return TurnOutcome.failed(SERVER_ERROR, error, transient=True, retry_after=retry_after)
-    return TurnOutcome.failed(REJECTED, error)
+    # The next turn of the session then starts with a fresh context.
+    return TurnOutcome.failed(CONTEXT_OVERFLOW if is_context_overflow(error) else REJECTED, error)
 
 
 async def _not_a_stream(response: httpx.Response) -> TurnOutcome:

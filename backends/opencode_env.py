@@ -79,6 +79,9 @@ class OpencodeSettings:
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     # Configured executable (path or name on PATH); None means PATH, then the pinned .tools copy.
     binary: str | None = None
+    # The question tool (the model asks its user): only where a person can answer it (the warm
+    # servers with ``[permissions] questions = "ask"``); unattended it would block the turn.
+    questions: bool = False
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -90,7 +93,8 @@ class OpencodeSettings:
 
 
 def opencode_config(settings: OpencodeSettings) -> dict[str, Any]:
-    """The inline opencode config: one provider, no sharing, no updates, no ``question`` tool."""
+    """The inline opencode config: one provider, no sharing, no updates, no ``question`` tool
+    unless ``settings.questions``."""
     models = dict.fromkeys(settings.models)
     if settings.small_model:
         models[settings.small_model] = None
@@ -106,7 +110,7 @@ def opencode_config(settings: OpencodeSettings) -> dict[str, Any]:
         "small_model": settings.model_ref(settings.small_model),
         "permission": permission_rules(settings.permission),
         # Unattended runs: the question tool would block the turn waiting for a human.
-        "tools": {"question": False},
+        "tools": {"question": settings.questions},
         "provider": {
             settings.provider_id: {
                 "npm": "@ai-sdk/openai-compatible",

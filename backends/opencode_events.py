@@ -12,7 +12,8 @@ makes :meth:`TurnTranslator.reconcile` (replaying ``GET /session/{id}/message`` 
 stream) safe.
 
 Besides events to emit, :meth:`TurnTranslator.handle` returns *signals* the backend acts on:
-:class:`PermissionAsked`, :class:`Retrying`, :class:`Idle` and :class:`EarlyError`.
+:class:`PermissionAsked`, :class:`QuestionAsked`, :class:`Retrying`, :class:`Idle` and
+:class:`EarlyError`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ class PermissionAsked:
     patterns: tuple[str, ...]
     metadata: Mapping[str, Any]
     tool_call_id: str | None
+    # What a reply "always" would allow from now on in the opencode session.
+    always: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuestionAsked:
+    """The model asks its user (the question tool); opencode waits for ``/question/{id}/reply``."""
+
+    request_id: str
+    questions: tuple[Mapping[str, Any], ...]
+    tool_call_id: str | None
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class EarlyError:
     error: SessionError
 
 
-Signal = PermissionAsked | Retrying | Idle | EarlyError
+Signal = PermissionAsked | QuestionAsked | Retrying | Idle | EarlyError
 
 
 @dataclass
@@ -167,8 +179,10 @@ class TurnTranslator:
         if session not in self._family:
             return []
         if session != self.session_id:
-            # A subagent of this turn: only its permission requests are ours.
-            return self._on_permission(props) if kind == "permission.asked" else []
+            # A subagent of this turn: only its permission requests (and questions) are ours.
+            if kind in ("permission.asked", "question.asked"):
+                return self._HANDLERS[kind](self, props)
+            return []
         handler = self._HANDLERS.get(kind) if isinstance(kind, str) else None
         return handler(self, props) if handler is not None else []
 
@@ -304,6 +318,7 @@ class TurnTranslator:
         tool = props.get("tool")
         call_id = tool.get("callID") if isinstance(tool, Mapping) else None
         patterns = props.get("patterns")
+        always = props.get("always")
         metadata = props.get("metadata")
         return [
             PermissionAsked(
@@ -312,8 +327,20 @@ class TurnTranslator:
                 patterns=tuple(str(p) for p in patterns) if isinstance(patterns, list) else (),
                 metadata=metadata if isinstance(metadata, Mapping) else {},
                 tool_call_id=call_id if isinstance(call_id, str) else None,
+                always=tuple(str(p) for p in always) if isinstance(always, list) else (),
             )
         ]
+
+    def _on_question(self, props: Mapping[str, Any]) -> list[BackendEvent | Signal]:
+        request_id = props.get("id")
+        questions = props.get("questions")
+        if not isinstance(request_id, str) or request_id in self._asked or not isinstance(questions, list):
+            return []
+        self._asked.add(request_id)
+        tool = props.get("tool")
+        call_id = tool.get("callID") if isinstance(tool, Mapping) else None
+        asked = tuple(q for q in questions if isinstance(q, Mapping))
+        return [QuestionAsked(request_id, asked, call_id if isinstance(call_id, str) else None)]
 
     def _on_todos(self, todos: Any) -> list[BackendEvent | Signal]:
         if not isinstance(todos, list):
@@ -339,6 +366,7 @@ class TurnTranslator:
         "session.idle": lambda self, _props: self._on_idle(),
         "session.error": lambda self, props: self._on_error(props),
         "permission.asked": lambda self, props: self._on_permission(props),
+        "question.asked": lambda self, props: self._on_question(props),
         "todo.updated": lambda self, props: self._on_todos(props.get("todos")),
     }
 

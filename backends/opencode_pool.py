@@ -2,17 +2,20 @@
 
 Each server listens on 127.0.0.1 (a free port), requires HTTP Basic auth with a random password,
 and keeps its state in a private HOME (and XDG directories, see
-:func:`backends.opencode_env.opencode_env`) that is deleted when it stops. Its opencode config
-says ``"permission": "ask"``: every tool use, a subagent's too, waits for the turn to answer it
-with Switchyard's policy.
+:func:`backends.opencode_env.opencode_env`) that is deleted when it stops, except its data
+directory (opencode's sessions): that belongs to a *slot* of its project
+(``<root>/data/<project>/slot-N``, locked while a server uses it) and outlives the server, so after
+a restart of the server or of Switchyard a Switchyard session finds its opencode session again.
+Its opencode config says ``"permission": "ask"``: every tool use, a subagent's too, waits for the
+turn to answer it with Switchyard's policy.
 
 A server belongs to one project and never serves another (:class:`ProjectPlace`): it runs in the
-bubblewrap sandbox (:mod:`backends.sandbox`) with only that project's worktrees and its own HOME
-writable, everything else of the data directory hidden. Its password is in its environment, which
-its bash tool's commands inherit; with it an agent reaches only its own project's server, which
-can touch nothing the agent could not touch anyway. One server hosts many worktrees of its
-project: every request names its directory. A Switchyard session sticks to one server (the
-``server_key`` persisted in ``agent_sessions``) so its opencode session stays warm.
+bubblewrap sandbox (:mod:`backends.sandbox`) with only that project's worktrees, its own HOME and
+its data slot writable, everything else of the data directory hidden. Its password is in its
+environment, which its bash tool's commands inherit; with it an agent reaches only its own
+project's server, which can touch nothing the agent could not touch anyway. One server hosts many
+worktrees of its project: every request names its directory. A Switchyard session sticks to one
+slot (the ``server_key`` persisted in ``agent_sessions``) so its opencode session stays warm.
 
 The pool is a long-lived resource: ``async with OpencodePool(...) as pool:`` once per service.
 A project's first turn starts its first server; the pool then keeps ``min_servers`` running for
@@ -32,6 +35,7 @@ publishes its state in a small JSON file that ``switchyard pool`` reads (:func:`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -94,8 +98,10 @@ MARKER_ENV = "SWITCHYARD_OPENCODE_SERVER"
 _LISTENING = re.compile(r"listening on (https?://\S+)")
 _BIND_FAILURE = re.compile(r"ServeError|EADDRINUSE|address already in use", re.IGNORECASE)
 STATUS_PREFIX = "pool-"
-# The pool's directory under the service's data_dir (sandboxes and status files).
+# The pool's directory under the service's data_dir (sandboxes, data slots and status files).
 POOL_DIR = "opencode-pool"
+SLOT_PREFIX = "slot-"
+SLOT_LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,11 @@ class OpencodeServer:
         self.key = key
         self.home = home
         self.place = place
+        # The data slot: opencode's database lives in data_dir and outlives the process, so the
+        # slot (``agent_sessions.server_key``) is what a session sticks to.
+        self.slot = key
+        self.data_dir: Path | None = None
+        self.slot_lock: int | None = None
         self.state = ServerState.STARTING
         self.url = ""
         self.version = ""
@@ -424,7 +435,7 @@ class OpencodePool:
             # Only servers of exactly this place: a server never serves two projects, nor a
             # directory its sandbox was not made for.
             live = self._live(place)
-            server = next((s for s in live if s.key == server_key), None) if server_key else None
+            server = next((s for s in live if s.slot == server_key), None) if server_key else None
             server = server or next((s for s in live if session_id in s.sessions), None)
             if server is None:
                 if not live or (len(self._live()) < self.settings.servers and all(s.active_turns for s in live)):
@@ -494,8 +505,12 @@ class OpencodePool:
         binary = self._binary
         sandboxed = (await self.sandbox.check()).usable
         await anyio.to_thread.run_sync(lambda: server.home.mkdir(parents=True, exist_ok=True))
+        data_root = self.root / "data" / str(server.place.project_id)
+        await anyio.to_thread.run_sync(_take_slot, server, data_root)
         # Every tool use is asked of the turn, which answers with Switchyard's policy.
         env = opencode_env(replace(self.opencode, permission=ASK), server.home)
+        if server.data_dir is not None:
+            env["XDG_DATA_HOME"] = str(server.data_dir)
         env["OPENCODE_SERVER_PASSWORD"] = server._password
         env["OPENCODE_SERVER_USERNAME"] = USERNAME
         env[MARKER_ENV] = server.marker
@@ -508,7 +523,7 @@ class OpencodePool:
                     self.sandbox.command,
                     command,
                     cwd=server.home,
-                    writable=(place.worktrees, server.home),
+                    writable=(place.worktrees, server.home, *([server.data_dir] if server.data_dir else [])),
                     read_only=(binary, *([place.git_dir] if place.git_dir else [])),
                     # Every other server's HOME, wherever the pool lives.
                     hidden=(self.root,),
@@ -604,6 +619,9 @@ class OpencodePool:
         if server._client is not None:
             await server._client.aclose()
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(server.home, ignore_errors=True))
+        if server.slot_lock is not None:
+            os.close(server.slot_lock)  # the slot's data stays for the next server
+            server.slot_lock = None
         if server in self._servers:
             self._servers.remove(server)
         server.ready.set()
@@ -662,6 +680,22 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
+
+
+def _take_slot(server: OpencodeServer, data_root: Path) -> None:
+    """Give ``server`` the lowest data slot no other server (of any process) holds: an exclusive
+    flock on the slot, kept until the server is cleaned up."""
+    for number in itertools.count(1):
+        directory = data_root / f"{SLOT_PREFIX}{number}"
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / SLOT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        server.slot, server.data_dir, server.slot_lock = directory.name, directory, fd
+        return
 
 
 def _prepare_root(root: Path) -> None:

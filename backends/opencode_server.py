@@ -12,14 +12,21 @@ A turn, against one server and the session's worktree (every request names it as
    (:mod:`backends.opencode_events`) knows exactly which assistant messages answer it;
 3. emit text, reasoning, tool snapshots and plans as they stream; answer ``permission.asked``
    (the pool's servers ask for every tool use, subagents' included) with the transport-neutral
-   policy (:mod:`backends.permissions`); the turn is over at ``session.idle``, failed if a
+   policy (:mod:`backends.permissions`), asking a person through the turn's asker where it says
+   ``ask``, and ``question.asked`` (the question tool, on with ``[permissions] questions =
+   "ask"``) with a person's answer, or reject it; the turn is over at ``session.idle``, failed if a
    ``session.error`` came first;
 4. opencode retries a failing model forever: after ``retry_cap`` retries the turn is aborted;
 5. a watchdog aborts a turn whose session shows no event for ``watchdog`` seconds (heartbeats and
-   other sessions' events do not count); after ``QUIET_POLL`` seconds of silence it first asks
-   ``GET /session/status``, in case the stream missed the idle;
+   other sessions' events do not count; time spent waiting for a person neither); after
+   ``QUIET_POLL`` seconds of silence it first asks ``GET /session/status``, in case the stream
+   missed the idle;
 6. a dropped stream is reopened and the turn reconciled from ``GET /session/{id}/message``; if the
    server process died instead, the turn fails at once with the server's exit status.
+
+The task's agent option ``effort`` selects one of the model's variants (``GET /config/providers``),
+sent as the prompt's ``variant``. What the server offers (models, opencode agents as modes, the
+effort option) is emitted once per server as :class:`~backends.base.AgentAdvertised`.
 
 Every way out of a prompted turn other than ``session.idle`` — the watchdog, the retry cap, a
 stream lost for good while the server lives, cancellation (anyio: a cancel, the dispatcher's
@@ -34,7 +41,7 @@ import json
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -45,23 +52,34 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
+from backends.approval import ApprovalRequest, AskOption, QuestionRequest
 from backends.base import (
+    CONTEXT_OVERFLOW,
+    AgentAdvertised,
     AgentSession,
     Emit,
-    HistoryMessage,
     PermissionDecision,
     Status,
     ToolCall,
     Turn,
     TurnOutcome,
     Usage,
+    transcript,
 )
-from backends.errors import BadModelError, OpencodeServerError
+from backends.errors import BadAgentOptionError, BadModelError, OpencodeServerError
 from backends.launch import opencode_model
 from backends.modes import Mode, check_mode
-from backends.opencode_events import EarlyError, Idle, PermissionAsked, Retrying, SessionError, TurnTranslator
+from backends.opencode_events import (
+    EarlyError,
+    Idle,
+    PermissionAsked,
+    QuestionAsked,
+    Retrying,
+    SessionError,
+    TurnTranslator,
+)
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, OpencodeServer, ProjectPlace
-from backends.permissions import PermissionPolicy, PermissionRequest, decide
+from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.sandbox import SandboxUnavailable
 from kernel import get_logger
 
@@ -102,6 +120,17 @@ HTTP_NOT_FOUND = 404
 PRIMARY_AGENT_MODES = ("primary", "all")
 # Metadata keys of a permission request that name a file or directory it touches.
 PERMISSION_PATH_KEYS = ("filepath", "filePath", "path", "parentDir")
+# What opencode's permission reply accepts, offered to a person as options.
+REPLY_OPTIONS = (
+    AskOption("once", "allow_once", "Allow once"),
+    AskOption("always", "allow_always", "Always allow"),
+    AskOption("reject", "reject_once", "Reject"),
+)
+# The agent option that picks one of the model's variants (reasoning effort), as opencode acp names it.
+EFFORT_OPTION = "effort"
+EFFORT_CATEGORY = "thought_level"
+# The agent name of this track (registry preset, permission overrides).
+AGENT = "opencode"
 
 
 class Quiet(Enum):
@@ -128,6 +157,8 @@ class OpencodeServerBackend:
         self.policy = policy or PermissionPolicy()
         # The turn limits (watchdog, retry_cap) come from here; default: the pool's settings.
         self.settings = settings or pool.settings
+        # What each server (by key) offers: its model variants and opencode agents.
+        self._offers: dict[str, AgentAdvertised] = {}
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         if turn.workdir is None:
@@ -151,12 +182,21 @@ class OpencodeServerBackend:
         except OpencodeServerError as exc:
             return TurnOutcome.failed("agent_unavailable", str(exc), transient=True)
 
-    def config_hash(self, model: str, agent: str, directory: str, version: str) -> str:
+    async def offers(self, server: OpencodeServer, directory: str, modes: Sequence[Mode]) -> AgentAdvertised:
+        """What ``server`` offers (asked once per server): models, opencode agents, the effort option."""
+        found = self._offers.get(server.key)
+        if found is None:
+            providers = await server.request("GET", "/config/providers", directory=directory)
+            found = offers(self.pool.opencode.provider_id, providers, modes)
+            self._offers[server.key] = found
+        return found
+
+    def config_hash(self, model: str, agent: str, directory: str, version: str, policy: PermissionPolicy) -> str:
         """What must not change for an opencode session to be reused."""
         facts = {
             "model": self.pool.opencode.model_ref(model),
             "agent": agent,
-            "policy": asdict(self.policy),
+            "policy": asdict(policy),
             "directory": directory,
             "version": version,
         }
@@ -177,6 +217,8 @@ class _TurnRun:
         self.directory = directory
         self.model = model
         self.agent = turn.mode_id or DEFAULT_AGENT
+        self.policy = backend.policy.effective(turn.agent or AGENT, turn.project_name)
+        self.variant: str | None = None
         self.session_id = ""
         self.agent_session: AgentSession | None = None
         self.translator: TurnTranslator | None = None
@@ -190,20 +232,25 @@ class _TurnRun:
     # ------------------------------------------------------------------------------ the turn
 
     async def run(self) -> TurnOutcome:
-        config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version)
+        config_hash = self.backend.config_hash(self.model, self.agent, self.directory, self.server.version, self.policy)
         try:
+            modes = await self._modes()
             if self.turn.mode_id:
-                modes = await self._modes()
-                check_mode(self.backend.policy.denied_modes, self.turn.mode_id, modes, "opencode")
-        except BadModelError as exc:
+                check_mode(self.policy.denied_modes, self.turn.mode_id, modes, "opencode")
+            offered = await self.backend.offers(self.server, self.directory, modes)
+            await self.emit(offered)
+            self.variant = effort_variant(offered, self.turn.agent_options)
+        except (BadModelError, BadAgentOptionError) as exc:
             return TurnOutcome.failed("bad_input", str(exc))
         except (httpx.HTTPError, OpencodeServerError) as exc:
-            return await self._lost(f"could not list opencode's agents: {exc}")
+            return await self._lost(f"could not list what opencode offers: {exc}")
         try:
             fresh = await self._open_session(config_hash)
+        except BadAgentOptionError as exc:
+            return TurnOutcome.failed("bad_input", str(exc))
         except (httpx.HTTPError, OpencodeServerError) as exc:
             return await self._lost(f"could not open an opencode session: {exc}")
-        self.agent_session = AgentSession(self.session_id, config_hash, self.server.key)
+        self.agent_session = AgentSession(self.session_id, config_hash, self.server.slot)
         self.translator = TurnTranslator(self.session_id, new_message_id())
         try:
             outcome = await self._follow(self._prompt_body(fresh))
@@ -228,7 +275,7 @@ class _TurnRun:
     async def _open_session(self, config_hash: str) -> bool:
         """Reuse the Switchyard session's opencode session if still valid; True if a new one was made."""
         previous = self.turn.agent_session
-        if previous and previous.config_hash == config_hash and previous.server_key == self.server.key:
+        if previous and previous.config_hash == config_hash and previous.server_key == self.server.slot:
             try:
                 await self.server.request("GET", f"/session/{previous.upstream_session_id}", directory=self.directory)
             except OpencodeServerError:
@@ -256,8 +303,10 @@ class _TurnRun:
             "model": {"providerID": self.backend.pool.opencode.provider_id, "modelID": self.model},
             "agent": self.agent,
         }
+        if self.variant is not None:
+            body["variant"] = self.variant
         if fresh_session and self.turn.history:
-            body["system"] = history_context(self.turn.history)
+            body["system"] = transcript(self.turn.history)
         return body
 
     async def _follow(self, prompt: dict[str, Any]) -> TurnOutcome:
@@ -367,6 +416,8 @@ class _TurnRun:
                     return await self._finish()
                 case PermissionAsked():
                     await self._answer(item)
+                case QuestionAsked():
+                    await self._question(item)
                 case EarlyError():
                     outcome = await self._refused(item.error)
                     if outcome is not None:
@@ -486,13 +537,34 @@ class _TurnRun:
 
     async def _answer(self, asked: PermissionAsked) -> None:
         request = permission_request(asked, self.tool_inputs.get(asked.tool_call_id or ""))
-        root = Path(self.directory)
-        verdict = await anyio.to_thread.run_sync(decide, self.backend.policy, request, root)
-        body: dict[str, str] = {"reply": "once" if verdict.allowed else "reject"}
-        if not verdict.allowed:
-            body["message"] = f"Not allowed: {verdict.reason}"
-        decision: Literal["allowed", "denied", "cancelled"] = "allowed" if verdict.allowed else "denied"
-        reason = verdict.reason
+        if asked.permission == "question":
+            # The question tool itself: it goes to a person, or is not there at all.
+            on = self.policy.asks_questions and self.turn.asker is not None
+            verdict = Verdict(on, "permissions.questions is ask" if on else "permissions.questions is deny")
+        else:
+            verdict = await anyio.to_thread.run_sync(decide, self.policy, request, Path(self.directory))
+        allowed, reason = verdict.allowed, verdict.reason
+        reply = "once" if allowed else "reject"
+        if verdict.ask and self.turn.asker is not None:
+            answer = await self.turn.asker.permission(
+                ApprovalRequest(
+                    permission=asked.permission,
+                    tool_kind=request.kind,
+                    title=request.title,
+                    options=REPLY_OPTIONS,
+                    tool_call_id=asked.tool_call_id,
+                    command=request.command if isinstance(request.command, str) else None,
+                    paths=request.paths,
+                    subjects=asked.patterns,
+                    always=asked.always,
+                )
+            )
+            allowed, reason, reply = answer.allowed, answer.reason, answer.option_id or "reject"
+            self._waited()
+        body: dict[str, str] = {"reply": reply}
+        if not allowed:
+            body["message"] = f"Not allowed: {reason}"
+        decision: Literal["allowed", "denied", "cancelled"] = "allowed" if allowed else "denied"
         try:
             await self.server.request(
                 "POST", f"/permission/{asked.request_id}/reply", directory=self.directory, json_body=body
@@ -501,9 +573,24 @@ class _TurnRun:
             if exc.status != HTTP_NOT_FOUND:
                 raise
             # Withdrawn meanwhile: opencode rejects a turn's other open requests when one is rejected.
-            decision = "denied" if not verdict.allowed else "cancelled"
+            decision = "denied" if not allowed else "cancelled"
             reason = f"{reason} (opencode had already withdrawn the request)"
         await self.emit(PermissionDecision(asked.tool_call_id, asked.permission, decision, reason))
+
+    async def _question(self, asked: QuestionAsked) -> None:
+        """A person answers the model's question; nobody to ask (or no answer): it is rejected."""
+        answers = None
+        if self.turn.asker is not None and self.policy.asks_questions:
+            answer = await self.turn.asker.question(QuestionRequest(asked.questions, asked.tool_call_id))
+            answers = answer.answers
+            self._waited()
+        path = f"/question/{asked.request_id}/" + ("reject" if answers is None else "reply")
+        body = None if answers is None else {"answers": [list(a) for a in answers]}
+        await self.server.request("POST", path, directory=self.directory, json_body=body)
+
+    def _waited(self) -> None:
+        """Time spent waiting for a person is no silence of the session (the watchdog)."""
+        self.last_event = self.last_check = time.monotonic()
 
     def _usage(self) -> Usage | None:
         assert self.translator is not None
@@ -549,9 +636,44 @@ def permission_request(asked: PermissionAsked, tool_input: Any = None) -> Permis
     )
 
 
-def history_context(history: tuple[HistoryMessage, ...]) -> str:
-    lines = [f"{m.role}: {m.content}" for m in history]
-    return "Earlier conversation in this session (for context):\n\n" + "\n\n".join(lines)
+def offers(provider_id: str, providers: Any, modes: Sequence[Mode]) -> AgentAdvertised:
+    """What a server offers, from ``GET /config/providers`` and its opencode agents (modes)."""
+    models: list[str] = []
+    efforts: dict[str, None] = {}
+    for provider in providers.get("providers", []) if isinstance(providers, Mapping) else []:
+        if not isinstance(provider, Mapping) or provider.get("id") != provider_id:
+            continue
+        for name, info in (provider.get("models") or {}).items():
+            models.append(f"{provider_id}/{name}")
+            variants = info.get("variants") if isinstance(info, Mapping) else None
+            efforts.update(dict.fromkeys(variants or {}))
+    offered_modes = tuple({"id": m.id, "name": m.id, **({"description": m.name} if m.name else {})} for m in modes)
+    options: tuple[Mapping[str, Any], ...] = ()
+    if efforts:
+        effort = {
+            "id": EFFORT_OPTION,
+            "name": "Effort",
+            "category": EFFORT_CATEGORY,
+            "type": "select",
+            "options": [{"value": v, "name": v.title()} for v in efforts],
+        }
+        options = (effort,)
+    return AgentAdvertised(tuple(models), offered_modes, options)
+
+
+def effort_variant(offered: AgentAdvertised, agent_options: Mapping[str, str | bool]) -> str | None:
+    """The prompt's ``variant`` for the task's agent options; BadAgentOptionError for any other option."""
+    variant: str | None = None
+    for key, value in agent_options.items():
+        if key not in (EFFORT_OPTION, EFFORT_CATEGORY):
+            raise BadAgentOptionError(f"opencode has no option {key!r} (it offers: {EFFORT_OPTION})")
+        values = [v["value"] for o in offered.config_options for v in o["options"]]
+        if value not in values:
+            raise BadAgentOptionError(
+                f"opencode option {EFFORT_OPTION!r} must be one of {', '.join(values) or 'nothing'}, not {value!r}"
+            )
+        variant = str(value)
+    return variant
 
 
 def _decode(sse: ServerSentEvent) -> dict[str, Any]:
@@ -570,7 +692,7 @@ def _error_reason(error: SessionError) -> tuple[str, bool]:
     if error.name == "ProviderAuthError":
         return "model_auth", False
     if error.name == "ContextOverflowError":
-        return "context_overflow", False
+        return CONTEXT_OVERFLOW, False
     if error.name == "MessageAbortedError":
         return "aborted", False
     return "agent_error", False

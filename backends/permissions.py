@@ -14,13 +14,18 @@ Rules, in order:
    delete, move), ``execute``, ``fetch``, and ``other`` for everything else.
 3. ``execute`` is allowed when the command rules allow the command, every argument included
    (:mod:`backends.commands`); otherwise the ``execute`` action applies.
-4. ``ask`` is denied: there is no one to ask during an unattended turn.
+4. ``ask`` asks a person when the turn has an asker (backends.approval: the WebSocket's
+   ``permission_request``), and is a denial otherwise (a PTY agent, no asker).
+
+``[permissions.agents.<agent>]`` and ``[permissions.projects.<project name>]`` override the
+actions (and add command rules) for one agent or one project; a project's override wins over an
+agent's (:meth:`PermissionPolicy.effective`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -61,9 +66,25 @@ EXECUTE_ALLOW_REPLACED = (
 )
 
 
+DEFAULT_ASK_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class PermissionOverride:
+    """``[permissions.agents.<name>]`` / ``[permissions.projects.<name>]``: unset keys keep the
+    policy's; ``commands`` are added to (or replace, per program) the policy's command rules."""
+
+    read: str | None = None
+    edit: str | None = None
+    execute: str | None = None
+    commands: dict[str, CommandRule] | None = None
+    fetch: str | None = None
+    other: str | None = None
+
+
 @dataclass(frozen=True)
 class PermissionPolicy:
-    """``[permissions]``: allow | deny | ask per kind of tool; ask means deny when unattended."""
+    """``[permissions]``: allow | deny | ask per kind of tool; ask asks a person when one can be asked."""
 
     read: str = ALLOW
     # Edits are only ever allowed inside the worktree, never in its git metadata (rule 1).
@@ -80,6 +101,12 @@ class PermissionPolicy:
     denied_modes: tuple[str, ...] = DEFAULT_DENIED_MODES
     # Replaced by `commands`; any entry is refused with an explanation (EXECUTE_ALLOW_REPLACED).
     execute_allow: tuple[str, ...] = ()
+    # How long an ``ask`` waits for a person; unanswered, the request is denied.
+    ask_timeout: float = DEFAULT_ASK_TIMEOUT
+    # opencode's question tool (the model asks its user): "ask" a person, or "deny" (tool off).
+    questions: str = DENY
+    agents: Mapping[str, PermissionOverride] = field(default_factory=dict)
+    projects: Mapping[str, PermissionOverride] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("read", "edit", "execute", "fetch", "other"):
@@ -92,6 +119,40 @@ class PermissionPolicy:
                 raise ValueError(f"permissions.commands: {program!r} must be a program name, not a path")
         if not all(self.denied_modes):
             raise ValueError("permissions.denied_modes entries must not be empty")
+        if self.ask_timeout <= 0:
+            raise ValueError("permissions.ask_timeout must be positive")
+        if self.questions not in (ASK, DENY):
+            raise ValueError("permissions.questions must be ask or deny")
+        for scope, overrides in (("agents", self.agents), ("projects", self.projects)):
+            for name, override in overrides.items():
+                self._apply(override, f"permissions.{scope}.{name}")  # validates the values
+
+    def effective(self, agent: str | None, project: str | None) -> PermissionPolicy:
+        """The policy for one turn: the agent's override, then the project's, applied."""
+        policy = replace(self, agents={}, projects={})
+        for override, key in (
+            (self.agents.get(agent or ""), f"permissions.agents.{agent}"),
+            (self.projects.get(project or ""), f"permissions.projects.{project}"),
+        ):
+            if override is not None:
+                policy = policy._apply(override, key)
+        return policy
+
+    def _apply(self, override: PermissionOverride, key: str) -> PermissionPolicy:
+        changes: dict[str, Any] = {
+            f.name: getattr(override, f.name) for f in fields(override) if getattr(override, f.name) is not None
+        }
+        if override.commands is not None:
+            changes["commands"] = {**self.commands, **override.commands}
+        try:
+            return replace(self, agents={}, projects={}, **changes)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+
+    @property
+    def asks_questions(self) -> bool:
+        """Does the model's question tool go to a person (else it is switched off)?"""
+        return self.questions == ASK
 
     @cached_property
     def rules(self) -> dict[str, CommandRule]:
@@ -116,6 +177,8 @@ class PermissionRequest:
 class Verdict:
     allowed: bool
     reason: str
+    # The policy says ask: a person decides if one can be asked, else it stays a denial.
+    ask: bool = False
 
 
 def decide(policy: PermissionPolicy, request: PermissionRequest, root: Path) -> Verdict:
@@ -177,5 +240,5 @@ def _action(action: str, field_name: str, detail: str = "") -> Verdict:
     if action == ALLOW:
         return Verdict(True, f"{prefix}permissions.{field_name} is allow")
     if action == ASK:
-        return Verdict(False, f"{prefix}permissions.{field_name} is ask, and nobody is there to ask")
+        return Verdict(False, f"{prefix}permissions.{field_name} is ask, and nobody can be asked", ask=True)
     return Verdict(False, f"{prefix}permissions.{field_name} is deny")

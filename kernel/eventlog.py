@@ -39,6 +39,11 @@ class SessionFrame(StrEnum):
     WORKTREE_CHANGED = "worktree_changed"
     REVIEW_COMMENT = "review_comment"
     CHANGES_REQUESTED = "changes_requested"
+    # A turn waits for a person (docs/PROTOCOL.md "Approvals"); every request is resolved once.
+    PERMISSION_REQUEST = "permission_request"
+    PERMISSION_RESOLVED = "permission_resolved"
+    QUESTION = "question"
+    QUESTION_RESOLVED = "question_resolved"
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -153,6 +158,60 @@ class ChangesRequestedPayload(TypedDict):
     comment_ids: list[int]
 
 
+class PermissionOptionPayload(TypedDict):
+    option_id: str
+    # allow_once, allow_always, reject_once or reject_always (ACP's option kinds).
+    kind: str
+    name: str
+
+
+class PermissionRequestPayload(TypedDict):
+    message_id: int | None
+    request_id: int
+    task_id: int
+    tool_call_id: str | None
+    permission: str
+    tool_kind: str
+    title: str
+    command: str | None
+    paths: list[str]
+    options: list[PermissionOptionPayload]
+    expires_at: str
+
+
+class PermissionResolvedPayload(TypedDict):
+    message_id: int | None
+    request_id: int
+    task_id: int
+    # allowed, denied, expired (nobody answered in time) or withdrawn (the turn ended first).
+    state: str
+    option_id: str | None
+    remember: str | None
+    decided_by: str | None
+    reason: str
+
+
+class QuestionPayload(TypedDict):
+    message_id: int | None
+    request_id: int
+    task_id: int
+    tool_call_id: str | None
+    # [{question, header, options: [{label, description}], multiple}]
+    questions: list[Any]
+    expires_at: str
+
+
+class QuestionResolvedPayload(TypedDict):
+    message_id: int | None
+    request_id: int
+    task_id: int
+    # answered, denied (dismissed), expired or withdrawn.
+    state: str
+    answers: list[list[str]] | None
+    decided_by: str | None
+    reason: str
+
+
 SessionPayload = (
     TaskStatePayload
     | MessageStartedPayload
@@ -167,6 +226,10 @@ SessionPayload = (
     | WorktreeChangedPayload
     | ReviewCommentPayload
     | ChangesRequestedPayload
+    | PermissionRequestPayload
+    | PermissionResolvedPayload
+    | QuestionPayload
+    | QuestionResolvedPayload
 )
 # One frame to append: its type and payload.
 Event = tuple[SessionFrame, Mapping[str, Any]]

@@ -11,7 +11,10 @@ SwitchyardError
 ├── InvalidReviewAction           a review request that does not hold together (action, mode, message)
 ├── UsageError                    command-line arguments that do not go together
 ├── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
-└── WorkerIdTaken                 another live process holds this worker id
+├── WorkerIdTaken                 another live process holds this worker id
+├── BadInput                      a submitted value that cannot be used (an agent option, a reply's option)
+├── AlreadyDecided                a reply to a request someone (or the timeout) decided first
+└── ModelsUnavailable             the native endpoint did not give its model list
 """
 
 from __future__ import annotations
@@ -66,3 +69,15 @@ class WorkerIdLost(WorkerIdTaken):
 
 class AlreadyRunning(SwitchyardError):
     """A service already runs on this data directory (orchestrator.db.instance)."""
+
+
+class BadInput(SwitchyardError):
+    pass
+
+
+class AlreadyDecided(SwitchyardError):
+    pass
+
+
+class ModelsUnavailable(SwitchyardError):
+    pass

@@ -3,8 +3,9 @@
 
 Run it as ``python testkit/fake_acp_agent.py``. It answers ``initialize``, ``session/new``,
 ``session/prompt``, ``session/set_mode``, ``session/set_config_option`` and the ``session/cancel``
-notification. Keywords in the prompt text choose what a turn does; they run in the order they
-appear, and a turn without keywords echoes the prompt:
+notification; it cannot resume sessions (``loadSession`` false). Keywords in the prompt's last text
+block choose what a turn does (earlier blocks are context: a transcript); they run in the order
+they appear, and a turn without keywords echoes the whole prompt:
 
   CHUNKS            several agent_message_chunk updates
   THOUGHT           agent_thought_chunk updates
@@ -12,6 +13,8 @@ appear, and a turn without keywords echoes the prompt:
   COMMANDS          available_commands_update
   PLAN              plan
   PERMISSION        session/request_permission (allow_once / reject_once); the outcome is reported
+  PERMISSIONS <n>   n permission requests one after the other, reported with each one's
+                    CLOCK_MONOTONIC nanoseconds when asked and when answered (benchmarks)
   WRITE <path> <c>  fs/write_text_file with the path exactly as given and content ``<c>``
   WRITE_TEXT <path> <c>  the same with ``<c>`` percent-decoded (``%0A`` for a new line, ``%20`` a space)
   READ <path>       fs/read_text_file with the path exactly as given
@@ -20,6 +23,7 @@ appear, and a turn without keywords echoes the prompt:
   MALFORMED         write non-JSON lines to stdout between valid messages
   CRASH             write to stderr and exit with code 3 in the middle of the turn
   CWD               report the process's working directory and the session's cwd
+  OPTIONS           report the session's config option values (mode, model, effort)
   RUN <cmd>         run ``<cmd>`` (percent-encoded) with /bin/sh itself, without asking: a hostile
                     agent; reports ``run <cmd>=exit <code> <output>``
   ASK_EXEC <cmd>    session/request_permission for an execute tool call running ``<cmd>`` (percent-
@@ -41,6 +45,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -60,6 +65,7 @@ MODES = [
 RUN_TIMEOUT_SECONDS = 20.0
 RUN_OUTPUT_CHARS = 300
 MODELS = ["fake/small", "fake/large"]
+EFFORTS = ["low", "medium", "high"]
 COMMANDS = [
     {"name": "review", "description": "Review the pending changes", "input": {"hint": "files to review"}},
     {"name": "init", "description": "Create an AGENTS.md file"},
@@ -82,6 +88,7 @@ class Session:
         self.cwd = cwd
         self.mode = MODES[0]["id"]
         self.model = MODELS[0]
+        self.effort = EFFORTS[0]
         self.cancel = threading.Event()
         self.busy = threading.Lock()
 
@@ -102,6 +109,14 @@ class Session:
                 "type": "select",
                 "currentValue": self.model,
                 "options": [{"value": m, "name": m} for m in MODELS],
+            },
+            {
+                "id": "effort",
+                "name": "Effort",
+                "category": "thought_level",
+                "type": "select",
+                "currentValue": self.effort,
+                "options": [{"value": e, "name": e.title()} for e in EFFORTS],
             },
         ]
 
@@ -247,6 +262,8 @@ class Agent:
             session.mode = value
         elif config_id == "model" and value in MODELS:
             session.model = value
+        elif config_id == "effort" and value in EFFORTS:
+            session.effort = value
         else:
             raise ValueError(f"bad config option {config_id!r}={value!r}")
         return {"configOptions": session.config_options()}
@@ -256,19 +273,19 @@ class Agent:
         blocks = params.get("prompt")
         if not isinstance(blocks, list):
             raise ValueError("prompt must be a list of content blocks")
-        text = " ".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        texts = [b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
         if not session.busy.acquire(blocking=False):
             raise ValueError("a prompt is already running in this session")
         try:
             session.cancel.clear()
-            return self.run_turn(session, text)
+            return self.run_turn(session, " ".join(texts), texts[-1] if texts else "")
         finally:
             session.busy.release()
 
     # --- the scripted turn -----------------------------------------------------------------------
 
-    def run_turn(self, session: Session, text: str) -> dict[str, Any]:
-        words = text.split()
+    def run_turn(self, session: Session, text: str, commands: str) -> dict[str, Any]:
+        words = commands.split()
         notes: list[str] = []
         stop_reason = "end_turn"
         try:
@@ -325,6 +342,14 @@ class Agent:
             notes.append("plan")
         elif word == "PERMISSION":
             notes.append("permission=" + self.permission(session))
+        elif word == "PERMISSIONS" and i + 1 < len(words):
+            timings = []
+            for _ in range(int(words[i + 1])):
+                asked = time.monotonic_ns()
+                outcome = self.permission(session)
+                timings.append([asked, time.monotonic_ns(), outcome])
+            notes.append("timings=" + json.dumps(timings))
+            return i + 2
         elif word == "WRITE" and i + 2 < len(words):
             path, content = words[i + 1], words[i + 2]
             notes.append(f"write {path}=" + self.fs(session, "fs/write_text_file", {"path": path, "content": content}))
@@ -353,6 +378,8 @@ class Agent:
             sys.stderr.write("fake agent: simulated crash\n")
             sys.stderr.flush()
             os._exit(3)
+        elif word == "OPTIONS":
+            notes.append(f"options=mode:{session.mode},model:{session.model},effort:{session.effort}")
         elif word == "CWD":
             notes.append(f"cwd={os.getcwd()} session_cwd={session.cwd}")
         elif word == "RUN" and i + 1 < len(words):

@@ -267,6 +267,7 @@ def keyword_reply(request: RecordedRequest) -> Scripted:
     - ``WRITE_FILE <relative path> <token>``: calls the ``write`` tool (path resolved against the
       working directory in opencode's system prompt, content ``<token>\\n``);
     - ``SLEEP_TOOL``: calls the ``bash`` tool with ``sleep 30``;
+    - ``ASK_QUESTION``: calls the ``question`` tool (one question, options ``red`` and ``blue``);
     - otherwise a short text that echoes the prompt (with a little reasoning).
     """
     if request.is_title:
@@ -289,6 +290,10 @@ def keyword_reply(request: RecordedRequest) -> Scripted:
             text="I will write the file.",
             tool_calls=(ToolCall("write", {"filePath": path, "content": token + "\n"}),),
         )
+    if "ASK_QUESTION" in words and "question" in request.tool_names:
+        options = [{"label": "red", "description": "A warm colour"}, {"label": "blue", "description": "A cool one"}]
+        question = {"question": "Which colour should the button be?", "header": "Colour", "options": options}
+        return Reply(text="I have a question.", tool_calls=(ToolCall("question", {"questions": [question]}),))
     if "SLEEP_TOOL" in words and "bash" in request.tool_names:
         command = {"command": "sleep 30", "description": "Sleep for thirty seconds"}
         return Reply(text="Sleeping.", tool_calls=(ToolCall("bash", command),))

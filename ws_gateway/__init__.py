@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ws_gateway.actions import (
+    PERMISSION_DECISIONS,
     REVIEW_ACTIONS,
+    AgentInfo,
     AgentTask,
     CancelResult,
     ChangeInfo,
@@ -14,6 +16,9 @@ from ws_gateway.actions import (
     DiffInfo,
     GatewayActions,
     LiveDiffInfo,
+    ModelList,
+    PermissionReplyResult,
+    QuestionReplyResult,
     ResolutionInfo,
     ReviewAction,
     ReviewRequest,
@@ -26,8 +31,10 @@ from ws_gateway.server import Gateway
 from ws_gateway.settings import GatewaySettings
 
 __all__ = [
+    "PERMISSION_DECISIONS",
     "REVIEW_ACTIONS",
     "ActionRejected",
+    "AgentInfo",
     "AgentTask",
     "CancelResult",
     "ChangeInfo",
@@ -43,6 +50,9 @@ __all__ = [
     "InvalidFrame",
     "LiveDiffInfo",
     "MalformedFrame",
+    "ModelList",
+    "PermissionReplyResult",
+    "QuestionReplyResult",
     "ResolutionInfo",
     "ReviewAction",
     "ReviewRequest",

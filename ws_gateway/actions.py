@@ -10,7 +10,8 @@ Results are JSON-ready dicts sent back in the ``ack`` frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypedDict
 
@@ -20,6 +21,8 @@ REVIEW_ACTIONS: tuple[ReviewAction, ...] = ("accept", "reject")
 ACCEPT_MODES = ("apply", "commit", "branch")
 COMMENT_SIDES = ("new", "old")
 CHANGE_STATUSES = ("pending", "superseded", "accepted", "rejected", "conflict")
+# permission_reply's ``decision``: which kind of the offered options it picks.
+PERMISSION_DECISIONS = ("allow_once", "allow_always", "reject")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ class TaskSubmission:
     expires_at: datetime | None = None
     dispatch_key: str | None = None
     parent_task_id: int | None = None
+    # tasks.agent_options: checked against what the agent advertised (bad ones are refused).
+    agent_options: Mapping[str, str | bool] = field(default_factory=dict)
+    # tasks.fresh_context: no upstream session and no history for this turn.
+    fresh_context: bool = False
 
 
 class SubmitResult(TypedDict):
@@ -162,6 +169,46 @@ class AgentTask(TypedDict):
     files: list[str]
 
 
+class PermissionReplyResult(TypedDict):
+    request_id: int
+    session_id: int
+    # allowed or denied.
+    state: str
+    option_id: str | None
+    # once, or session ("allow always": later requests like it are allowed without asking).
+    remember: str | None
+    decided_by: str
+
+
+class QuestionReplyResult(TypedDict):
+    request_id: int
+    session_id: int
+    # answered or denied (dismissed).
+    state: str
+    answers: list[list[str]] | None
+    decided_by: str
+
+
+class AgentInfo(TypedDict):
+    name: str
+    # acp, pty or opencode_server.
+    track: str
+    installed: bool
+    version: str | None
+    detail: str | None
+    models: list[str]
+    modes: list[dict[str, Any]]
+    config_options: list[dict[str, Any]]
+    checked_at: str
+    advertised_at: str | None
+
+
+class ModelList(TypedDict):
+    models: list[dict[str, Any]]
+    endpoint: str
+    fetched_at: str
+
+
 class GatewayActions(Protocol):
     async def submit(self, request: TaskSubmission) -> SubmitResult:
         """Insert the task (nothing when its dispatch_key was seen before)."""
@@ -201,4 +248,24 @@ class GatewayActions(Protocol):
 
     async def resolve_with_agent(self, change_id: int, message: str | None, by: str) -> AgentTask:
         """A task asking the agent to resolve the conflicts a rebase left."""
+        ...
+
+    async def reply_permission(
+        self, request_id: int, option_id: str | None, decision: str | None, by: str
+    ) -> PermissionReplyResult:
+        """Decide a waiting permission request (the first reply wins; refused: ``already_decided``)."""
+        ...
+
+    async def reply_question(
+        self, request_id: int, answers: Sequence[Sequence[str]] | None, by: str
+    ) -> QuestionReplyResult:
+        """Answer (or, with None, dismiss) a waiting question."""
+        ...
+
+    async def list_agents(self) -> list[AgentInfo]:
+        """The configured agents, whether installed, and what they offer."""
+        ...
+
+    async def list_models(self) -> ModelList:
+        """The native endpoint's models (cached); ``models_unavailable`` when it does not answer."""
         ...

@@ -100,3 +100,9 @@ async def task_project(conn: asyncpg.Connection | asyncpg.Pool, task_id: int) ->
 async def change_project(conn: asyncpg.Connection | asyncpg.Pool, change_id: int) -> int | None:
     project_id: int | None = await conn.fetchval(q.PROJECT_OF_CHANGE, change_id)
     return project_id
+
+
+async def request_project(conn: asyncpg.Connection | asyncpg.Pool, request_id: int) -> int | None:
+    """The project of a permission request or question."""
+    project_id: int | None = await conn.fetchval(q.PROJECT_OF_REQUEST, request_id)
+    return project_id

@@ -51,6 +51,8 @@ class SnapshotFrame(TypedDict):
     messages: list[dict[str, Any]]
     tasks: list[dict[str, Any]]
     pending_change: dict[str, Any] | None
+    # Permission requests and questions waiting for a person.
+    open_requests: list[dict[str, Any]]
 
 
 class ErrorFrame(TypedDict):

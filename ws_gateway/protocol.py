@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ws_gateway.actions import ACCEPT_MODES, CHANGE_STATUSES, COMMENT_SIDES, REVIEW_ACTIONS
+from ws_gateway.actions import ACCEPT_MODES, CHANGE_STATUSES, COMMENT_SIDES, PERMISSION_DECISIONS, REVIEW_ACTIONS
 from ws_gateway.errors import InvalidFrame, MalformedFrame
 
 RequestId = str | int
@@ -36,6 +36,12 @@ MAX_TEXT_CHARS = 20_000
 MAX_HUNK_ID = 1_000_000
 # list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
 CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
+MAX_AGENT_OPTIONS = 32
+MAX_OPTION_KEY_CHARS = 64
+# question_reply: questions per request, labels per answer, characters per label.
+MAX_ANSWERS = 20
+MAX_LABELS = 50
+MAX_LABEL_CHARS = 2000
 # A session id as an object key: a bigint in decimal.
 SESSION_ID_KEY = re.compile(r"[1-9][0-9]{0,18}")
 
@@ -71,6 +77,9 @@ class Submit:
     priority: int = 0
     max_attempts: int = 3
     dispatch_key: str | None = None
+    # ACP session config options (or opencode's effort), by option id or category.
+    agent_options: dict[str, str | bool] | None = None
+    fresh_context: bool = False
     id: RequestId | None = None
 
 
@@ -191,9 +200,51 @@ class UnsubscribeProject:
     id: RequestId | None = None
 
 
+@dataclass(frozen=True)
+class PermissionReply:
+    """A person decides a ``permission_request``: by the option's id or by the kind of decision."""
+
+    request_id: int
+    option_id: str | None = None
+    decision: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class QuestionReply:
+    """A person answers a ``question`` (one list of labels per question), or dismisses it."""
+
+    request_id: int
+    answers: tuple[tuple[str, ...], ...] | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListAgents:
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListModels:
+    id: RequestId | None = None
+
+
 DiscoveryFrame = ListProjects | ListSessions | ListTasks | SubscribeProject | UnsubscribeProject
 ReviewFrame = Review | GetDiff | Comment | RequestChanges | Rebase | ResolveWithAgent | ListChanges
-ClientFrame = Subscribe | Unsubscribe | Submit | Cancel | Ping | Auth | DiscoveryFrame | ReviewFrame
+ReplyFrame = PermissionReply | QuestionReply
+ClientFrame = (
+    Subscribe
+    | Unsubscribe
+    | Submit
+    | Cancel
+    | Ping
+    | Auth
+    | DiscoveryFrame
+    | ReviewFrame
+    | ReplyFrame
+    | ListAgents
+    | ListModels
+)
 
 
 class _Fields:
@@ -265,7 +316,7 @@ class _Fields:
             raise self.fail(f"{key!r} must hold non-empty strings")
         return tuple(value)
 
-    def boolean(self, key: str) -> bool:
+    def flag(self, key: str) -> bool:
         value = self._take(key, False)
         if value is None:
             return False
@@ -291,6 +342,32 @@ class _Fields:
                 raise self.fail(f"{key!r} must map each path to a non-empty list of hunk ids")
             out[path] = tuple(dict.fromkeys(_check_int(i, key, 1, MAX_HUNK_ID, self) for i in ids))
         return out
+
+    def agent_options(self, key: str) -> dict[str, str | bool] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or len(value) > MAX_AGENT_OPTIONS:
+            raise self.fail(f"{key!r} must be an object of at most {MAX_AGENT_OPTIONS} options")
+        for name, option in value.items():
+            if not name or len(name) > MAX_OPTION_KEY_CHARS:
+                raise self.fail(f"{key!r} keys must be 1 to {MAX_OPTION_KEY_CHARS} characters")
+            if not isinstance(option, bool) and not (isinstance(option, str) and 0 < len(option) <= MAX_NAME_CHARS):
+                raise self.fail(f"{key!r} values must be true, false or a string of 1 to {MAX_NAME_CHARS} characters")
+        return value
+
+    def answers(self, key: str) -> tuple[tuple[str, ...], ...] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not 0 < len(value) <= MAX_ANSWERS:
+            raise self.fail(f"{key!r} must be a list of 1 to {MAX_ANSWERS} answers")
+        for answer in value:
+            if not isinstance(answer, list) or not 0 < len(answer) <= MAX_LABELS:
+                raise self.fail(f"{key!r} must hold lists of 1 to {MAX_LABELS} labels")
+            if not all(isinstance(label, str) and 0 < len(label) <= MAX_LABEL_CHARS for label in answer):
+                raise self.fail(f"{key!r} labels must be strings of 1 to {MAX_LABEL_CHARS} characters")
+        return tuple(tuple(answer) for answer in value)
 
     def done(self) -> None:
         if self._frame:
@@ -344,6 +421,8 @@ def _parse_fields(type_: str, f: _Fields) -> ClientFrame:
             priority=f.integer("priority", required=False, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY) or 0,
             max_attempts=f.integer("max_attempts", required=False, maximum=MAX_ATTEMPTS) or 3,
             dispatch_key=f.text("dispatch_key"),
+            agent_options=f.agent_options("agent_options"),
+            fresh_context=f.flag("fresh_context"),
             id=rid,
         )
     if type_ == "cancel":
@@ -362,7 +441,7 @@ def _parse_review(type_: str, f: _Fields) -> ClientFrame:
     if type_ == "review":
         return _review(f)
     if type_ == "get_diff":
-        live = f.boolean("live")
+        live = f.flag("live")
         if live:
             if f.has("change_id") or f.has("since_change_id"):
                 raise f.fail("'live' takes a 'session_id', not a change")
@@ -432,6 +511,29 @@ def _parse_discovery(type_: str, f: _Fields) -> ClientFrame:
         return SubscribeProject(f.ids("project_ids", "projects"), rid)
     if type_ == "unsubscribe_project":
         return UnsubscribeProject(f.ids("project_ids", "projects"), rid)
+    return _parse_interactive(type_, f)
+
+
+def _parse_interactive(type_: str, f: _Fields) -> ClientFrame:
+    rid = f.request_id
+    if type_ == "permission_reply":
+        request_id = _required(f.integer("request_id"))
+        option_id, decision = f.text("option_id"), f.text("decision")
+        if (option_id is None) == (decision is None):
+            raise f.fail("permission_reply needs exactly one of 'option_id' and 'decision'")
+        if decision is not None and decision not in PERMISSION_DECISIONS:
+            raise f.fail(f"'decision' must be one of {', '.join(PERMISSION_DECISIONS)}")
+        return PermissionReply(request_id, option_id, decision, rid)
+    if type_ == "question_reply":
+        request_id = _required(f.integer("request_id"))
+        answers, dismiss = f.answers("answers"), f.flag("dismiss")
+        if (answers is None) != dismiss:
+            raise f.fail("question_reply needs either 'answers' or 'dismiss': true")
+        return QuestionReply(request_id, answers, rid)
+    if type_ == "list_agents":
+        return ListAgents(rid)
+    if type_ == "list_models":
+        return ListModels(rid)
     raise f.fail(f"unknown frame type {type_!r}")
 
 

@@ -31,6 +31,7 @@ SELECT coalesce(t.project_id, s.project_id) AS project_id
   FROM tasks t LEFT JOIN sessions s ON s.id = t.session_id
  WHERE t.id = $1
 """
+PROJECT_OF_REQUEST = "SELECT project_id FROM permission_requests WHERE id = $1"
 PROJECT_OF_CHANGE = """
 SELECT s.project_id FROM pending_changes c JOIN sessions s ON s.id = c.session_id WHERE c.id = $1
 """
@@ -66,6 +67,14 @@ SELECT id, state, input, agent, model, mode_id, priority, attempt,
        created_at, started_at, cancel_requested_at
   FROM tasks WHERE session_id = $1 AND state IN ('pending', 'running')
  ORDER BY created_at, id
+"""
+# Requests of the session waiting for a person (their permission_request / question frames are in
+# the log too).
+SNAPSHOT_OPEN_REQUESTS = """
+SELECT id AS request_id, kind, task_id, message_id, tool_call_id, permission, tool_kind, title, command, paths,
+       options, questions, created_at, expires_at
+  FROM permission_requests WHERE session_id = $1 AND state = 'pending'
+ ORDER BY id
 """
 SNAPSHOT_PENDING_CHANGE = """
 SELECT id AS change_id, task_id, agent, status, base_commit, files, truncated, created_at

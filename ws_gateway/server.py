@@ -39,11 +39,15 @@ from ws_gateway.protocol import (
     Comment,
     DiscoveryFrame,
     GetDiff,
+    ListAgents,
     ListChanges,
+    ListModels,
     ListProjects,
     ListSessions,
     ListTasks,
+    PermissionReply,
     Ping,
+    QuestionReply,
     Rebase,
     RequestChanges,
     RequestId,
@@ -360,8 +364,8 @@ class ClientConnection:
     async def _error(self, request_id: RequestId | None, code: str, message: str) -> None:
         await self._reply({"type": ServerFrame.ERROR.value, "id": request_id, "code": code, "message": message})
 
-    async def _ack(self, request_id: RequestId | None, action: str, **result: Any) -> None:
-        await self._reply({**result, "type": ServerFrame.ACK.value, "id": request_id, "action": action})
+    async def _ack(self, frame_id: RequestId | None, action: str, /, **result: Any) -> None:
+        await self._reply({**result, "type": ServerFrame.ACK.value, "id": frame_id, "action": action})
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         match frame:
@@ -385,6 +389,25 @@ class ClientConnection:
                 raise ActionRejected("invalid_frame", "already signed in: 'auth' is only a connection's first frame")
             case ListProjects() | ListSessions() | ListTasks() | SubscribeProject() | UnsubscribeProject():
                 await self._discover(frame)
+            case PermissionReply() | QuestionReply():
+                await self._authorize(
+                    await auth.request_project(self.pool, frame.request_id), f"request {frame.request_id}"
+                )
+                await self._answer(frame)
+            case ListAgents():
+                await self._ack(frame.id, "list_agents", agents=await self.gateway.actions.list_agents())
+            case ListModels():
+                await self._ack(frame.id, "list_models", **await self.gateway.actions.list_models())
+
+    async def _answer(self, frame: PermissionReply | QuestionReply) -> None:
+        by = f"token:{self.access.name}"
+        actions = self.gateway.actions
+        if isinstance(frame, PermissionReply):
+            decided = await actions.reply_permission(frame.request_id, frame.option_id, frame.decision, by)
+            await self._ack(frame.id, "permission_reply", **decided)
+        else:
+            answered = await actions.reply_question(frame.request_id, frame.answers, by)
+            await self._ack(frame.id, "question_reply", **answered)
 
     async def _discover(self, frame: DiscoveryFrame) -> None:
         action, result = await self.discovery.handle(frame)
@@ -463,5 +486,7 @@ class ClientConnection:
             priority=frame.priority,
             max_attempts=frame.max_attempts,
             dispatch_key=frame.dispatch_key,
+            agent_options=frame.agent_options or {},
+            fresh_context=frame.fresh_context,
         )
         await self._ack(frame.id, "submit", **await self.gateway.actions.submit(request))

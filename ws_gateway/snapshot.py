@@ -30,6 +30,7 @@ async def read_snapshot(conn: asyncpg.Connection, session_id: int, message_limit
         parts = await conn.fetch(q.SNAPSHOT_PARTS, [m["id"] for m in messages])
         tasks = await conn.fetch(q.SNAPSHOT_OPEN_TASKS, session_id)
         change = await conn.fetchrow(q.SNAPSHOT_PENDING_CHANGE, session_id)
+        requests = await conn.fetch(q.SNAPSHOT_OPEN_REQUESTS, session_id)
     by_message: dict[int, list[dict[str, Any]]] = {m["id"]: [] for m in messages}
     for part in parts:
         by_message[part["message_id"]].append({k: v for k, v in part.items() if k != "message_id"})
@@ -43,4 +44,5 @@ async def read_snapshot(conn: asyncpg.Connection, session_id: int, message_limit
         messages=messages,
         tasks=[jsonable(row) for row in tasks],
         pending_change=None if change is None else jsonable(change),
+        open_requests=[jsonable(row) for row in requests],
     )

@@ -117,6 +117,8 @@ async def cmd_submit(ctx: CliContext, args: argparse.Namespace) -> int:
                 priority=args.priority,
                 max_attempts=args.max_attempts,
                 dispatch_key=args.dispatch_key,
+                agent_options=dict(args.option or ()),
+                fresh_context=args.fresh_context,
             ),
         )
     print(submitted.task_id if submitted.created else f"{submitted.task_id} (dispatch_key seen before; nothing added)")
@@ -367,7 +369,7 @@ async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
             stack.push_async_callback(review_pool.close)
             stack.callback(on_scrape(partial(refresh_tasks, pool)))
             async with anyio.create_task_group() as tg:
-                actions = OrchestratorActions(pool, ReviewService(review_pool, config.worktrees))
+                actions = OrchestratorActions(pool, ReviewService(review_pool, config.worktrees), config.native)
                 ws_url = await tg.start(Gateway(settings, pool, actions, url).serve)
                 await tg.start(announce_gateway, url, ws_url)
                 print(f"gateway: {ws_url}", flush=True)
@@ -452,6 +454,13 @@ def _command(
     return parser
 
 
+def _agent_option(text: str) -> tuple[str, str | bool]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, {"true": True, "false": False}.get(value, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchyard",
@@ -481,6 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0, help="higher runs first across sessions")
     submit.add_argument("--max-attempts", type=int, default=3, help="attempts for transient failures")
     submit.add_argument("--dispatch-key", help="idempotency key: a repeat submits nothing")
+    submit.add_argument(
+        "--option",
+        action="append",
+        type=_agent_option,
+        metavar="KEY=VALUE",
+        help="an agent option (e.g. effort=high), checked against what the agent offers; repeatable",
+    )
+    submit.add_argument("--fresh-context", action="store_true", help="start without the session's earlier conversation")
 
     tasks = _command(sub, "tasks", "list recent tasks", cmd_tasks)
     tasks.add_argument("--session", type=int, help="only this session")

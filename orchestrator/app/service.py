@@ -11,6 +11,7 @@ clients see the last frames. A second signal cancels everything at once.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from backends import OpencodePool
 from kernel import DATABASE_ERRORS, WorktreeError, get_logger, redact, report
 from orchestrator.app.config import Config
 from orchestrator.app.health import serve_health
-from orchestrator.app.wiring import Runtime, dispatcher_runtime, open_pool
+from orchestrator.app.wiring import AGENT_STATE_DIR, Runtime, dispatcher_runtime, open_pool
 from orchestrator.db import ServiceLock, WorkerLock, database_url, keep_cluster, migrate_url
 from orchestrator.dispatch import Dispatcher
 from orchestrator.errors import WorkerIdTaken
@@ -87,17 +88,28 @@ async def announce_gateway(
             await lock.release()
 
 
-async def run_reaper(worktrees: WorktreeManager, opencode_pool: OpencodePool | None, interval: float) -> None:
-    """Every ``interval``: remove idle worktrees and free their instances in the warm opencode
-    servers. A lost database or a failing worktree is logged and tried again next time."""
+async def run_reaper(
+    worktrees: WorktreeManager, opencode_pool: OpencodePool | None, interval: float, agent_state: Path | None = None
+) -> None:
+    """Every ``interval``: remove idle worktrees, free their instances in the warm opencode
+    servers and drop one-shot agents' sessions of them (``agent_state``). A lost database or a
+    failing worktree is logged and tried again next time."""
     while True:
         try:
             for reaped in await worktrees.reap():
                 if reaped.removed and opencode_pool is not None:
                     await opencode_pool.dispose_directory(reaped.path)
+                if reaped.removed and agent_state is not None:
+                    await anyio.to_thread.run_sync(forget_agent_state, agent_state, reaped.session_id)
         except REAPER_ERRORS as exc:
             report(log, "reaper.failed", exc)
         await anyio.sleep(interval)
+
+
+def forget_agent_state(root: Path, session_id: int) -> None:
+    """Remove every agent's saved sessions of one Switchyard session (``<root>/<agent>/<session>``)."""
+    for agent in root.glob("*"):
+        shutil.rmtree(agent / str(session_id), ignore_errors=True)
 
 
 def stop_signals() -> AbstractContextManager[AsyncIterator[int]]:
@@ -168,13 +180,18 @@ async def _serve(
     config: Config, url: str, version: int, runtime: Runtime, signals: AsyncIterator[int], out: TextIO
 ) -> None:
     async with runtime.pool.acquire() as conn:
-        agents = await sync_available_agents(conn, config.agent_specs(), opencode_binary=config.opencode.binary)
+        agents = await sync_available_agents(
+            conn,
+            config.agent_specs(),
+            opencode_binary=config.opencode.binary,
+            opencode_models=[config.opencode.model_ref(m) for m in config.opencode.models],
+        )
     token = await default_token(runtime.pool, config.data_dir)
     sandbox = await anyio.to_thread.run_sync(runtime.sandbox.startup_line)
     # The gateway's own pool: a flood of snapshots cannot take the review service's connections.
     gateway_pool = await open_pool(config, url, "gateway")
     try:
-        actions = OrchestratorActions(gateway_pool, runtime.review)
+        actions = OrchestratorActions(gateway_pool, runtime.review, config.native)
         async with anyio.create_task_group() as tg:
             tg.start_soon(handle_signals, signals, runtime.dispatcher, tg)
             tg.start_soon(keep_cluster, config.database, config.data_dir)
@@ -193,7 +210,13 @@ async def _serve(
                 sandbox=sandbox,
             )
             print_banner(out, url, ws_url, token, gateway.page_url, sandbox)
-            tg.start_soon(run_reaper, runtime.review.worktrees, runtime.opencode_pool, config.worktrees.reap_interval)
+            tg.start_soon(
+                run_reaper,
+                runtime.review.worktrees,
+                runtime.opencode_pool,
+                config.worktrees.reap_interval,
+                config.data_dir / AGENT_STATE_DIR,
+            )
     finally:
         await gateway_pool.close()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import asyncpg
@@ -39,6 +39,9 @@ from orchestrator.dispatch.routing import OPENCODE_SERVER_AGENT, BackendFactory
 from orchestrator.services import ReviewService
 
 log = get_logger("wiring")
+
+# Under data_dir: one-shot opencode agents' data (their sessions), per agent and Switchyard session.
+AGENT_STATE_DIR = "agent-state"
 
 
 @dataclass
@@ -77,7 +80,12 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
             opencode_pool = await _start_opencode_pool(stack, config, sandbox)
             router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
             dispatcher = Dispatcher(
-                url, config.dispatcher, router, review.worktrees, identity_base=default_base(str(config.data_dir))
+                url,
+                config.dispatcher,
+                router,
+                review.worktrees,
+                identity_base=default_base(str(config.data_dir)),
+                ask_timeout=config.permissions.ask_timeout,
             )
             yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
     finally:
@@ -88,8 +96,10 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
 async def _start_opencode_pool(stack: AsyncExitStack, config: Config, sandbox: Sandbox) -> OpencodePool | None:
     """The warm opencode servers; without an opencode binary the service runs without them."""
     try:
+        # The question tool is on only where a person can answer it.
+        opencode = replace(config.opencode, questions=config.permissions.asks_questions)
         pool = await stack.enter_async_context(
-            OpencodePool(config.opencode_pool, config.opencode, config.data_dir / POOL_DIR, sandbox=sandbox)
+            OpencodePool(config.opencode_pool, opencode, config.data_dir / POOL_DIR, sandbox=sandbox)
         )
     except BackendError as exc:
         log.warning("opencode_pool.unavailable", reason=str(exc))
@@ -137,18 +147,24 @@ def build_router(
     """The router of a configured service.
 
     Every ``acp`` and ``pty`` agent of the registry (presets plus ``[agents.*]``) is routed to a
-    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy, in ``sandbox`` (default:
-    :func:`agent_sandbox`). The ``opencode`` agent runs on the service's warm ``opencode_pool``
-    (entered once by whoever runs the dispatcher).
+    one-shot AcpBackend/PtyBackend under the ``[permissions]`` policy (each turn applies the
+    agent's and the project's overrides), in ``sandbox`` (default: :func:`agent_sandbox`). The
+    ``opencode`` agent runs on the service's warm ``opencode_pool`` (entered once by whoever runs
+    the dispatcher). One-shot opencode agents keep their sessions under ``<data_dir>/agent-state``
+    so a later turn resumes them.
     """
     sandbox = sandbox or agent_sandbox(config)
     agents: dict[str, BackendFactory] = {}
+    state_dir = config.data_dir / AGENT_STATE_DIR
     for spec in config.agent_specs().values():
         # A missing executable fails the turn itself (agent_unavailable), so installing an
         # agent later needs no restart.
-        if spec.transport in ("acp", "pty"):
-            track = AcpBackend if spec.transport == "acp" else PtyBackend
-            agents[spec.name] = partial(track, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
+        if spec.transport == "acp":
+            agents[spec.name] = partial(
+                AcpBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox, state_dir=state_dir
+            )
+        elif spec.transport == "pty":
+            agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
     if opencode_pool is not None:
         agents[OPENCODE_SERVER_AGENT] = partial(OpencodeServerBackend, opencode_pool, config.permissions)
     return Router(native=lambda: NativeBackend(config.native), agents=agents)

@@ -39,9 +39,12 @@ import asyncpg
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from backends import DEFAULT_ASK_TIMEOUT
 from kernel import DATABASE_ERRORS, Backoff, Listener, close_quietly, connect, create_pool, get_logger, report
 from orchestrator.db import workers
 from orchestrator.dispatch import metrics, queue
+from orchestrator.dispatch.approvals import CHANNEL as PERMISSION_REPLIES
+from orchestrator.dispatch.approvals import Approvals, ReplyBoard, withdraw_orphans
 from orchestrator.dispatch.queue import ClaimedTask
 from orchestrator.dispatch.routing import Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -95,6 +98,7 @@ class Dispatcher:
         worktrees: WorktreeManager | None = None,
         *,
         identity_base: str | None = None,
+        ask_timeout: float = DEFAULT_ASK_TIMEOUT,
     ) -> None:
         # The worker id: the configured one, else the first free id derived from identity_base
         # (the service passes <host>:<data_dir>; orchestrator.db.workers).
@@ -107,6 +111,9 @@ class Dispatcher:
             explicit=explicit,
             application_name=lambda worker_id: self._application_name("lock", worker_id),
         )
+        # Turns waiting for a person's reply, woken through the listener (orchestrator.dispatch.approvals).
+        self.replies = ReplyBoard()
+        self._ask_timeout = ask_timeout
         self._url = database_url
         self._settings = settings
         self._router = router
@@ -125,7 +132,11 @@ class Dispatcher:
         self._service: TaskGroup | None = None
         self.listener = Listener(
             self._connect_listener,
-            {TASKS_NEW: self._on_task, TASK_CANCEL: self._on_cancel_notified},
+            {
+                TASKS_NEW: self._on_task,
+                TASK_CANCEL: self._on_cancel_notified,
+                PERMISSION_REPLIES: self.replies.on_notify,
+            },
             name="dispatcher",
             health_interval=settings.poll_interval,
             while_subscribed=self._subscribed,
@@ -200,7 +211,8 @@ class Dispatcher:
             flusher = FlushScheduler(pool, settings.coalesce_ms / 1000, settings.finalize_timeout)
             # The turns' worktree work (ensure, the diff) uses the dispatcher's own pool too.
             worktrees = self._worktrees.bound(pool) if self._worktrees is not None else None
-            runner = TurnRunner(pool, settings, self._router, worktrees, flusher)
+            approvals = Approvals(pool, self.replies, self._ask_timeout)
+            runner = TurnRunner(pool, settings, self._router, worktrees, flusher, approvals)
             async with anyio.create_task_group() as service:
                 self._service = service
                 service.start_soon(self._lock.hold, self._identity_lost)
@@ -393,6 +405,7 @@ class Dispatcher:
     async def _subscribed(self, conn: asyncpg.Connection) -> None:
         """Each (re)subscribe: notifications may have been missed while the connection was down."""
         self._wake_claims()
+        self.replies.wake_all()
         if self._maintenance is not None:
             self._maintenance.set()
         await self.listener.check_health(conn)
@@ -446,6 +459,8 @@ class Dispatcher:
                 await self._recover(pool)
                 for ended in await queue.sweep_pending(pool):
                     log.info("task.swept", task_id=ended.task_id, state=ended.state, reason=ended.failure_reason)
+                if withdrawn := await withdraw_orphans(pool):
+                    log.info("approvals.withdrawn_orphans", requests=withdrawn)
             except Exception as exc:
                 report(log, "dispatcher.maintenance_failed", exc)
 

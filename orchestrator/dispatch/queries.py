@@ -40,7 +40,12 @@ claimed AS (
            claim_token = gen_random_uuid(),
            started_at = clock_timestamp(),
            lease_expires_at = clock_timestamp() + make_interval(secs => $2),
-           not_before = NULL
+           not_before = NULL,
+           -- After a turn that overflowed its context, the next one starts fresh.
+           fresh_context = t.fresh_context OR coalesce((
+               SELECT p.failure_reason = 'context_overflow' FROM tasks p
+                WHERE p.session_id = t.session_id AND p.id < t.id AND p.ended_at IS NOT NULL
+                ORDER BY p.id DESC LIMIT 1), false)
      WHERE t.id = ANY (ARRAY(SELECT id FROM candidates))
  RETURNING t.*
 ),
@@ -49,7 +54,12 @@ attempts AS (
     SELECT id, attempt, claimed_by, claim_token, started_at FROM claimed
 )
 SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c.attempt,
-       c.max_attempts, c.claim_token,
+       c.max_attempts, c.claim_token, c.agent_options, c.fresh_context,
+       c.fresh_context AND coalesce((
+           SELECT p.failure_reason = 'context_overflow' FROM tasks p
+            WHERE p.session_id = c.session_id AND p.id < c.id AND p.ended_at IS NOT NULL
+            ORDER BY p.id DESC LIMIT 1), false) AS after_overflow,
+       (SELECT p.name FROM projects p WHERE p.id = c.project_id) AS project_name,
        coalesce(c.expires_at <= now(), false) AS expired,
        c.cancel_requested_at IS NOT NULL AS cancel_requested,
        EXISTS (SELECT 1 FROM projects p WHERE p.id = c.project_id) AS project_exists,
@@ -57,11 +67,15 @@ SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c
        extract(epoch FROM c.started_at - c.created_at)::float8 AS claim_wait,
        s.project_id AS session_project_id,
        s.status AS session_status,
-       CASE WHEN s.project_id = c.project_id THEN
+       CASE WHEN s.project_id = c.project_id AND NOT c.fresh_context THEN
            (SELECT coalesce(json_agg(json_build_object('role', h.role, 'content', h.content) ORDER BY h.id), '[]')
               FROM (SELECT id, role, content
                       FROM messages
                      WHERE session_id = c.session_id AND status = 'complete' AND task_id IS DISTINCT FROM c.id
+                       -- A turn with a fresh context is where the conversation starts over.
+                       AND created_at >= coalesce((SELECT max(f.started_at) FROM tasks f
+                                                    WHERE f.session_id = c.session_id AND f.fresh_context
+                                                      AND f.id < c.id), '-infinity')
                      ORDER BY id DESC
                      LIMIT $4) h)
        END AS history,
@@ -69,7 +83,7 @@ SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c
                                  'config_hash', a.config_hash, 'server_key', a.server_key)
           FROM agent_sessions a
          WHERE a.session_id = c.session_id AND a.agent = coalesce(c.agent, $5)
-           AND s.project_id = c.project_id) AS agent_session
+           AND s.project_id = c.project_id AND NOT c.fresh_context) AS agent_session
   FROM claimed c
   LEFT JOIN LATERAL (SELECT project_id, status FROM sessions WHERE id = c.session_id) s ON true
 """
@@ -290,3 +304,54 @@ SELECT state, count(*) AS count,
 """
 
 OLDEST_PENDING = "SELECT extract(epoch FROM now() - min(created_at))::float8 FROM tasks WHERE state = 'pending'"
+
+# ---------------------------------------------------------------------------- approvals
+# A turn asks a person (orchestrator.dispatch.approvals). The request is inserted only while the
+# asking attempt still holds the task; whoever moves it out of 'pending' first decides it (a
+# reply, the timeout, a withdrawal), and the trigger NOTIFYs permission_replies on that update.
+
+INSERT_PERMISSION_REQUEST = """
+INSERT INTO permission_requests (task_id, claim_token, session_id, project_id, message_id, kind, tool_call_id,
+                                 permission, tool_kind, title, command, paths, patterns, options, questions,
+                                 expires_at)
+SELECT t.id, t.claim_token, s.id, s.project_id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+       clock_timestamp() + make_interval(secs => $14)
+  FROM tasks t JOIN sessions s ON s.id = t.session_id
+ WHERE t.id = $1 AND t.claim_token = $2 AND t.state = 'running'
+RETURNING id, expires_at
+"""
+
+READ_PERMISSION_REQUEST = "SELECT * FROM permission_requests WHERE id = $1"
+
+# The turn's own ending of a request nobody decided: expired at its deadline, or withdrawn.
+CLOSE_PERMISSION_REQUEST = """
+UPDATE permission_requests
+   SET state = $2, option_id = $3, decided_at = clock_timestamp(), reason = $4
+ WHERE id = $1 AND state = 'pending'
+RETURNING *
+"""
+
+SESSION_GRANTS = "SELECT tool_kind, pattern, granted_by FROM permission_grants WHERE session_id = $1"
+
+# Requests whose attempt no longer runs (its dispatcher died, the task was recovered): withdrawn.
+WITHDRAW_ORPHAN_REQUESTS = """
+UPDATE permission_requests r
+   SET state = 'withdrawn', decided_at = clock_timestamp(), reason = 'the turn that asked is gone'
+ WHERE r.state = 'pending'
+   AND NOT EXISTS (SELECT 1 FROM tasks t
+                    WHERE t.id = r.task_id AND t.claim_token = r.claim_token AND t.state = 'running')
+RETURNING *
+"""
+
+# A fresh turn's upstream session is not continued by later turns unless it made a new one.
+FORGET_AGENT_SESSION = "DELETE FROM agent_sessions WHERE session_id = $1 AND agent = $2"
+
+# The catalogue: what an agent's session advertised (written only when it changed).
+ADVERTISE_AGENT = """
+UPDATE available_agents
+   SET models = CASE WHEN jsonb_array_length($2::jsonb) > 0 THEN $2::jsonb ELSE models END,
+       modes = $3::jsonb, config_options = $4::jsonb, advertised_at = now()
+ WHERE name = $1
+   AND (models IS DISTINCT FROM (CASE WHEN jsonb_array_length($2::jsonb) > 0 THEN $2::jsonb ELSE models END)
+        OR modes IS DISTINCT FROM $3::jsonb OR config_options IS DISTINCT FROM $4::jsonb)
+"""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -80,6 +80,12 @@ class ClaimedTask:
     # Earlier complete messages of the session, oldest first (empty unless session_ok).
     history: tuple[HistoryMessage, ...] = ()
     agent_session: AgentSession | None = None
+    agent_options: dict[str, str | bool] = field(default_factory=dict)
+    # No upstream session and no history for this turn; later turns continue from it.
+    fresh_context: bool = False
+    # ... because the session's previous turn overflowed its context (not asked for).
+    after_overflow: bool = False
+    project_name: str | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> ClaimedTask:

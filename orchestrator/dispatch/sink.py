@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import anyio
 import asyncpg
 
 from backends import (
+    AgentAdvertised,
     AgentCommands,
     BackendEvent,
     PermissionDecision,
@@ -45,6 +46,7 @@ from backends import (
 )
 from kernel import (
     CONNECTION_LOST,
+    Event,
     SessionFrame,
     TaskStatePayload,
     WorktreeChangedPayload,
@@ -92,10 +94,12 @@ class Batch:
     tools: dict[str, ToolCall] = field(default_factory=dict)
     end: MessageEnd | None = None
     inserted_message: bool = False
+    # What the agent advertised (for available_agents).
+    advertised: AgentAdvertised | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.frames or self.text or self.reasoning or self.tools or self.end)
+        return not (self.frames or self.text or self.reasoning or self.tools or self.end or self.advertised)
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class TurnSink:
         *,
         claim_token: uuid.UUID | None = None,
         on_claim_lost: Callable[[], None] | None = None,
+        agent: str | None = None,
     ) -> None:
         self.task_id = task_id
         # The claim every flush locks first (None: unfenced, for tests of the sink alone).
@@ -152,6 +157,8 @@ class TurnSink:
         self._on_claim_lost = on_claim_lost
         # Set once the turn may write nothing more (its claim is lost or its lease ran out).
         self.fenced = False
+        # The task's agent, whose catalogue entry an AgentAdvertised updates.
+        self.agent = agent
         # None: nothing may be written to any session (see the module docstring).
         self.session_id = session_id
         self._user_input = user_input
@@ -161,6 +168,8 @@ class TurnSink:
         self.usage: Usage | None = None
         self.reply_head = ""
         self.last_activity = anyio.current_time()
+        # Requests of this turn waiting for a person: the inactivity watch leaves the turn alone.
+        self.waiting = 0
         # Held by whoever writes a batch, so batches reach the log in the order they were taken.
         self.writing = anyio.Lock()
         # Consecutive failed flushes (for the retry delay); closed once finalize has taken over.
@@ -244,6 +253,11 @@ class TurnSink:
                 self._push(_Frame(SessionFrame.STATUS, {"state": state, "detail": detail}))
             case Usage():
                 self.usage = event if self.usage is None else self.usage + event
+            case AgentAdvertised():
+                if self.agent is not None:
+                    self._buffer.advertised = event
+                    if self._on_output is not None:
+                        self._on_output(self)
 
     def fence(self) -> None:
         """Write nothing more: what is buffered is dropped, later output too."""
@@ -302,12 +316,25 @@ class TurnSink:
             reasoning=batch.reasoning + newer.reasoning,
             tools={**batch.tools, **newer.tools},
             end=newer.end or batch.end,
+            advertised=newer.advertised or batch.advertised,
         )
 
-    async def write(self, conn: asyncpg.Connection, batch: Batch) -> None:
-        """Write ``batch`` inside the caller's transaction: the message's rows, then its frames."""
+    async def write(self, conn: asyncpg.Connection, batch: Batch, also: Sequence[Event] = ()) -> None:
+        """Write ``batch`` inside the caller's transaction: the message's rows, then its frames
+        and the frames ``also`` (complete payloads), in one append."""
         session_id = self.session_id
-        if session_id is None or batch.empty or self.fenced:
+        if self.fenced:
+            return
+        if batch.advertised is not None and self.agent is not None:
+            offered = batch.advertised
+            await conn.execute(
+                q.ADVERTISE_AGENT,
+                self.agent,
+                list(offered.models),
+                _plain(list(offered.modes)),
+                _plain(list(offered.config_options)),
+            )
+        if session_id is None or (batch.empty and not also):
             return
         if self.message_opened:
             await self._write_message(conn, session_id, MessageUpdate.of(batch))
@@ -319,7 +346,7 @@ class TurnSink:
             for f in batch.frames
             if self.message_id is not None or not f.of_message
         ]
-        await append_events(conn, session_id, events)
+        await append_events(conn, session_id, [*events, *also])
 
     async def _write_message(self, conn: asyncpg.Connection, session_id: int, update: MessageUpdate) -> None:
         """Insert the assistant message (and the user's) on the first write, else append to it."""

@@ -2,8 +2,10 @@
 
 - **prepare** checks the claimed row (a bad row fails with a clear ``failure_reason``), routes
   it to a backend, gives a session-less task its new session, ensures the worktree when the
-  backend edits files, and queues the ``task_state: running`` and ``message_started`` frames.
-  The claim already brought the session's history and the agent's upstream session along.
+  backend edits files, and queues the ``task_state: running`` and ``message_started`` frames
+  (and a ``status: fresh_context`` frame for a turn that starts over). The claim already brought
+  the session's history and the agent's upstream session along (neither for a fresh context).
+  The turn gets an asker (orchestrator.dispatch.approvals) for permissions a person decides.
   -> :class:`TurnContext`
 - **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
   deadline, cancellation, shutdown; :func:`watch_turns` aborts it when the backend is silent
@@ -40,7 +42,7 @@ from enum import StrEnum
 import anyio
 import asyncpg
 
-from backends import AgentSession, Backend, OutcomeStatus, Turn, TurnOutcome, Usage
+from backends import AgentSession, Backend, OutcomeStatus, Status, Turn, TurnOutcome, Usage
 from kernel import (
     CONNECTION_LOST,
     Backoff,
@@ -54,6 +56,7 @@ from kernel import (
 )
 from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch import queries as q
+from orchestrator.dispatch.approvals import Approvals
 from orchestrator.dispatch.queue import AttemptEnd, ClaimedTask, ClaimLost
 from orchestrator.dispatch.routing import NATIVE, Router
 from orchestrator.dispatch.settings import DispatcherSettings
@@ -70,6 +73,12 @@ FINALIZE_RETRY_MAX = 2.0
 WATCH_INTERVAL = 0.25
 # The diff's transaction may stay idle this much longer than the snapshot may take.
 SNAPSHOT_IDLE_SLACK = 5.0
+# The status frame of a turn that starts without the session's earlier conversation.
+FRESH_CONTEXT = "fresh_context"
+FRESH_ON_REQUEST = "this turn starts with a fresh context, as the task asked (fresh_context)"
+FRESH_AFTER_OVERFLOW = (
+    "the previous turn overflowed the model's context (context_overflow): this turn starts with a fresh context"
+)
 
 
 class TaskState(StrEnum):
@@ -190,12 +199,14 @@ class TurnRunner:
         router: Router,
         worktrees: WorktreeManager | None,
         flusher: FlushScheduler,
+        approvals: Approvals | None = None,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._router = router
         self._worktrees = worktrees
         self._flusher = flusher
+        self._approvals = approvals
 
     async def run(self, handle: TurnHandle) -> TurnResult | None:
         """Run the claimed task to its end; None when the claim was lost (or fenced) on the way."""
@@ -209,6 +220,7 @@ class TurnRunner:
             on_output=self._flusher.schedule,
             claim_token=task.claim_token,
             on_claim_lost=lambda: handle.fence(StopReason.LEASE_LOST),
+            agent=task.agent,
         )
         handle.sink = sink
         if handle.fenced:
@@ -299,9 +311,15 @@ class TurnRunner:
             git_dir=git_dir,
             history=task.history,
             agent_session=task.agent_session,
+            agent_options=task.agent_options,
+            project_name=task.project_name or "",
+            asker=None if self._approvals is None else self._approvals.asker(task, sink),
         )
         sink.add_task_state(task_state(task.id, "running", task.attempt))
         sink.open_message()
+        if task.fresh_context:
+            why = FRESH_AFTER_OVERFLOW if task.after_overflow else FRESH_ON_REQUEST
+            await sink.emit(Status(FRESH_CONTEXT, why))
         return TurnContext(task, session_id, backend, turn)
 
     # ------------------------------------------------------------------ execute
@@ -488,6 +506,9 @@ class TurnRunner:
         result = end.result
         if refused and sink.message_id is not None:
             await conn.execute(q.FAIL_MESSAGE, sink.message_id, result.failure_reason)
+        if result.agent_session is None and ctx is not None and task.fresh_context:
+            # The spoiled upstream session must not be continued by the next turn either.
+            await conn.execute(q.FORGET_AGENT_SESSION, ctx.session_id, task.agent or NATIVE)
         if result.agent_session is not None and ctx is not None:
             upstream = result.agent_session
             await conn.execute(
@@ -620,7 +641,8 @@ def session_title(text: str) -> str:
 
 async def watch_turns(handles: Callable[[], Iterable[TurnHandle]], idle_limit: float) -> None:
     """One loop over all turns of a dispatcher: fence a turn whose lease deadline passed, abort
-    one whose backend has sent no event for ``idle_limit`` seconds (0: never)."""
+    one whose backend has sent no event for ``idle_limit`` seconds (0: never) unless it waits for
+    a person (the asker bounds that wait)."""
     while True:
         await anyio.sleep(WATCH_INTERVAL)
         now = anyio.current_time()
@@ -635,5 +657,12 @@ async def watch_turns(handles: Callable[[], Iterable[TurnHandle]], idle_limit: f
                 handle.fence(StopReason.LEASE_EXPIRED)
                 continue
             sink = handle.sink
-            if idle_limit > 0 and handle.executing and sink is not None and now - sink.last_activity >= idle_limit:
+            waiting = sink is not None and sink.waiting
+            if (
+                idle_limit > 0
+                and handle.executing
+                and sink is not None
+                and not waiting
+                and now - sink.last_activity >= idle_limit
+            ):
                 handle.abort(StopReason.INACTIVE)

@@ -8,7 +8,7 @@ probe without touching the database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import anyio
 import asyncpg
@@ -37,12 +37,29 @@ async def probe_agents(specs: Mapping[str, AgentSpec], *, opencode_binary: str |
 
 
 async def sync_available_agents(
-    conn: asyncpg.Connection, specs: Mapping[str, AgentSpec], *, opencode_binary: str | None = None
+    conn: asyncpg.Connection,
+    specs: Mapping[str, AgentSpec],
+    *,
+    opencode_binary: str | None = None,
+    opencode_models: Sequence[str] = (),
 ) -> list[AgentProbe]:
-    """Probe the agents and make ``available_agents`` list exactly them; returns the probes."""
+    """Probe the agents and make ``available_agents`` list exactly them; returns the probes.
+
+    opencode agents offer ``opencode_models`` (``<provider>/<model>``, the configured ones); other
+    agents keep the models their sessions advertised.
+    """
     probes = await probe_agents(specs, opencode_binary=opencode_binary)
     rows = [
-        (p.name, specs[p.name].transport, list(specs[p.name].command), p.version, p.available, p.detail) for p in probes
+        (
+            p.name,
+            specs[p.name].transport,
+            list(specs[p.name].command),
+            p.version,
+            p.available,
+            p.detail,
+            list(opencode_models) if specs[p.name].opencode else None,
+        )
+        for p in probes
     ]
     async with conn.transaction():
         await conn.executemany(q.UPSERT_AVAILABLE_AGENT, rows)

@@ -9,13 +9,16 @@ the client can act on; the message is the service's own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 
+from backends import NativeSettings
 from kernel import SwitchyardError
-from orchestrator.errors import InvalidReviewAction, NotFound
+from orchestrator.errors import AlreadyDecided, BadInput, InvalidReviewAction, ModelsUnavailable, NotFound
+from orchestrator.services import approvals
+from orchestrator.services.catalogue import Catalogue
 from orchestrator.services.review import ReviewService, change_json, resolution_json
 from orchestrator.services.tasks import cancel_task, submit_task
 from worktrees import (
@@ -38,6 +41,7 @@ from worktrees import (
 )
 from ws_gateway import (
     ActionRejected,
+    AgentInfo,
     AgentTask,
     CancelResult,
     ChangeList,
@@ -46,6 +50,9 @@ from ws_gateway import (
     CommentRequest,
     DiffInfo,
     LiveDiffInfo,
+    ModelList,
+    PermissionReplyResult,
+    QuestionReplyResult,
     ResolutionInfo,
     ReviewRequest,
     SubmitResult,
@@ -83,12 +90,16 @@ async def _refusals() -> AsyncIterator[None]:
 
 
 class OrchestratorActions:
-    def __init__(self, pool: asyncpg.Pool, review: ReviewService) -> None:
+    def __init__(self, pool: asyncpg.Pool, review: ReviewService, native: NativeSettings | None = None) -> None:
         self._pool = pool
         self._review = review
+        self._catalogue = Catalogue(pool, native)
 
     async def submit(self, request: TaskSubmission) -> SubmitResult:
-        submitted = await submit_task(self._pool, request)
+        try:
+            submitted = await submit_task(self._pool, request)
+        except BadInput as exc:
+            raise ActionRejected("bad_input", str(exc)) from None
         return SubmitResult(task_id=submitted.task_id, created=submitted.created, session_id=submitted.session_id)
 
     async def cancel(self, task_id: int) -> CancelResult:
@@ -156,3 +167,48 @@ class OrchestratorActions:
             created=queued.submitted.created,
             files=list(queued.change.conflicts),
         )
+
+    async def reply_permission(
+        self, request_id: int, option_id: str | None, decision: str | None, by: str
+    ) -> PermissionReplyResult:
+        with _replies_refused():
+            d = await approvals.reply_permission(self._pool, request_id, option_id=option_id, decision=decision, by=by)
+        return PermissionReplyResult(
+            request_id=d.request_id,
+            session_id=d.session_id,
+            state=d.state,
+            option_id=d.option_id,
+            remember=d.remember,
+            decided_by=d.decided_by,
+        )
+
+    async def reply_question(
+        self, request_id: int, answers: Sequence[Sequence[str]] | None, by: str
+    ) -> QuestionReplyResult:
+        with _replies_refused():
+            d = await approvals.reply_question(self._pool, request_id, answers=answers, by=by)
+        return QuestionReplyResult(
+            request_id=d.request_id, session_id=d.session_id, state=d.state, answers=d.answers, decided_by=d.decided_by
+        )
+
+    async def list_agents(self) -> list[AgentInfo]:
+        return await self._catalogue.agents()
+
+    async def list_models(self) -> ModelList:
+        try:
+            return await self._catalogue.models()
+        except ModelsUnavailable as exc:
+            raise ActionRejected("models_unavailable", str(exc)) from None
+
+
+@contextmanager
+def _replies_refused() -> Iterator[None]:
+    """A reply's refusals as the codes a client acts on."""
+    try:
+        yield
+    except AlreadyDecided as exc:
+        raise ActionRejected("already_decided", str(exc)) from None
+    except BadInput as exc:
+        raise ActionRejected("bad_input", str(exc)) from None
+    except NotFound as exc:
+        raise ActionRejected("forbidden", f"{exc}, or it belongs to a project this token cannot see") from None

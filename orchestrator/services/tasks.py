@@ -14,14 +14,15 @@ a running one is aborted by its dispatcher, which the update's NOTIFY reaches.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
 from orchestrator.dispatch.queue import end_pending_task
 from orchestrator.dispatch.turn import session_title
-from orchestrator.errors import NotFound
+from orchestrator.errors import BadInput, NotFound
 from orchestrator.services import queries as q
 from ws_gateway import TaskSubmission
 
@@ -50,7 +51,10 @@ async def _connection(db: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[as
 
 
 async def submit_task(db: asyncpg.Connection | asyncpg.Pool, task: TaskSubmission) -> Submitted:
+    """Insert the task; BadInput when its agent options are not what its agent offers."""
     async with _connection(db) as conn:
+        if task.agent_options:
+            await check_agent_options(conn, task.agent, task.agent_options)
         try:
             async with conn.transaction():
                 return await _submit(conn, task)
@@ -83,10 +87,47 @@ async def _submit(conn: asyncpg.Connection, task: TaskSubmission) -> Submitted:
         task.expires_at,
         task.dispatch_key,
         task.parent_task_id,
+        dict(task.agent_options),
+        task.fresh_context,
     )
     if task_id is None:
         raise _DispatchKeyTaken
     return Submitted(task_id, created=True, session_id=session_id)
+
+
+async def check_agent_options(conn: asyncpg.Connection, agent: str | None, options: Mapping[str, str | bool]) -> None:
+    """Refuse options the agent does not offer, as far as the catalogue knows (an agent that has
+    advertised nothing yet is checked by its turn, which fails with ``bad_input``)."""
+    if agent is None or agent == "native":
+        raise BadInput(f"native inference offers no agent options ({', '.join(options)})")
+    row = await conn.fetchrow(q.AGENT_CONFIG_OPTIONS, agent)
+    if row is None or not row["config_options"]:
+        return
+    offered: list[Mapping[str, Any]] = row["config_options"]
+    for key, value in options.items():
+        option = next((o for o in offered if o.get("id") == key), None) or next(
+            (o for o in offered if o.get("category") == key), None
+        )
+        if option is None:
+            ids = ", ".join(sorted(str(o.get("id")) for o in offered))
+            raise BadInput(f"agent {agent!r} has no option {key!r} (it offers: {ids})")
+        if option.get("type") == "boolean":
+            if not isinstance(value, bool):
+                raise BadInput(f"agent {agent!r} option {key!r} is true or false, not {value!r}")
+            continue
+        values = [choice.get("value") for choice in _choices(option.get("options") or [])]
+        if value not in values:
+            raise BadInput(
+                f"agent {agent!r} option {key!r} must be one of {', '.join(map(str, values))}, not {value!r}"
+            )
+
+
+def _choices(options: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A select option's choices, groups flattened."""
+    flat: list[Mapping[str, Any]] = []
+    for item in options:
+        flat += item.get("options") or [] if "group" in item else [item]
+    return flat
 
 
 async def list_tasks(

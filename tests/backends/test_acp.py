@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -13,9 +14,12 @@ import pytest
 from acp.schema import AllowedOutcome, DeniedOutcome, PermissionOption, ToolCallUpdate
 
 from backends.acp import AcpBackend, TurnClient
+from backends.approval import ApprovalAnswer, ApprovalRequest, QuestionAnswer, QuestionRequest
 from backends.base import (
+    AgentAdvertised,
     AgentCommands,
     BackendEvent,
+    HistoryMessage,
     OutcomeStatus,
     PermissionDecision,
     Plan,
@@ -30,6 +34,7 @@ from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
 from backends.permissions import PermissionPolicy
 from backends.processes import descendants, process_table
+from backends.pty import PtyBackend
 from backends.registry import PRESETS, AgentSpec
 from testkit import fake_acp_agent_command
 from testkit.fake_model import FakeModel
@@ -64,7 +69,11 @@ async def test_updates_become_events_in_order(worktree: Path) -> None:
     assert outcome.usage == Usage(100, 20)
     kinds = [type(e).__name__ for e in emit.events]
     assert kinds == (
-        ["TextDelta"] * 5 + ["ReasoningDelta"] * 2 + ["ToolCall"] * 3 + ["AgentCommands", "Plan", "TextDelta", "Usage"]
+        ["AgentAdvertised"]
+        + ["TextDelta"] * 5
+        + ["ReasoningDelta"] * 2
+        + ["ToolCall"] * 3
+        + ["AgentCommands", "Plan", "TextDelta", "Usage"]
     )
     assert emit.text.startswith("Hello from the fake agent. Done: chunks; thought; tool; commands; plan")
     assert [e.text for e in emit.of(ReasoningDelta)] == ["Let me think. ", "Thinking done. "]
@@ -343,3 +352,118 @@ async def test_permission_requests_during_a_cancel_are_answered_cancelled(worktr
     assert [d.decision for d in decisions if isinstance(d, PermissionDecision)] == ["allowed", "cancelled"]
     send.close()
     receive.close()
+
+
+# ---------------------------------------------------------------------------- asking a person
+
+
+class ScriptedAsker:
+    """An asker that answers from a list (a person, in the service: orchestrator.dispatch.approvals)."""
+
+    def __init__(self, *answers: ApprovalAnswer) -> None:
+        self.answers = list(answers)
+        self.asked: list[ApprovalRequest] = []
+
+    async def permission(self, request: ApprovalRequest) -> ApprovalAnswer:
+        self.asked.append(request)
+        return self.answers.pop(0)
+
+    async def question(self, request: QuestionRequest) -> QuestionAnswer:
+        raise AssertionError("ACP agents ask no questions")
+
+
+async def run_asked(
+    text: str, workdir: Path, asker: ScriptedAsker | None, **policy: str
+) -> tuple[TurnOutcome, Recorder]:
+    emit = Recorder()
+    asked = replace(turn(workdir, text), asker=asker)
+    outcome = await AcpBackend(FAKE, PermissionPolicy(**policy)).run_turn(asked, emit)
+    return outcome, emit
+
+
+async def test_ask_goes_to_a_person_with_the_options_the_agent_offered(worktree: Path) -> None:
+    asker = ScriptedAsker(ApprovalAnswer(True, "opt-allow", "allowed by token:ann"))
+    outcome, emit = await run_asked("PERMISSION", worktree, asker, execute="ask")
+    assert outcome.status is OutcomeStatus.COMPLETED
+    [asked] = asker.asked
+    assert (asked.tool_kind, asked.command, asked.title, asked.tool_call_id) == (
+        "execute",
+        "rm -rf build",
+        "rm -rf build",
+        "call_1",
+    )
+    assert [(o.option_id, o.kind) for o in asked.options] == [
+        ("opt-allow", "allow_once"),
+        ("opt-reject", "reject_once"),
+    ]
+    assert "permission=selected:opt-allow" in emit.text
+    assert emit.of(PermissionDecision) == [PermissionDecision("call_1", "execute", "allowed", "allowed by token:ann")]
+    # The tool call reached the frames before the question about it.
+    kinds = [type(e).__name__ for e in emit.events]
+    assert kinds.index("ToolCall") < kinds.index("PermissionDecision")
+
+
+async def test_without_an_asker_ask_is_a_denial(worktree: Path) -> None:
+    outcome, emit = await run_asked("PERMISSION WRITE a.txt x", worktree, None, execute="ask", edit="ask")
+    assert outcome.status is OutcomeStatus.COMPLETED
+    assert [d.decision for d in emit.of(PermissionDecision)] == ["denied", "denied"]
+    assert all("nobody can be asked" in d.reason for d in emit.of(PermissionDecision))
+    assert not (worktree / "a.txt").exists()
+
+
+async def test_a_file_write_is_asked_and_done_only_when_allowed(worktree: Path) -> None:
+    asker = ScriptedAsker(
+        ApprovalAnswer(True, "allow", "allowed by token:ann"), ApprovalAnswer(False, "reject", "denied by token:ann")
+    )
+    outcome, emit = await run_asked("WRITE yes.txt 1 WRITE no.txt 2", worktree, asker, edit="ask")
+    assert outcome.status is OutcomeStatus.COMPLETED
+    assert [(a.permission, a.paths) for a in asker.asked] == [
+        ("fs/write_text_file", ("yes.txt",)),
+        ("fs/write_text_file", ("no.txt",)),
+    ]
+    assert (worktree / "yes.txt").read_text() == "1" and not (worktree / "no.txt").exists()
+    assert "write no.txt=error -32602 denied by token:ann" in emit.text
+
+
+# ---------------------------------------------------------------------------- options, sessions
+
+
+async def test_agent_options_set_the_sessions_config_options(worktree: Path) -> None:
+    for options, expected in (({"effort": "high"}, "effort:high"), ({"thought_level": "medium"}, "effort:medium")):
+        emit = Recorder()
+        outcome = await AcpBackend(FAKE).run_turn(replace(turn(worktree, "OPTIONS"), agent_options=options), emit)
+        assert outcome.status is OutcomeStatus.COMPLETED, outcome
+        assert expected in emit.text
+    for options, reason in (
+        ({"effort": "extreme"}, "option 'effort' must be one of low, medium, high, not 'extreme'"),
+        ({"colour": "red"}, "fake has no option 'colour' (it offers: effort, mode, model)"),
+    ):
+        refused = await AcpBackend(FAKE).run_turn(replace(turn(worktree, "OPTIONS"), agent_options=options), Recorder())
+        assert (refused.status, refused.stop_reason) == (OutcomeStatus.FAILED, "bad_input")
+        assert reason in (refused.error or "")
+
+
+async def test_the_session_tells_what_the_agent_offers(worktree: Path) -> None:
+    _, emit = await run("hello", worktree)
+    [offered] = emit.of(AgentAdvertised)
+    assert offered.models == ("fake/small", "fake/large")
+    assert [m["id"] for m in offered.modes] == ["default", "plan"]
+    assert [o["id"] for o in offered.config_options] == ["mode", "model", "effort"]
+
+
+async def test_an_agent_that_cannot_resume_gets_the_earlier_turns_as_context(worktree: Path) -> None:
+    history = (HistoryMessage("user", "the word is OWL"), HistoryMessage("assistant", "Noted: OWL."))
+    emit = Recorder()
+    outcome = await AcpBackend(FAKE).run_turn(replace(turn(worktree, "which word?"), history=history), emit)
+    assert outcome.status is OutcomeStatus.COMPLETED
+    assert "Earlier conversation in this session" in emit.text and "user: the word is OWL" in emit.text
+    # Its agent keeps its own state: the upstream session is returned (there is nothing to resume, though).
+    assert outcome.agent_session is not None
+
+
+async def test_the_pty_track_refuses_agent_options(worktree: Path) -> None:
+    spec = AgentSpec("echo", "pty", ("echo",))
+    outcome = await PtyBackend(spec).run_turn(
+        replace(turn(worktree, "hi"), agent_options={"effort": "high"}), Recorder()
+    )
+    assert (outcome.status, outcome.stop_reason) == (OutcomeStatus.FAILED, "bad_input")

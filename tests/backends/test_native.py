@@ -255,7 +255,6 @@ async def test_retry_after_as_an_http_date(fm: FakeModel) -> None:
 @pytest.mark.parametrize(
     ("error", "message"),
     [
-        (HttpError(400, "This model's maximum context length is 4096 tokens"), "maximum context length is 4096"),
         (HttpError(401, "Incorrect API key provided"), "Incorrect API key"),
         (HttpError(404, body='{"error":"model \\"nope\\" not found, try pulling it first"}'), 'model "nope" not found'),
         (HttpError(422, body='{"detail":"Field required: messages"}'), "Field required"),
@@ -267,6 +266,22 @@ async def test_4xx_is_permanent_with_the_server_message(fm: FakeModel, error: Ht
     assert (outcome.status, outcome.stop_reason, outcome.transient) == (OutcomeStatus.FAILED, "model_rejected", False)
     assert message in (outcome.error or "")
     assert f"HTTP {error.status}" in (outcome.error or "")
+
+
+@pytest.mark.anyio
+async def test_a_context_that_does_not_fit_fails_as_context_overflow(fm: FakeModel) -> None:
+    outcome, _ = await run(fm, HttpError(400, "This model's maximum context length is 4096 tokens"))
+    assert (outcome.status, outcome.stop_reason, outcome.transient) == (OutcomeStatus.FAILED, "context_overflow", False)
+    assert "maximum context length is 4096" in (outcome.error or "")
+
+
+@pytest.mark.anyio
+async def test_agent_options_are_refused(fm: FakeModel) -> None:
+    outcome = await NativeBackend(NativeSettings(base_url=fm.base_url)).run_turn(
+        Turn(task_id=1, session_id=1, project_id=1, input="hi", agent_options={"effort": "high"}), Recorder()
+    )
+    assert (outcome.status, outcome.stop_reason) == (OutcomeStatus.FAILED, "bad_input")
+    assert "offers no agent options" in (outcome.error or "")
 
 
 @pytest.mark.anyio

@@ -9,6 +9,7 @@ import pytest
 from backends.commands import ANY, CommandRule
 from backends.permissions import (
     EXECUTE_ALLOW_REPLACED,
+    PermissionOverride,
     PermissionPolicy,
     PermissionRequest,
     decide,
@@ -110,3 +111,35 @@ def test_opencode_permission_allows_only_exact_argument_free_commands() -> None:
     assert {"ls", "pwd", "git status", "git diff", "pytest"} <= bash.keys()
     assert not any(pattern.endswith("*") for pattern in bash if pattern != "*")
     assert set(bash.values()) == {"deny", "allow"}
+
+
+def test_ask_is_a_verdict_of_its_own(tmp_path: Path) -> None:
+    verdict = decide(PermissionPolicy(edit="ask"), PermissionRequest("edit", paths=("a.py",)), tmp_path)
+    assert (verdict.allowed, verdict.ask) == (False, True)
+    # Outside the worktree nobody is asked.
+    outside = decide(PermissionPolicy(edit="ask"), PermissionRequest("edit", paths=("/etc/passwd",)), tmp_path)
+    assert (outside.allowed, outside.ask) == (False, False)
+
+
+def test_agent_and_project_overrides_apply_in_that_order() -> None:
+    policy = PermissionPolicy(
+        execute="deny",
+        agents={"opencode-acp": PermissionOverride(execute="ask", edit="ask")},
+        projects={"web": PermissionOverride(execute="allow", commands={"npm": CommandRule(args=ANY)})},
+    )
+    assert policy.effective("other", "other").execute == "deny"
+    agent = policy.effective("opencode-acp", None)
+    assert (agent.execute, agent.edit) == ("ask", "ask")
+    both = policy.effective("opencode-acp", "web")
+    assert (both.execute, both.edit) == ("allow", "ask")
+    assert "npm" in both.rules and "npm" not in agent.rules
+    assert both.agents == {} and both.projects == {}
+
+
+def test_bad_overrides_and_ask_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"permissions.agents.x: permissions.edit must be one of"):
+        PermissionPolicy(agents={"x": PermissionOverride(edit="sometimes")})
+    with pytest.raises(ValueError, match="ask_timeout must be positive"):
+        PermissionPolicy(ask_timeout=0)
+    with pytest.raises(ValueError, match="questions must be ask or deny"):
+        PermissionPolicy(questions="allow")

@@ -29,7 +29,7 @@ from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings
 from backends.permissions import PermissionPolicy
 from orchestrator.app.config import Config
-from orchestrator.app.wiring import agent_sandbox, build_router
+from orchestrator.app.wiring import AGENT_STATE_DIR, agent_sandbox, build_router
 from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.dispatch.settings import DispatcherSettings
 from testkit.fake_model import FakeModel, RecordedRequest, Reply, ToolCall
@@ -64,8 +64,10 @@ class Site:
         git_dir = self.repo / ".git"
         # What Switchyard itself writes during a turn: snapshot objects, its refs and their logs.
         own = [git_dir / "objects", git_dir / "refs" / "switchyard", git_dir / "logs"]
+        # And what the agent writes by design: its own saved sessions (<data>/agent-state/<agent>/<session>).
+        own_sessions = [self.data / AGENT_STATE_DIR / agent / worktree.name for agent in ("opencode-acp",)]
         return {
-            "data directory": tree_digest(self.data, skip=[worktree, self.data / POOL_DIR]),
+            "data directory": tree_digest(self.data, skip=[worktree, self.data / POOL_DIR, *own_sessions]),
             "project checkout": tree_digest(self.repo, skip=[git_dir]),
             "project .git": tree_digest(git_dir, skip=own),
             "outside": tree_digest(self.outside),

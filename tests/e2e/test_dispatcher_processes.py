@@ -18,7 +18,8 @@ from kernel.db import DATABASE_ERRORS
 from orchestrator.db.embedded import EmbeddedPostgres
 from testkit import SWITCHYARD
 from testkit.rows import add_project, add_session, add_task
-from tests.dispatching import dispatcher_processes, task, wait_for, wait_state
+from testkit.services import dispatcher_processes
+from tests.dispatching import task, wait_for, wait_state
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,11 @@ from kernel.eventlog import append_events
 from kernel.net import free_port
 from testkit import SWITCHYARD
 from testkit.clients import open_client, recv, request, session_frames
-from tests.dispatching import gateway_process
+from testkit.services import gateway_process
 
 pytestmark = pytest.mark.anyio
+
+START_TIMEOUT_S = 60
 
 
 def deltas(start: int, count: int) -> list[tuple[str, dict[str, object]]]:

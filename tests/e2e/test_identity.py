@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from testkit.rows import add_project, add_task
-from tests.dispatching import DispatcherProcess, wait_for, wait_state
+from testkit.services import DispatcherProcess
+from tests.dispatching import wait_for, wait_state
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,8 @@ from kernel.net import free_port
 from testkit import SWITCHYARD
 from testkit.clients import open_client, request
 from testkit.rows import add_project, add_session, add_task
-from tests.dispatching import DispatcherProcess, gateway_process, wait_for, wait_state
+from testkit.services import DispatcherProcess, gateway_process
+from tests.dispatching import wait_for, wait_state
 from ws_gateway import create_token
 
 pytestmark = pytest.mark.anyio

@@ -142,7 +142,8 @@ async def test_second_task_sees_the_first_exchange(pool: asyncpg.Pool, project: 
 @pytest.mark.parametrize(
     ("reply", "reason", "error", "partial"),
     [
-        (HttpError(400, "maximum context length exceeded"), "model_rejected", "maximum context length exceeded", ""),
+        (HttpError(400, "maximum context length exceeded"), "context_overflow", "maximum context length exceeded", ""),
+        (HttpError(400, "unknown parameter: top_k"), "model_rejected", "unknown parameter: top_k", ""),
         (Reply(text=["half ", "a reply"], ending="abrupt"), "model_stream_interrupted", "mid-stream", "half a reply"),
         (
             Reply(text="so far", ending="error", error_message="KV cache full"),

@@ -91,7 +91,7 @@ async def test_a_session_keeps_its_opencode_session_and_its_changes_become_pendi
     assert (first["state"], first["error"], first["execution_path"]) == ("completed", None, "opencode_server")
     session = first["session_id"]
     upstream = await pool.fetchrow(AGENT_SESSION, session)
-    assert upstream is not None and upstream["server_key"] in {s.key for s in oc_pool.servers}
+    assert upstream is not None and upstream["server_key"] in {s.slot for s in oc_pool.servers}
 
     worktree = Path(await pool.fetchval("SELECT path FROM session_worktrees WHERE session_id = $1", session))
     assert (worktree / "notes" / "todo.txt").read_text() == "REMEMBER-ME\n"

@@ -161,7 +161,7 @@ async def test_a_crashed_server_is_restarted(opencode: OpencodeSettings, tmp_pat
         await wait_until(lambda: crashed.state is ServerState.EXITED)
         assert "SIGKILL" in crashed.describe_exit()
         # The session that used it gets a fresh server.
-        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project"), crashed.key) as fresh:
+        async with pool.lease(ProjectPlace(1, project(tmp_path)), 1, str(tmp_path / "project"), crashed.slot) as fresh:
             assert fresh is not crashed and fresh.state is ServerState.READY
 
 

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from backends.base import (
+    AgentAdvertised,
     BackendEvent,
     HistoryMessage,
     OutcomeStatus,
@@ -41,7 +42,7 @@ from backends.opencode_env import OpencodeSettings
 from backends.opencode_pool import OpencodePool, OpencodePoolSettings, ProjectPlace, marked_processes
 from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import PermissionPolicy
-from testkit.fake_model import FakeModel, RecordedRequest, Reply
+from testkit.fake_model import FakeModel, RecordedRequest, Reply, message_text
 from testkit.fake_model import ToolCall as ScriptedToolCall
 from testkit.repos import sample_repo
 from testkit.rows import add_repo_session, start_turn
@@ -196,6 +197,52 @@ async def test_a_new_opencode_session_gets_the_earlier_history_as_context(
     assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
     request = next(r for r in reversed(fake_model.chat_requests) if r.last_user_text == "and again?")
     assert "assistant: It is PELICAN." in request.system_text
+
+
+def user_texts(fake_model: FakeModel, last: str) -> list[str]:
+    request = next(r for r in reversed(fake_model.chat_requests) if r.last_user_text == last)
+    return [message_text(m) for m in request.messages if m.get("role") == "user"]
+
+
+async def test_the_opencode_session_survives_a_restart_of_the_pool(fake_model: FakeModel, tmp_path: Path) -> None:
+    """The server's data slot outlives the server: after a restart the session goes on where it was."""
+    root, wt, session = tmp_path / "restarted", worktree(worktree_parent(tmp_path)), next(_session_ids)
+    async with one_server_pool(fake_model, root) as before:
+        first = await run(OpencodeServerBackend(before), make_turn(wt, "the word is HERON", session))
+    assert first.outcome.agent_session is not None
+    history = (HistoryMessage("user", "the word is HERON"), HistoryMessage("assistant", first.text))
+    async with one_server_pool(fake_model, root) as after:
+        turn = make_turn(wt, "which word was it?", session, agent_session=first.outcome.agent_session, history=history)
+        second = await run(OpencodeServerBackend(after), turn)
+    assert second.outcome.status is OutcomeStatus.COMPLETED, second.outcome
+    assert second.outcome.agent_session == first.outcome.agent_session
+    # opencode itself remembered the first turn; Switchyard did not have to hand it the history.
+    assert user_texts(fake_model, "which word was it?") == ["the word is HERON", "which word was it?"]
+    request = next(r for r in reversed(fake_model.chat_requests) if r.last_user_text == "which word was it?")
+    assert "Earlier conversation" not in request.system_text
+
+
+async def test_the_effort_option_picks_a_variant_of_the_model(
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
+) -> None:
+    backend = OpencodeServerBackend(oc_pool)
+    wt, session = worktree(project_dir), next(_session_ids)
+    result = await run(backend, make_turn(wt, "think hard", session, agent_options={"effort": "high"}))
+    assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
+    request = next(r for r in reversed(fake_model.chat_requests) if r.last_user_text == "think hard")
+    assert request.body.get("reasoning_effort") == "high", request.body
+    [offered] = [e for e in result.events if isinstance(e, AgentAdvertised)]
+    assert offered.models == ("local/fake-model",)
+    assert [o["id"] for o in offered.config_options] == ["effort"]
+    assert "build" in [m["id"] for m in offered.modes]
+
+    for options, message in (
+        ({"effort": "extreme"}, "must be one of low, medium, high"),
+        ({"color": "red"}, "no option"),
+    ):
+        refused = await run(backend, make_turn(wt, "think hard", session, agent_options=options))
+        assert (refused.outcome.status, refused.outcome.stop_reason) == (OutcomeStatus.FAILED, "bad_input")
+        assert message in (refused.outcome.error or "")
 
 
 async def test_two_sessions_in_two_worktrees_run_concurrently_on_one_server(
@@ -382,7 +429,7 @@ async def crash_and_recover(oc_pool: OpencodePool, project_dir: Path) -> None:
     warm = (await run(backend, make_turn(wt, "hi", session))).outcome
     assert warm.agent_session is not None
     server = oc_pool.servers[0]
-    assert server.pid is not None and server.key == warm.agent_session.server_key
+    assert server.pid is not None and server.slot == warm.agent_session.server_key
     result: list[Run] = []
 
     async def sleeper() -> None:
@@ -402,9 +449,10 @@ async def crash_and_recover(oc_pool: OpencodePool, project_dir: Path) -> None:
     recovered = await run(backend, make_turn(wt, "hello again", session, agent_session=crashed.agent_session))
     assert recovered.outcome.status is OutcomeStatus.COMPLETED, recovered.outcome
     assert recovered.text == "Fake reply to: hello again"
+    # The replacement server took over the crashed one's data slot: the opencode session lives on.
     assert recovered.outcome.agent_session is not None
-    assert recovered.outcome.agent_session.server_key != server.key
-    assert recovered.outcome.agent_session.upstream_session_id != warm.agent_session.upstream_session_id
+    assert oc_pool.servers[0] is not server
+    assert recovered.outcome.agent_session == warm.agent_session
 
 
 async def test_a_dropped_stream_is_reopened_and_reconciled(

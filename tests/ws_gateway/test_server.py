@@ -247,6 +247,15 @@ async def test_operator_token_sees_every_project(
         ({"type": "cancel", "task_id": True}, "invalid_frame", "must be an integer"),
         ({"type": "submit", "input": "hi"}, "invalid_frame", "needs 'project_id' or 'session_id'"),
         ({"type": "subscribe", "session_ids": ["SESSION"], "since_seq": 99}, "bad_seq", "ahead of session"),
+        ({"type": "permission_reply", "request_id": 1}, "invalid_frame", "exactly one of"),
+        ({"type": "permission_reply", "request_id": 1, "decision": "later"}, "invalid_frame", "'decision' must be"),
+        ({"type": "permission_reply", "request_id": 999, "decision": "reject"}, "forbidden", "request 999"),
+        ({"type": "question_reply", "request_id": 1, "answers": "red"}, "invalid_frame", "list of 1 to 20"),
+        ({"type": "question_reply", "request_id": 999, "dismiss": True}, "forbidden", "request 999"),
+        ({"type": "list_agents", "x": 1}, "invalid_frame", "unknown field 'x'"),
+        ({"type": "list_models", "x": 1}, "invalid_frame", "unknown field 'x'"),
+        ({"type": "submit", "input": "x", "project_id": 1, "agent_options": [1]}, "invalid_frame", "must be an object"),
+        ({"type": "submit", "input": "x", "project_id": 1, "fresh_context": 1}, "invalid_frame", "true or false"),
     ],
 )
 async def test_bad_frames_get_an_error_frame(

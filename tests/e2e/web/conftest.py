@@ -76,7 +76,8 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 @dataclass
 class Stack:
     """A project (a real repository), a token that sees it, a gateway and a dispatcher whose
-    router has the fake ACP agent as ``fake`` and a scripted backend as ``scripted``."""
+    router has the fake ACP agent as ``fake`` (commands outside the allow-list ask a person) and a
+    scripted backend as ``scripted``."""
 
     pool: asyncpg.Pool
     repo: Path
@@ -98,7 +99,8 @@ async def stack(db_url: str, pool: asyncpg.Pool, tmp_path: Path, scripted: Scrip
     project_id = await add_project(pool, "demo", repo)
     token = await create_token(pool, "reviewer", [project_id])
     review = ReviewService(pool, WorktreeSettings(root=tmp_path / "worktrees"))
-    router = Router(agents={"fake": partial(AcpBackend, FAKE_ACP, PermissionPolicy()), "scripted": lambda: scripted})
+    fake = partial(AcpBackend, FAKE_ACP, PermissionPolicy(execute="ask"))
+    router = Router(agents={"fake": fake, "scripted": lambda: scripted})
     async with (
         running_gateway(pool, db_url, actions=OrchestratorActions(pool, review)) as gateway,
         running_dispatcher(db_url, router, worktrees=review.worktrees),

@@ -12,8 +12,8 @@ from kernel.net import free_port
 from orchestrator.dispatch.routing import Router
 from testkit.rows import add_project, add_task
 from testkit.scripted_backend import ScriptedBackend
+from testkit.services import gateway_process
 from tests.dispatching import running_dispatcher, wait_state
-from tests.e2e.test_gateway_processes import gateway_process
 from tests.e2e.web.conftest import SCREENSHOTS, page_session, sign_in, wait_until
 from ws_gateway import create_token
 

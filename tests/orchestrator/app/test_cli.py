@@ -147,6 +147,14 @@ def test_submit_inserts_what_sql_would(env: dict[str, str], repo: Path) -> None:
     assert "nothing added" in again.stdout
     rows = json.loads(run(["tasks", "--json"], env).stdout)
     assert len(rows) == 1 and rows[0]["agent"] == "noop" and rows[0]["state"] == "pending"
+    # Agent options and a fresh context; native inference takes no options.
+    fresh = run(
+        ["submit", "--project", "repo", "--agent", "noop", "--option", "effort=high", "--fresh-context", "x"], env
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    refused = run(["submit", "--project", "repo", "--option", "effort=high", "x"], env)
+    assert "native inference offers no agent options" in one_line_error(refused)
+    assert "is not KEY=VALUE" in run(["submit", "--project", "repo", "--option", "effort", "x"], env).stderr
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

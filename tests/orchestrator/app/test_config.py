@@ -68,3 +68,19 @@ def test_unparsable_and_missing_files(tmp_path: Path) -> None:
         load_config(file, environ={})
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "missing.toml", environ={})
+
+
+def test_permissions_with_asking_and_overrides(tmp_path: Path) -> None:
+    file = tmp_path / "s.toml"
+    file.write_text(
+        '[permissions]\nedit = "ask"\nask_timeout = 120\nquestions = "ask"\n'
+        '[permissions.agents.opencode-acp]\nexecute = "ask"\n'
+        '[permissions.projects.web]\nexecute = "allow"\n[permissions.projects.web.commands.npm]\nargs = "any"\n'
+    )
+    policy = load_config(file, environ={}).permissions
+    assert (policy.edit, policy.ask_timeout, policy.asks_questions) == ("ask", 120.0, True)
+    web = policy.effective("opencode-acp", "web")
+    assert (web.edit, web.execute) == ("ask", "allow") and "npm" in web.rules
+    file.write_text('[permissions.agents.x]\nedit = "often"\n')
+    with pytest.raises(ConfigError, match=r"permissions\.agents\.x"):
+        load_config(file, environ={})

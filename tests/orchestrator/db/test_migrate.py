@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 
 import asyncpg
@@ -175,6 +176,61 @@ async def test_a_version_2_database_gets_the_project_feed_without_losing_rows(po
         assert await conn.fetchval("SELECT input FROM tasks") == "old"
 
 
+async def test_a_version_4_database_gets_approvals_and_task_options_keeping_rows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # Make this database look like one created by schema version 4.
+        await conn.execute("DROP TABLE permission_grants, permission_requests")
+        await conn.execute("DROP FUNCTION switchyard_notify_permission_reply()")
+        await conn.execute("ALTER TABLE tasks DROP COLUMN agent_options, DROP COLUMN fresh_context")
+        for column in ("models", "modes", "config_options", "advertised_at"):
+            await conn.execute(f"ALTER TABLE available_agents DROP COLUMN {column}")
+        await conn.execute("DELETE FROM schema_version WHERE version > 4")
+        project, session = await _project_and_session(conn)
+        await conn.execute("INSERT INTO tasks (project_id, session_id, input) VALUES ($1, $2, 'old')", project, session)
+        await conn.execute(
+            "INSERT INTO available_agents (name, transport, command) VALUES ('kept', 'acp', ARRAY['kept'])"
+        )
+        assert await migrate(conn) == SCHEMA_VERSION
+        task = await conn.fetchrow("SELECT input, agent_options, fresh_context FROM tasks")
+        assert (task["input"], task["agent_options"], task["fresh_context"]) == ("old", {}, False)
+        agent = await conn.fetchrow("SELECT name, models, config_options FROM available_agents")
+        assert (agent["name"], agent["models"], agent["config_options"]) == ("kept", [], [])
+        assert await conn.fetchval("SELECT count(*) FROM permission_requests") == 0
+
+
+async def test_a_decided_request_notifies_on_commit(pool: asyncpg.Pool) -> None:
+    received: list[str] = []
+
+    def collect(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        received.append(payload)
+
+    async with pool.acquire() as listener, pool.acquire() as conn:
+        await listener.add_listener("permission_replies", collect)
+        project, session = await _project_and_session(conn)
+        task = await conn.fetchval(
+            """INSERT INTO tasks (project_id, session_id, input, state, claim_token, lease_expires_at)
+               VALUES ($1, $2, 'x', 'running', gen_random_uuid(), now()) RETURNING id""",
+            project,
+            session,
+        )
+        request = await conn.fetchval(
+            """INSERT INTO permission_requests (task_id, claim_token, session_id, project_id, expires_at)
+               SELECT id, claim_token, session_id, project_id, now() FROM tasks WHERE id = $1 RETURNING id""",
+            task,
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE permission_requests SET state = 'allowed' WHERE id = $1", request)
+        await conn.execute(
+            "UPDATE permission_requests SET state = 'allowed', decided_at = now() WHERE id = $1", request
+        )
+        await conn.execute("UPDATE permission_requests SET reason = 'again' WHERE id = $1", request)
+        await listener.execute("SELECT 1")
+        # The decision itself, so the waiting turn need not read the row again.
+        [payload] = [json.loads(p) for p in received]
+        assert (payload["id"], payload["state"], payload["option_id"]) == (request, "allowed", None)
+        await listener.remove_listener("permission_replies", collect)
+
+
 async def test_project_feed_notifies_on_commit(pool: asyncpg.Pool) -> None:
     received: list[str] = []
 
@@ -285,6 +341,23 @@ async def test_a_version_4_database_gets_the_review_loop_without_losing_rows(poo
                 change,
                 session,
             )
+
+
+async def test_a_database_at_the_highest_version_missing_a_lower_block_gets_it(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # A database made by a build that had versions 5 and 7 but not 6 (they merged apart).
+        await conn.execute("DROP TABLE review_comments")
+        await conn.execute("ALTER TABLE pending_changes DROP COLUMN supersedes, DROP COLUMN conflicts")
+        await conn.execute("ALTER TABLE pending_changes DROP COLUMN accepted_commit, DROP COLUMN accepted_branch")
+        await conn.execute("ALTER TABLE tasks DROP COLUMN review_change_id")
+        await conn.execute("DELETE FROM schema_version WHERE version = 6")
+        project, session = await _project_and_session(conn)
+        await conn.execute("INSERT INTO tasks (project_id, session_id, input) VALUES ($1, $2, 'old')", project, session)
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT 6 = ANY(array_agg(version)) FROM schema_version")
+        assert await conn.fetchval("SELECT count(*) FROM review_comments") == 0
+        assert await conn.fetchval("SELECT input FROM tasks WHERE review_change_id IS NULL") == "old"
 
 
 async def test_a_version_4_database_gets_the_workers_table_without_losing_rows(pool: asyncpg.Pool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
+import anyio
 import pytest
 
 from backends import TurnOutcome, Usage
@@ -20,6 +21,7 @@ from orchestrator.dispatch.turn import (
     _check_task,
     failed,
     session_title,
+    watch_turns,
 )
 from orchestrator.errors import TaskRejected
 
@@ -142,3 +144,17 @@ async def test_shutdown_on_the_last_attempt_fails_instead_of_handing_back() -> N
         "shutdown",
         "interrupted",
     )
+
+
+@pytest.mark.anyio
+async def test_the_inactivity_watch_spares_a_turn_waiting_for_a_person() -> None:
+    idle, waiting = TurnHandle(TASK), TurnHandle(replace(TASK, id=2))
+    for handle in (idle, waiting):
+        handle.executing = True
+        handle.sink = TurnSink(handle.task.id, 20, "x", 1)
+        handle.sink.last_activity -= 10
+    assert waiting.sink is not None
+    waiting.sink.waiting = 1
+    with anyio.move_on_after(0.5):
+        await watch_turns(lambda: [idle, waiting], 0.2)
+    assert (idle.reason, waiting.reason) == (StopReason.INACTIVE, None)

@@ -222,6 +222,16 @@ function showView() {
   }
 }
 
+// A person's answer to a waiting request (the conversation's request items dispatch it). The
+// resolved frame that follows updates the item; a reply someone else gave first is an error.
+byId('conversation').addEventListener('switchyard:reply', (event) => {
+  if (!state.connection || state.connection.state !== 'online') {
+    showError('Not connected: the reply was not sent');
+    return;
+  }
+  state.connection.request(event.detail).catch(showRequestError);
+});
+
 byId('tab-conversation').addEventListener('click', () => { location.hash = `#/session/${state.session.id}`; });
 // A live item's "Show the diff so far": the worktree as it is now.
 byId('conversation').addEventListener('click', (event) => {
@@ -269,12 +279,14 @@ byId('composer').addEventListener('submit', async (event) => {
   const model = byId('composer-model').value.trim();
   if (agent && agent !== 'native') frame.agent = agent;
   if (model) frame.model = model;
+  if (byId('composer-fresh').checked) frame.fresh_context = true;
   if (state.session && location.hash.startsWith('#/session/')) frame.session_id = state.session.id;
   else frame.project_id = Number(byId('composer-project').value);
   byId('composer-error').textContent = '';
   try {
     const ack = await state.connection.request(frame);
     byId('composer-input').value = '';
+    byId('composer-fresh').checked = false;
     if (!frame.session_id) location.hash = `#/session/${ack.session_id}`;
     else refreshQueue();
   } catch (error) {

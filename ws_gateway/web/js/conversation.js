@@ -3,6 +3,10 @@
 // every frame of the session; after a reconnect it resubscribes from the last seq it applied.
 //
 // Adding a frame type is one entry in FRAMES (frame → item) and one in RENDERERS (item → DOM).
+//
+// A request that waits for a person (permission_request, question) is one item, replaced when its
+// *_resolved frame arrives. Its buttons do not talk to the gateway themselves: they dispatch a
+// bubbling `switchyard:reply` event whose detail is the reply frame, and the page sends it.
 
 import { el, fill, pretty } from './dom.js';
 
@@ -151,7 +155,40 @@ const FRAMES = {
   changes_requested(model, f) {
     model.add({ key: `requested:${f.seq}`, type: 'requested', frame: f });
   },
+  permission_request(model, f) {
+    model.add({ key: `request:${f.request_id}`, type: 'request', messageId: f.message_id, frame: f, resolved: null });
+  },
+  question(model, f) {
+    model.add({ key: `request:${f.request_id}`, type: 'question', messageId: f.message_id, frame: f, resolved: null });
+  },
+  permission_resolved(model, f) {
+    resolve(model, f, 'request');
+  },
+  question_resolved(model, f) {
+    resolve(model, f, 'question');
+  },
 };
+
+function resolve(model, f, type) {
+  const item = model.byKey.get(`request:${f.request_id}`)
+    || model.add({ key: `request:${f.request_id}`, type, messageId: f.message_id, frame: null, resolved: null });
+  item.resolved = f;
+  model.touch(item);
+}
+
+function reply(node, frame) {
+  node.dispatchEvent(new CustomEvent('switchyard:reply', { bubbles: true, detail: frame }));
+}
+
+// Waiting, or how it ended (and who decided).
+function requestState(item) {
+  return item.resolved ? item.resolved.state : 'pending';
+}
+
+function requestOutcome(item) {
+  const r = item.resolved;
+  return r ? el('div', { cls: 'meta request-outcome', text: r.reason || r.state }) : null;
+}
 
 function unknownFrame(model, f) {
   model.add({ key: `frame:${f.seq}`, type: 'unknown', frame: f });
@@ -352,6 +389,82 @@ export const RENDERERS = {
       ]);
     },
   },
+  request: {
+    render(item) {
+      const node = el('div', { cls: 'request' });
+      RENDERERS.request.update(node, item);
+      return node;
+    },
+    update(node, item) {
+      const f = item.frame || {};
+      const state = requestState(item);
+      node.dataset.state = state;
+      const choices = state === 'pending' && item.frame
+        ? el('div', { cls: 'request-options' }, (f.options || []).map((option) => el('button', {
+          text: option.name || option.option_id,
+          cls: `reply reply-${String(option.kind).replace(/[^a-z_]/g, '')}`,
+          attrs: { type: 'button', 'data-option-id': option.option_id },
+          on: { click: () => reply(node, { type: 'permission_reply', request_id: f.request_id, option_id: option.option_id }) },
+        })))
+        : null;
+      fill(
+        node,
+        el('div', { cls: 'request-head' }, [
+          el('span', { cls: 'label', text: 'Permission asked' }),
+          badge(state),
+          el('span', { cls: 'request-title', text: f.title || f.permission || '' }),
+          f.tool_kind ? el('span', { cls: 'meta', text: f.tool_kind }) : null,
+        ]),
+        f.command ? el('pre', { cls: 'tool-io request-command', text: f.command }) : null,
+        (f.paths || []).length ? el('div', { cls: 'meta', text: f.paths.join(', ') }) : null,
+        choices,
+        requestOutcome(item),
+      );
+    },
+  },
+  question: {
+    render(item) {
+      const node = el('div', { cls: 'request question' });
+      RENDERERS.question.update(node, item);
+      return node;
+    },
+    update(node, item) {
+      const f = item.frame || {};
+      const state = requestState(item);
+      node.dataset.state = state;
+      const pending = state === 'pending' && item.frame;
+      const fields = (f.questions || []).map((q, index) => el('fieldset', { cls: 'question-field' }, [
+        el('legend', { text: q.header || `Question ${index + 1}` }),
+        el('div', { text: q.question || '' }),
+        ...(q.options || []).map((option) => el('label', { cls: 'question-option' }, [
+          el('input', {
+            attrs: { type: q.multiple ? 'checkbox' : 'radio', name: `q-${f.request_id}-${index}`, value: option.label, disabled: !pending },
+          }),
+          el('span', { text: option.label }),
+          option.description ? el('span', { cls: 'meta', text: option.description }) : null,
+        ])),
+      ]));
+      const send = () => {
+        const answers = (f.questions || []).map((_, index) => [...node.querySelectorAll(`input[name="q-${f.request_id}-${index}"]:checked`)].map((input) => input.value));
+        if (answers.some((chosen) => chosen.length === 0)) return;
+        reply(node, { type: 'question_reply', request_id: f.request_id, answers });
+      };
+      fill(
+        node,
+        el('div', { cls: 'request-head' }, [el('span', { cls: 'label', text: 'The agent asks' }), badge(state)]),
+        ...fields,
+        pending ? el('div', { cls: 'request-options' }, [
+          el('button', { text: 'Answer', cls: 'reply reply-answer', attrs: { type: 'button' }, on: { click: send } }),
+          el('button', {
+            text: 'Dismiss', cls: 'reply reply-dismiss', attrs: { type: 'button' },
+            on: { click: () => reply(node, { type: 'question_reply', request_id: f.request_id, dismiss: true }) },
+          }),
+        ]) : null,
+        item.resolved && item.resolved.answers ? el('div', { cls: 'meta', text: item.resolved.answers.map((a) => a.join(', ')).join(' · ') }) : null,
+        requestOutcome(item),
+      );
+    },
+  },
   unknown: {
     render(item) {
       return el('details', { cls: 'unknown' }, [
@@ -378,5 +491,6 @@ export function estimateItem(item) {
   if (item.type === 'text') return LINE_PX * (1 + Math.ceil(item.text.length / CHARS_PER_LINE)) + 8;
   if (item.type === 'turn') return 72;
   if (item.type === 'live') return 60 + 20 * Math.min(20, (item.frame.files || []).length);
+  if (item.type === 'request' || item.type === 'question') return 96;
   return 36;
 }
