@@ -7,7 +7,7 @@ Target (issue 5): <= 300 ms for 100 changed files in 20,000, growing with the ch
 
 ``live``: with 100 files changed so far in the 20,000-file repository, the cost of one update of
 the live diff after a file event (worktrees.live.LiveIndex.update of the file the event names:
-check-ignore, update-index, write-tree, diff-tree against the base). ``interdiff``: the diff
+check-ignore if it is new, update-index, diff-index --cached against the base). ``interdiff``: the diff
 between two snapshots that differ in 100 files (worktrees.diff.compute of snapshot N and N+1).
 Targets (issue 14): <= 50 ms per live update, <= 150 ms per interdiff.
 """
