@@ -159,3 +159,34 @@ async def test_a_running_turn_shows_its_files_as_it_writes_them(page: Page, stac
     await expect(page.locator(".review-bar strong")).to_have_text(f"Worktree of session #{session}, now")
     await expect(page.locator(".tree-row")).not_to_have_count(0)
     await wait_state(stack.pool, task, "completed")
+
+
+async def test_any_change_of_the_session_opens_from_its_history(page: Page, stack: Stack) -> None:
+    session, first = await scripted_change(stack, {"a.txt": edited(HUNK_1, HUNK_2)})
+    await stack.review.comment(first, "Why this line?", path="a.txt", line=2, by="cli:alice")
+    second = await finished_turn(stack.review, stack.pool, session, {"a.txt": edited(HUNK_1, HUNK_2, HUNK_3)})
+    await sign_in(page, stack.gateway.page_url, stack.token)
+    await page.goto(f"{stack.gateway.page_url}#/session/{session}/change")
+
+    history = page.locator("#change-history")
+    options = history.locator("option")
+    await expect(options).to_have_count(2)
+    await expect(options.nth(0)).to_contain_text(f"#{second} · pending")
+    await expect(options.nth(1)).to_contain_text(f"#{first} · superseded")
+    await expect(options.nth(1)).to_contain_text("1 comment")
+
+    # The superseded change opens for reading: its own diff and comment, nothing to act on.
+    await history.select_option(str(first))
+    await expect(page.locator(".review-bar strong")).to_have_text(f"Change #{first}")
+    await expect(page.locator(".review-bar .badge")).to_have_text("superseded")
+    await expect(page.locator(".past-note")).to_have_text(f"Change #{first} is superseded: shown for reading.")
+    await expect(page.locator("#accept-all")).to_be_disabled()
+    await expect(page.locator(".accept-hunk")).to_have_count(0)
+    await expect(page.locator(".comment-list .comment-body")).to_have_text("Why this line?")
+    await expect(page.locator("td.d2h-ins:not(.d2h-code-linenumber)")).to_have_count(2)
+
+    # And back to the pending one.
+    await page.locator("#change-history").select_option(str(second))
+    await expect(page.locator(".review-bar .badge")).to_have_text("pending")
+    await expect(page.locator("#accept-all")).to_be_enabled()
+    await expect(page.locator(".accept-hunk")).to_have_count(3)

@@ -1,15 +1,16 @@
 // A change under review: the file tree, the diff (diff2html + highlight.js, one file at a time
 // as it comes into view, unrendered again far away), and the review loop: accept / reject of
 // the whole change, a file or a hunk; accept as a commit; line comments and request changes;
-// what changed since my last review (the interdiff); the conflict view with rebase and
-// resolve-with-agent; and the worktree's live diff while a turn runs. Everything from the
+// what changed since my last review (the interdiff); the session's history of changes (any one
+// opens, past ones to read); the conflict view with rebase and resolve-with-agent; and the
+// worktree's live diff while a turn runs. Everything from the
 // change is text: paths go in via textContent, and diff2html escapes every line and name.
 //
 // A feature is an action (a method), maybe a key in KEYS, and where it needs it a part of the
 // bar or of a file section (decorate adds hunk buttons and comment rows to a rendered file).
 
 import { VirtualList } from './virtual-list.js';
-import { byId, confirmDialog, el, fill } from './dom.js';
+import { byId, confirmDialog, el, fill, timeAgo } from './dom.js';
 import { splitDiff } from './diffsplit.js';
 import { highlighter, languageFor } from './highlight.js';
 import { commentForm, commentNode, insertRowAfter, lineOf, numberCell, removeRow, rowOf, where } from './comments.js';
@@ -140,6 +141,7 @@ export class ReviewView {
     const bar = el('div', { cls: 'review-bar' }, [
       el('strong', { text: title }),
       el('span', { cls: `badge state-${change.status}`, text: change.status }),
+      this.historyPicker(),
       el('span', { cls: 'meta', text: `${files.length} files +${adds} −${dels}${change.diff_truncated || change.truncated ? ' · truncated' : ''}` }),
       this.mode === 'since' || since ? el('button', {
         text: this.mode === 'since' ? 'Show the whole change' : since.label,
@@ -167,6 +169,7 @@ export class ReviewView {
       change.status === 'conflict' && this.mode === 'change' ? this.conflictPanel() : null,
       this.mode === 'since' ? el('p', { cls: 'note interdiff-note', text: `Only what changed since change #${change.since_change_id}, for reading; review the whole change to act on it.` }) : null,
       this.mode === 'live' ? el('p', { cls: 'note', text: 'What the worktree holds now, a turn may still be changing it; it becomes a change to review when the turn ends.' }) : null,
+      this.mode === 'change' && !OPEN.includes(change.status) ? el('p', { cls: 'note past-note', text: `Change #${change.change_id} is ${change.status}: shown for reading.` }) : null,
       this.mode === 'change' ? this.commentsPanel() : null,
       ...notes.map((n) => el('p', { cls: 'note', text: n })),
       body,
@@ -186,6 +189,34 @@ export class ReviewView {
     this.fileNodes = this.sections.map((section, i) => this.fileSection(section, i));
     this.pane.replaceChildren(...this.fileNodes);
     for (const node of this.fileNodes) this.observer.observe(node);
+  }
+
+  // ------------------------------------------------------------------ the session's changes
+
+  // Every change of the session, newest first (list_changes): choosing one opens it.
+  historyPicker() {
+    const change = this.change;
+    if (this.mode !== 'change' || !change.change_id) return null;
+    const select = el('select', {
+      attrs: { id: 'change-history', 'aria-label': "This session's changes" },
+      on: { change: () => this.open(Number(select.value)).catch((error) => this.fail(error)) },
+    }, [el('option', { text: `#${change.change_id} · ${change.status}`, attrs: { value: change.change_id } })]);
+    this.loadHistory(select).catch((error) => this.fail(error));
+    return select;
+  }
+
+  async loadHistory(select) {
+    const shown = this.change.change_id;
+    const ack = await this.connection.request({ type: 'list_changes', session_id: this.change.session_id, limit: 50 });
+    const options = ack.changes.map((c) => {
+      const comments = c.comment_count ? ` · ${c.comment_count} comment${c.comment_count === 1 ? '' : 's'}` : '';
+      const task = c.task_id ? ` · task #${c.task_id}` : '';
+      return el('option', {
+        text: `#${c.change_id} · ${c.status}${task}${comments} · ${timeAgo(c.created_at)}`,
+        attrs: { value: c.change_id, selected: c.change_id === shown },
+      });
+    });
+    fill(select, ...options);
   }
 
   conflictPanel() {
@@ -457,8 +488,9 @@ export class ReviewView {
   }
 
   // A comment of this change (our own ack, or a review_comment frame from anyone).
+  // Frames replayed before the view has loaded a change are in what get_diff returns.
   addComment(comment) {
-    if (this.mode !== 'change' || comment.change_id !== this.change.change_id) return;
+    if (!this.change || this.mode !== 'change' || comment.change_id !== this.change.change_id) return;
     if (this.comments.some((c) => c.comment_id === comment.comment_id)) return;
     this.comments.push(comment);
     this.renderComments();
@@ -466,6 +498,7 @@ export class ReviewView {
   }
 
   markSent(commentIds, taskId) {
+    if (!this.change) return;
     for (const comment of this.comments) {
       if (commentIds.includes(comment.comment_id)) Object.assign(comment, { state: 'sent', task_id: taskId });
     }
