@@ -83,16 +83,38 @@ async def test_commit_mode_without_a_message_names_session_and_task_and_merges_o
     ]
 
 
-def start_conflicting_rebase(repo: Path) -> None:
+def diverge(repo: Path) -> None:
+    """Branches topic and main that edit keep.txt differently; main checked out."""
     git(repo, "checkout", "-qb", "topic")
     (repo / "keep.txt").write_text("topic\n")
     git(repo, "commit", "-qam", "topic")
     git(repo, "checkout", "-q", "main")
     (repo / "keep.txt").write_text("main\n")
     git(repo, "commit", "-qam", "main")
+
+
+def stopped_by_a_conflict(repo: Path, *args: str) -> None:
+    result = subprocess.run(["git", *args], cwd=repo, env=GIT_ENV, capture_output=True, check=False)
+    assert result.returncode != 0, result.stdout
+
+
+def start_conflicting_rebase(repo: Path) -> None:
+    diverge(repo)
     git(repo, "checkout", "-q", "topic")
-    result = subprocess.run(["git", "rebase", "main"], cwd=repo, env=GIT_ENV, capture_output=True, check=False)
-    assert result.returncode != 0 and (repo / ".git" / "rebase-merge").is_dir()
+    stopped_by_a_conflict(repo, "rebase", "main")
+    assert (repo / ".git" / "rebase-merge").is_dir()
+
+
+def start_conflicting_merge(repo: Path) -> None:
+    diverge(repo)
+    stopped_by_a_conflict(repo, "merge", "topic")
+    assert (repo / ".git" / "MERGE_HEAD").is_file()
+
+
+def start_conflicting_cherry_pick(repo: Path) -> None:
+    diverge(repo)
+    stopped_by_a_conflict(repo, "cherry-pick", "topic")
+    assert (repo / ".git" / "CHERRY_PICK_HEAD").is_file()
 
 
 def stage_an_edit(repo: Path) -> None:
@@ -108,6 +130,8 @@ def detach(repo: Path) -> None:
     ("prepare", "reason"),
     [
         (start_conflicting_rebase, "has a rebase in progress"),
+        (start_conflicting_merge, "has a merge in progress"),
+        (start_conflicting_cherry_pick, "has a cherry-pick in progress"),
         (stage_an_edit, "has staged changes of its own"),
         (detach, "detached HEAD"),
     ],
