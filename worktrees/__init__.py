@@ -5,34 +5,65 @@ Public API (see worktrees.manager for the dispatcher's two calls and the review 
 
 from __future__ import annotations
 
+from worktrees.comments import Comment
 from worktrees.diff import Diff, FileChange
 from worktrees.errors import (
     ApplyConflict,
+    BadBranch,
     ChangeNotFound,
     ChangeNotPending,
+    CheckoutBusy,
     GitCommandFailed,
+    InvalidComment,
+    NoComments,
+    NoConflicts,
+    NothingToRebase,
     NoWorktree,
     PathOutsideRoot,
     RestoreRefused,
     SessionNotFound,
     TurnRunning,
     UnknownFile,
+    UnknownHunk,
+    UnresolvedConflicts,
     WorktreeBroken,
     WorktreeDirty,
     WorktreeError,
 )
-from worktrees.manager import Announce, PendingChange, Reaped, Resolution, Worktree, WorktreeManager
+from worktrees.hunks import HunkInfo, with_hunks
+from worktrees.manager import (
+    ACCEPT_MODES,
+    AcceptMode,
+    Announce,
+    Delivery,
+    PendingChange,
+    Reaped,
+    Resolution,
+    Worktree,
+    WorktreeManager,
+)
 from worktrees.settings import WorktreeSettings
 
 __all__ = [
+    "ACCEPT_MODES",
+    "AcceptMode",
     "Announce",
     "ApplyConflict",
+    "BadBranch",
     "ChangeNotFound",
     "ChangeNotPending",
+    "CheckoutBusy",
+    "Comment",
+    "Delivery",
     "Diff",
     "FileChange",
     "GitCommandFailed",
+    "HunkInfo",
+    "InvalidComment",
+    "NoComments",
+    "NoConflicts",
     "NoWorktree",
+    "NothingToRebase",
     "PathOutsideRoot",
     "PendingChange",
     "Reaped",
@@ -41,10 +72,13 @@ __all__ = [
     "SessionNotFound",
     "TurnRunning",
     "UnknownFile",
+    "UnknownHunk",
+    "UnresolvedConflicts",
     "Worktree",
     "WorktreeBroken",
     "WorktreeDirty",
     "WorktreeError",
     "WorktreeManager",
     "WorktreeSettings",
+    "with_hunks",
 ]
