@@ -190,3 +190,21 @@ async def test_any_change_of_the_session_opens_from_its_history(page: Page, stac
     await expect(page.locator(".review-bar .badge")).to_have_text("pending")
     await expect(page.locator("#accept-all")).to_be_enabled()
     await expect(page.locator(".accept-hunk")).to_have_count(3)
+
+
+async def test_with_nothing_pending_the_change_tab_lists_the_earlier_changes(page: Page, stack: Stack) -> None:
+    session, change = await scripted_change(stack, {"a.txt": edited(HUNK_1, HUNK_2)})
+    await stack.review.accept(change, by="cli:alice")
+    await sign_in(page, stack.gateway.page_url, stack.token)
+    await page.goto(f"{stack.gateway.page_url}#/session/{session}")
+
+    await expect(page.locator("#tab-change")).to_be_enabled()
+    await page.locator("#tab-change").click()
+    await expect(page.locator("#review")).to_contain_text("No pending change.")
+    earlier = page.locator("#change-history-list button")
+    await expect(earlier).to_have_count(1)
+    await expect(earlier.nth(0)).to_contain_text(f"#{change} · accepted")
+    await earlier.nth(0).click()
+    await expect(page.locator(".review-bar strong")).to_have_text(f"Change #{change}")
+    await expect(page.locator(".review-bar .badge")).to_have_text("accepted")
+    await expect(page.locator("#accept-all")).to_be_disabled()

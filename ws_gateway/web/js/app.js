@@ -192,7 +192,7 @@ function showSessionHead() {
     : `#${current.id}`;
   const change = s ? s.pending_change : null;
   const tab = byId('tab-change');
-  tab.disabled = !change && current.changeId === null;
+  tab.disabled = false; // with nothing pending it lists the session's earlier changes
   tab.textContent = change ? `Change · ${change.files} file${change.files === 1 ? '' : 's'} +${change.additions} −${change.deletions}` : 'Change';
   if (change && current.view === 'change' && current.changeId !== change.change_id) showView();
 }
@@ -214,8 +214,8 @@ function showView() {
     if (changeId !== null && changeId !== current.changeId && state.connection.state === 'online') {
       current.changeId = changeId;
       review.open(changeId).catch((error) => showError(`Cannot load change #${changeId}: ${error.message}`));
-    } else if (changeId === null && current.changeId === null) {
-      byId('review').replaceChildren(el('p', { cls: 'meta', text: 'No pending change.' }));
+    } else if (changeId === null && current.changeId === null && state.connection.state === 'online') {
+      review.openNone(current.id).catch((error) => showError(`Cannot list the changes: ${error.message}`));
     }
   } else {
     conversation.changed(0);

@@ -103,6 +103,22 @@ export class ReviewView {
     this.show({ ...live, change_id: null, status: 'live', files: live.diff_files, comments: [] }, 'live');
   }
 
+  // Nothing pending: say so, and offer the session's earlier changes (to read) when it has any.
+  async openNone(sessionId) {
+    this.change = null;
+    const note = el('p', { cls: 'meta', text: 'No pending change.' });
+    this.container.replaceChildren(note);
+    const ack = await this.connection.request({ type: 'list_changes', session_id: sessionId, limit: 50 });
+    if (!ack.changes.length) return;
+    const list = el('ul', { cls: 'change-history-list', attrs: { id: 'change-history-list', 'aria-label': "This session's changes" } },
+      ack.changes.map((c) => el('li', {}, [el('button', {
+        text: `#${c.change_id} · ${c.status}${c.task_id ? ` · task #${c.task_id}` : ''} · ${timeAgo(c.created_at)}`,
+        attrs: { type: 'button' },
+        on: { click: () => this.open(c.change_id).catch((error) => this.fail(error)) },
+      })])));
+    this.container.replaceChildren(note, el('p', { cls: 'meta', text: 'Earlier changes:' }), list);
+  }
+
   show(diff, mode) {
     this.change = diff;
     this.mode = mode;
