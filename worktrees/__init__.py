@@ -43,6 +43,7 @@ from worktrees.manager import (
     WorktreeManager,
 )
 from worktrees.settings import WorktreeSettings
+from worktrees.spares import Spare, SpareWarmer, SpareWorktrees, Taken, read_spare_status
 
 __all__ = [
     "ACCEPT_MODES",
@@ -70,6 +71,10 @@ __all__ = [
     "Resolution",
     "RestoreRefused",
     "SessionNotFound",
+    "Spare",
+    "SpareWarmer",
+    "SpareWorktrees",
+    "Taken",
     "TurnRunning",
     "UnknownFile",
     "UnknownHunk",
@@ -80,5 +85,6 @@ __all__ = [
     "WorktreeError",
     "WorktreeManager",
     "WorktreeSettings",
+    "read_spare_status",
     "with_hunks",
 ]

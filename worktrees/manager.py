@@ -10,7 +10,8 @@ The dispatcher's calls::
 ``ensure`` costs one UPDATE and a few file reads (the ``.git`` check, no git) when the worktree
 exists; otherwise it creates (or heals) ``<root>/<project_id>/<session_id>`` on branch
 ``switchyard/<session_id>`` under the project's advisory lock, so one repository is changed by
-one process at a time.
+one process at a time. A new session takes a spare worktree instead when ``spares``
+(worktrees.spares.SpareWorktrees) has one ready and intact; it keeps the spare's directory name.
 
 ``record_turn`` snapshots the worktree (see worktrees.git), diffs it against the session's
 base, and in one transaction supersedes the open changes and inserts the new one, which
@@ -82,6 +83,7 @@ from worktrees.errors import (
 from worktrees.live import LiveDiff, LiveIndex
 from worktrees.selection import Chosen, Selection, choose, restore_to
 from worktrees.settings import WorktreeSettings
+from worktrees.spares import SpareWorktrees
 
 log = get_logger("worktrees")
 
@@ -259,8 +261,11 @@ class WorktreeManager:
         *,
         announce: Announce | None = None,
         announce_comment: AnnounceComment | None = None,
+        spares: SpareWorktrees | None = None,
     ) -> None:
         self.settings = settings or WorktreeSettings()
+        # Set by whoever keeps spare worktrees (the dispatcher's runtime); None: none are kept.
+        self.spares = spares
         self.root = Path(os.path.abspath(self.settings.root))
         self._db = db
         self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
@@ -271,7 +276,9 @@ class WorktreeManager:
 
     def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
         """This manager on another pool or connection (e.g. inside the caller's transaction)."""
-        bound = WorktreeManager(db, self.settings, announce=self._announce, announce_comment=self._announce_comment)
+        bound = WorktreeManager(
+            db, self.settings, announce=self._announce, announce_comment=self._announce_comment, spares=self.spares
+        )
         bound._not_reaped = self._not_reaped
         return bound
 
@@ -345,7 +352,14 @@ class WorktreeManager:
                 base_commit=row["base_commit"] if healing else "",
                 repo_path=Path(ctx["repo_path"]),
             )
-            base = await anyio.to_thread.run_sync(self._materialize, wt)
+            spare = None
+            if not healing and self.spares is not None:
+                base_ref = refs_prefix(session_id) + "base"
+                spare = await self.spares.claim(wt.project_id, wt.repo_path, wt.branch, base_ref)
+            if spare is not None:
+                wt, base = dataclasses.replace(wt, path=spare.path), spare.base
+            else:
+                base = await anyio.to_thread.run_sync(self._materialize, wt)
             await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
         log.info("worktree.ready", session_id=session_id, path=wt.path, base=base)
         git_dir = await anyio.to_thread.run_sync(git.common_dir, wt.repo_path)
