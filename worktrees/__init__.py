@@ -5,35 +5,66 @@ Public API (see worktrees.manager for the dispatcher's two calls and the review 
 
 from __future__ import annotations
 
+from worktrees.comments import Comment
 from worktrees.diff import Diff, FileChange
 from worktrees.errors import (
     ApplyConflict,
+    BadBranch,
     ChangeNotFound,
     ChangeNotPending,
+    CheckoutBusy,
     GitCommandFailed,
+    InvalidComment,
+    NoComments,
+    NoConflicts,
+    NothingToRebase,
     NoWorktree,
     PathOutsideRoot,
     RestoreRefused,
     SessionNotFound,
     TurnRunning,
     UnknownFile,
+    UnknownHunk,
+    UnresolvedConflicts,
     WorktreeBroken,
     WorktreeDirty,
     WorktreeError,
 )
-from worktrees.manager import Announce, PendingChange, Reaped, Resolution, Worktree, WorktreeManager
+from worktrees.hunks import HunkInfo, with_hunks
+from worktrees.manager import (
+    ACCEPT_MODES,
+    AcceptMode,
+    Announce,
+    Delivery,
+    PendingChange,
+    Reaped,
+    Resolution,
+    Worktree,
+    WorktreeManager,
+)
 from worktrees.settings import WorktreeSettings
 from worktrees.spares import Spare, SpareWarmer, SpareWorktrees, Taken, read_spare_status
 
 __all__ = [
+    "ACCEPT_MODES",
+    "AcceptMode",
     "Announce",
     "ApplyConflict",
+    "BadBranch",
     "ChangeNotFound",
     "ChangeNotPending",
+    "CheckoutBusy",
+    "Comment",
+    "Delivery",
     "Diff",
     "FileChange",
     "GitCommandFailed",
+    "HunkInfo",
+    "InvalidComment",
+    "NoComments",
+    "NoConflicts",
     "NoWorktree",
+    "NothingToRebase",
     "PathOutsideRoot",
     "PendingChange",
     "Reaped",
@@ -46,6 +77,8 @@ __all__ = [
     "Taken",
     "TurnRunning",
     "UnknownFile",
+    "UnknownHunk",
+    "UnresolvedConflicts",
     "Worktree",
     "WorktreeBroken",
     "WorktreeDirty",
@@ -53,4 +86,5 @@ __all__ = [
     "WorktreeManager",
     "WorktreeSettings",
     "read_spare_status",
+    "with_hunks",
 ]
