@@ -34,6 +34,9 @@ SETTINGS_FILE = "switchyard.conf"
 SOCKET_DIR = "run"
 LOG_FILE = "postgres.log"
 START_TIMEOUT_S = 60
+# pg_ctl stop waits this long (its default, 60 s, is too short for a shutdown checkpoint on a
+# loaded machine).
+STOP_WAIT = "180"
 SERVICE_USER = "postgres"
 
 INSTALL_HINT = (
@@ -197,7 +200,7 @@ class EmbeddedPostgres:
     def stop(self, mode: str = "fast") -> None:
         if self.is_running():
             self._run(
-                [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.directory), "-m", mode, "-w"],
+                [str(self.bindir / "pg_ctl"), "stop", "-D", str(self.directory), "-m", mode, "-w", "-t", STOP_WAIT],
                 what="pg_ctl stop",
             )
 
