@@ -49,7 +49,7 @@ import anyio
 import asyncpg
 
 from kernel import get_logger
-from worktrees import diff, git
+from worktrees import diff, git, remote
 from worktrees import queries as q
 from worktrees.diff import Caps, Diff, FileChange
 from worktrees.errors import (
@@ -57,12 +57,15 @@ from worktrees.errors import (
     ChangeNotFound,
     ChangeNotPending,
     GitCommandFailed,
+    NoCheckout,
     NoWorktree,
+    RemoteUnavailable,
     SessionNotFound,
     TurnRunning,
     UnknownFile,
     WorktreeBroken,
     WorktreeDirty,
+    WorktreeElsewhere,
     WorktreeError,
 )
 from worktrees.settings import WorktreeSettings
@@ -82,9 +85,16 @@ class Worktree:
     path: Path
     branch: str
     base_commit: str
+    # The repository the worktree belongs to: the project's checkout, or this node's clone of
+    # its remote (worktrees.remote).
     repo_path: Path
     # The project repository's git directory, where the worktree's git metadata lives (set by ensure).
     git_dir: Path | None = None
+    # A project with a remote: its URL, and its local checkout if it has one (accepts apply there).
+    remote_url: str | None = None
+    checkout: Path | None = None
+    # The node whose disk holds the worktree (None: one shared disk).
+    node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,9 +197,14 @@ class WorktreeManager:
         settings: WorktreeSettings | None = None,
         *,
         announce: Announce | None = None,
+        node_id: str | None = None,
     ) -> None:
         self.settings = settings or WorktreeSettings()
         self.root = Path(os.path.abspath(self.settings.root))
+        # A relative clones directory sits beside the worktree root (the service makes both absolute).
+        self.clones = Path(os.path.abspath(self.root.parent / self.settings.clones))
+        # The node this process runs on (orchestrator.db.nodes): it holds the worktrees it creates.
+        self.node_id = node_id
         self._db = db
         self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
         self._announce = announce
@@ -198,7 +213,7 @@ class WorktreeManager:
 
     def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
         """This manager on another pool or connection (e.g. inside the caller's transaction)."""
-        bound = WorktreeManager(db, self.settings, announce=self._announce)
+        bound = WorktreeManager(db, self.settings, announce=self._announce, node_id=self.node_id)
         bound._not_reaped = self._not_reaped
         return bound
 
@@ -215,14 +230,24 @@ class WorktreeManager:
             await self._announce(conn, change)
 
     def _worktree(self, row: asyncpg.Record) -> Worktree:
+        remote, checkout = row["remote_url"], row["repo_path"]
         return Worktree(
             session_id=row["session_id"],
             project_id=row["project_id"],
             path=Path(row["path"]),
             branch=row["branch"],
             base_commit=row["base_commit"],
-            repo_path=Path(row["repo_path"]),
+            repo_path=self._repository(row["project_id"], checkout, remote),
+            remote_url=remote,
+            checkout=Path(checkout) if checkout else None,
+            node_id=row["node_id"],
         )
+
+    def _repository(self, project_id: int, checkout: str | None, remote: str | None) -> Path:
+        if remote:
+            return self.clones / f"{project_id}.git"
+        assert checkout is not None  # a project has a checkout or a remote (schema)
+        return Path(checkout)
 
     def _checked(self, wt: Worktree) -> git.Checkout:
         """The worktree as git sees it, ``.git`` restored; refuses one outside the root or not a worktree."""
@@ -239,7 +264,7 @@ class WorktreeManager:
     async def ensure(self, session_id: int) -> Worktree:
         """The session's worktree, created or healed as needed (see the module docstring)."""
         async with self._connection() as conn:
-            row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id)
+            row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id, self.node_id)
             if row is not None:
                 wt = self._worktree(row)
                 git_dir = await anyio.to_thread.run_sync(self._usable, wt)
@@ -264,17 +289,28 @@ class WorktreeManager:
             row = await conn.fetchrow(q.WORKTREE, session_id)
             # An active row heals from its stored base; a reaped session starts afresh from HEAD.
             healing = row is not None and row["status"] == "active"
+            remote = ctx["remote_url"]
             wt = Worktree(
                 session_id=session_id,
                 project_id=ctx["project_id"],
                 path=self.root / str(ctx["project_id"]) / str(session_id),
                 branch=f"switchyard/{session_id}",
                 base_commit=row["base_commit"] if healing else "",
-                repo_path=Path(ctx["repo_path"]),
+                repo_path=self._repository(ctx["project_id"], ctx["repo_path"], remote),
+                remote_url=remote,
+                checkout=Path(ctx["repo_path"]) if ctx["repo_path"] else None,
+                node_id=self.node_id,
             )
-            base = await anyio.to_thread.run_sync(self._materialize, wt)
-            await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
-        log.info("worktree.ready", session_id=session_id, path=wt.path, base=base)
+            if remote:
+                # A session moving in from another node (or new here) comes through the remote.
+                moving = healing and row["node_id"] != self.node_id
+                base = await anyio.to_thread.run_sync(self._materialize_remote, wt, ctx["default_branch"], moving)
+            else:
+                base = await anyio.to_thread.run_sync(self._materialize, wt)
+            await conn.execute(
+                q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base, self.node_id
+            )
+        log.info("worktree.ready", session_id=session_id, path=wt.path, base=base, node_id=self.node_id or "-")
         git_dir = await anyio.to_thread.run_sync(git.common_dir, wt.repo_path)
         return dataclasses.replace(wt, base_commit=base, git_dir=git_dir)
 
@@ -287,6 +323,39 @@ class WorktreeManager:
         git.add_worktree(wt.repo_path, path, wt.branch, base)
         git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "base", base)
         return base
+
+    def _materialize_remote(self, wt: Worktree, default_branch: str, moving: bool) -> str:
+        """The worktree in this node's clone: a new session from the remote's default branch, a
+        session moving in from the snapshot its last turn pushed (worktrees.remote)."""
+        assert wt.remote_url is not None
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = git.inside_root(self.root, wt.path)
+        repo = remote.ensure_clone(self.clones, wt.project_id, wt.remote_url)
+        if not wt.base_commit:
+            base = git.rev_parse(repo, f"refs/heads/{wt.branch}") or remote.fetch_branch(
+                repo, wt.remote_url, default_branch
+            )
+            git.add_worktree(repo, path, wt.branch, base)
+            git.update_ref(repo, refs_prefix(wt.session_id) + "base", base)
+            return base
+        if not moving:  # ours, its directory lost: heal from the stored base, as without a remote
+            if not remote.have_commit(repo, wt.base_commit):
+                remote.fetch_session(repo, wt.remote_url, wt.session_id)
+            git.add_worktree(repo, path, wt.branch, wt.base_commit)
+            return wt.base_commit
+        # What this node may still hold of an earlier stay is stale: start from the remote's.
+        git.remove_worktree(repo, path, wt.branch, ())
+        snapshot = remote.fetch_session(repo, wt.remote_url, wt.session_id)
+        if not remote.have_commit(repo, wt.base_commit):
+            raise RemoteUnavailable(
+                f"session {wt.session_id}'s base {wt.base_commit} is not on the remote {wt.remote_url}"
+            )
+        git.add_worktree(repo, path, wt.branch, wt.base_commit)
+        if snapshot is not None:
+            checkout = git.trusted_checkout(repo, path)
+            git.restore_snapshot(checkout, snapshot)
+        log.info("worktree.moved_in", session_id=wt.session_id, snapshot=snapshot or "-", base=wt.base_commit)
+        return wt.base_commit
 
     # ------------------------------------------------------------------------ record a turn
 
@@ -310,9 +379,23 @@ class WorktreeManager:
 
     def _snapshot_diff(self, wt: Worktree) -> tuple[str, Diff]:
         checkout = self._checked(wt)
+        if wt.remote_url and not remote.have_commit(wt.repo_path, wt.base_commit):
+            # An accept elsewhere moved the base; it pushed the new one.
+            remote.fetch_session(wt.repo_path, wt.remote_url, wt.session_id)
         snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
         git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "snapshot", snapshot)
+        if wt.remote_url:
+            self._push(wt, snapshot)
         return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+
+    def _push(self, wt: Worktree, snapshot: str) -> None:
+        """Publish the snapshot for failover; a failure only logs (a node taking the session over
+        then starts from the last snapshot that was pushed)."""
+        assert wt.remote_url is not None
+        try:
+            remote.push_session(wt.repo_path, wt.remote_url, wt.session_id, snapshot=snapshot, base=wt.base_commit)
+        except RemoteUnavailable as exc:
+            log.warning("worktree.snapshot_not_pushed", session_id=wt.session_id, error=exc)
 
     async def _insert(
         self,
@@ -407,7 +490,10 @@ class WorktreeManager:
         change, wt = await self._lock_open_change(conn, change_id, lock_project=True)
         running = await conn.fetchval(q.RUNNING_TASK, wt.session_id) is not None
         try:
-            applied = await anyio.to_thread.run_sync(self._apply, wt, change, files, not running)
+            if wt.remote_url:
+                applied = await anyio.to_thread.run_sync(self._apply_remote, wt, change, files)
+            else:
+                applied = await anyio.to_thread.run_sync(self._apply, wt, change, files, not running)
         except ApplyConflict as exc:
             row = await conn.fetchrow(q.MARK_CONFLICT, change_id, resolved_by, str(exc))
             conflicted = PendingChange.from_row(row)
@@ -419,7 +505,41 @@ class WorktreeManager:
             remainder = (change.snapshot_commit, applied.new_base, applied.remainder)
         return await self._resolve(conn, change, "accepted", resolved_by, applied.accepted, remainder)
 
-    def _apply(self, wt: Worktree, change: PendingChange, names: Sequence[str] | None, advance: bool) -> _Applied:
+    def _apply_remote(self, wt: Worktree, change: PendingChange, names: Sequence[str] | None) -> _Applied:
+        """Accept a change of a project with a remote: applied to the project's local checkout
+        (which needs one), the new base pushed before the checkout is touched, so the session's
+        node finds it whichever node that is."""
+        assert wt.remote_url is not None and change.snapshot_commit is not None
+        if wt.checkout is None:
+            raise NoCheckout(
+                f"accepting change {change.id} applies it to the project's checkout, and project {wt.project_id} "
+                f"has only a remote ({wt.remote_url}); register the project with a checkout (repo_path) to accept"
+            )
+        repo = wt.checkout
+        if not (remote.have_commit(repo, change.snapshot_commit) and remote.have_commit(repo, wt.base_commit)):
+            remote.fetch_session(repo, wt.remote_url, wt.session_id)
+        for commit in (change.snapshot_commit, wt.base_commit):
+            if not remote.have_commit(repo, commit):
+                raise RemoteUnavailable(
+                    f"change {change.id}: commit {commit} of session {wt.session_id} is not on the remote "
+                    f"{wt.remote_url} (the turn's push failed?)"
+                )
+        url = wt.remote_url
+
+        def publish(new_base: str) -> None:
+            remote.push_session(repo, url, wt.session_id, snapshot=None, base=new_base)
+
+        # The worktree lives in a node's clone, not in this repository: its branch is not moved.
+        return self._apply(dataclasses.replace(wt, repo_path=repo), change, names, False, publish)
+
+    def _apply(
+        self,
+        wt: Worktree,
+        change: PendingChange,
+        names: Sequence[str] | None,
+        advance: bool,
+        publish: Callable[[str], None] | None = None,
+    ) -> _Applied:
         assert change.snapshot_commit is not None
         repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
         entries = diff.changes(repo, base, snapshot)
@@ -433,6 +553,8 @@ class WorktreeManager:
         new_base = git.commit_tree(
             repo, tree, base, f"switchyard: accept change {change.id} of session {wt.session_id}\n\n{listing}\n"
         )
+        if publish is not None:
+            publish(new_base)
         mode = git.apply_to_checkout(repo, patch, paths)
         log.info("change.applied", change_id=change.id, repo=repo, mode=mode)
         git.update_ref(repo, refs_prefix(wt.session_id) + "base", new_base)
@@ -471,6 +593,11 @@ class WorktreeManager:
             async with self._connection() as conn, conn.transaction():
                 # The worktree row lock also holds off the next turn's ensure() until we are done.
                 change, wt = await self._lock_open_change(conn, change_id, lock_project=False)
+                if wt.remote_url and wt.node_id != self.node_id:
+                    raise WorktreeElsewhere(
+                        f"session {wt.session_id}'s worktree is on node {wt.node_id}; reject change {change_id} "
+                        "through a service on that node"
+                    )
                 task = await conn.fetchval(q.RUNNING_TASK, wt.session_id)
                 if task is not None:
                     raise TurnRunning(
@@ -541,7 +668,7 @@ class WorktreeManager:
         """Remove worktrees of idle or archived sessions that have nothing open or running."""
         async with self._connection() as conn:
             idle = self.settings.reap_idle_after
-            candidates = await conn.fetch(q.REAP_CANDIDATES, idle, ARCHIVED_GRACE_S)
+            candidates = await conn.fetch(q.REAP_CANDIDATES, idle, ARCHIVED_GRACE_S, self.node_id)
             return [await self._reap_one(conn, r["session_id"], r["project_id"]) for r in candidates]
 
     async def _reap_one(self, conn: asyncpg.Connection, session_id: int, project_id: int) -> Reaped:

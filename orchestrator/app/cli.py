@@ -158,7 +158,7 @@ async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_changes(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        changes = await ReviewService(conn, ctx.config.worktrees).list_changes(
+        changes = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).list_changes(
             session_id=args.session, status=args.status, limit=args.limit
         )
     if args.json:
@@ -171,20 +171,24 @@ async def cmd_changes(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_diff(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        text = await ReviewService(conn, ctx.config.worktrees).get_diff(args.change_id)
+        text = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).get_diff(args.change_id)
     sys.stdout.write(text)
     return 0
 
 
 async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        resolution = await ReviewService(conn, ctx.config.worktrees).accept(args.change_id, files=args.file, by=args.by)
+        resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).accept(
+            args.change_id, files=args.file, by=args.by
+        )
     return _print_resolution(resolution, as_json=args.json)
 
 
 async def cmd_reject(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        resolution = await ReviewService(conn, ctx.config.worktrees).reject(args.change_id, files=args.file, by=args.by)
+        resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).reject(
+            args.change_id, files=args.file, by=args.by
+        )
     return _print_resolution(resolution, as_json=args.json)
 
 
@@ -265,7 +269,9 @@ async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
             stack.push_async_callback(review_pool.close)
             stack.callback(on_scrape(partial(refresh_tasks, pool)))
             async with anyio.create_task_group() as tg:
-                actions = OrchestratorActions(pool, ReviewService(review_pool, config.worktrees), config.native)
+                actions = OrchestratorActions(
+                    pool, ReviewService(review_pool, config.worktrees, node_id=config.node_id), config.native
+                )
                 ws_url = await tg.start(Gateway(settings, pool, actions, url).serve)
                 await tg.start(announce_gateway, url, ws_url)
                 print(f"gateway: {ws_url}", flush=True)

@@ -33,7 +33,9 @@ log = get_logger("nodes")
 class NodeBeat:
     """One dispatcher's heartbeat of its node; ``draining`` is what the last one learned."""
 
-    def __init__(self, node_id: str, settings: NodeSettings, agents: Callable[[], Sequence[str]], capacity: int) -> None:
+    def __init__(
+        self, node_id: str, settings: NodeSettings, agents: Callable[[], Sequence[str]], capacity: int
+    ) -> None:
         self.node_id = node_id
         self.settings = settings
         self._agents = agents

@@ -57,8 +57,14 @@ async def announce_change(conn: asyncpg.Connection, change: PendingChange) -> No
 
 
 class ReviewService:
-    def __init__(self, db: asyncpg.Pool | asyncpg.Connection, settings: WorktreeSettings | None = None) -> None:
-        self.worktrees = WorktreeManager(db, settings, announce=announce_change)
+    def __init__(
+        self,
+        db: asyncpg.Pool | asyncpg.Connection,
+        settings: WorktreeSettings | None = None,
+        *,
+        node_id: str | None = None,
+    ) -> None:
+        self.worktrees = WorktreeManager(db, settings, announce=announce_change, node_id=node_id)
 
     async def list_changes(
         self, *, session_id: int | None = None, status: str | None = None, limit: int = 50

@@ -125,7 +125,8 @@ async def test_claim_plan_walks_the_claim_index_even_with_stale_statistics(
         [sessions[i % 20] for i in range(2000)],
     )
     plan = "\n".join(
-        r[0] for r in await claimer.fetch(
+        r[0]
+        for r in await claimer.fetch(
             "EXPLAIN " + queries.CLAIM_TASKS, "w", LEASE, 1, HISTORY, "native", "n", AGENTS, AGENTS, UNCLAIMABLE_AFTER
         )
     )
