@@ -31,7 +31,7 @@ from orchestrator.app.config import Config, load_config
 from orchestrator.app.service import announce_gateway, run_dispatcher_only, run_service
 from orchestrator.app.status import print_status, read_status
 from orchestrator.app.wiring import open_pool
-from orchestrator.db import database_url, migrate, migrate_url, schema_version
+from orchestrator.db import NodeRow, database_url, get_node, list_nodes, migrate, migrate_url, schema_version, set_drain
 from orchestrator.dispatch import refresh_tasks
 from orchestrator.errors import NotFound
 from orchestrator.services import (
@@ -71,6 +71,8 @@ Handler = Callable[[CliContext, argparse.Namespace], Awaitable[int]]
 
 # The table view of `switchyard tasks` shortens inputs to this many characters (--json: whole rows).
 TABLE_INPUT_CHARS = 60
+# `switchyard node drain --wait` looks this often.
+DRAIN_POLL = 0.5
 
 
 # ---------------------------------------------------------------------------- commands
@@ -90,7 +92,7 @@ async def cmd_migrate(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_project_add(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        project_id = await add_project(conn, Path(args.path), args.name)
+        project_id = await add_project(conn, Path(args.path) if args.path else None, args.name, remote=args.remote)
     print(project_id)
     return 0
 
@@ -98,7 +100,7 @@ async def cmd_project_add(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_project_list(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
         rows = await list_projects(conn)
-    print_table(rows, ("id", "name", "repo_path", "default_branch"), as_json=args.json)
+    print_table(rows, ("id", "name", "repo_path", "remote_url", "default_branch"), as_json=args.json)
     return 0
 
 
@@ -131,7 +133,7 @@ async def cmd_tasks(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dict(row) for row in rows], default=str, indent=2))
         return 0
-    columns = ("id", "project_id", "session_id", "state", "agent", "attempt", "failure_reason", "input")
+    columns = ("id", "project_id", "session_id", "state", "agent", "attempt", "failure_reason", "waiting_for", "input")
     print_table([{**row, "input": _shorten(row["input"])} for row in rows], columns)
     return 0
 
@@ -148,6 +150,51 @@ async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
         print(f"task {args.task_id}: cancel requested; its dispatcher is aborting the turn")
     else:
         print(f"task {args.task_id}: {state}")
+    return 0
+
+
+NODE_COLUMNS = ("id", "state", "host", "sessions", "running", "capacity", "agents", "seen")
+
+
+def _node_json(node: NodeRow) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "state": node.state,
+        "host": node.host,
+        "sessions": node.sessions,
+        "running": node.running,
+        "capacity": node.capacity,
+        "agents": node.agents,
+        "dead_after": node.dead_after,
+        "seen": f"{node.silent_for:.0f}s ago",
+        "started_at": node.started_at.isoformat(timespec="seconds"),
+        "drain_requested_at": node.drain_requested_at.isoformat(timespec="seconds")
+        if node.drain_requested_at
+        else None,
+    }
+
+
+async def cmd_nodes(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        nodes = [_node_json(n) for n in await list_nodes(conn)]
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+    else:
+        print_table([{**n, "agents": ",".join(n["agents"])} for n in nodes], NODE_COLUMNS)
+    return 0
+
+
+async def cmd_node_drain(ctx: CliContext, args: argparse.Namespace) -> int:
+    """Drain (or resume) a node; with --wait, until its running turns have ended."""
+    async with ctx.connect() as conn:
+        node = await set_drain(conn, args.node_id, not args.resume)
+        while args.wait and node.alive and node.running:
+            await anyio.sleep(DRAIN_POLL)
+            node = await get_node(conn, args.node_id)
+    if args.resume:
+        print(f"node {node.id}: claiming again")
+    else:
+        print(f"node {node.id}: {node.state}; {node.running} turns running, its idle sessions move to other nodes")
     return 0
 
 
@@ -377,8 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="manage projects", description="manage projects")
     project_sub = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
     add = _command(project_sub, "add", "register a git repository as a project", cmd_project_add)
-    add.add_argument("path", help="path inside the repository")
+    add.add_argument("path", nargs="?", help="path inside the repository (a checkout; optional with --remote)")
     add.add_argument("--name", help="project name (default: the repository's directory name)")
+    add.add_argument(
+        "--remote", metavar="URL", help="the project's git remote: every node works in its own clone (several machines)"
+    )
     plist = _command(project_sub, "list", "list projects", cmd_project_list)
     plist.add_argument("--json", action="store_true", help="print JSON")
 
@@ -411,6 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("task_id", type=int, metavar="TASK")
 
     _command(sub, "dispatcher", "run only the dispatcher (any number may share a database)", cmd_dispatcher)
+
+    nodes = _command(sub, "nodes", "list the nodes: state, sessions, running turns, agents", cmd_nodes)
+    nodes.add_argument("--json", action="store_true", help="print JSON")
+    node = sub.add_parser("node", help="manage a node", description="manage a node")
+    node_sub = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    drain = _command(
+        node_sub, "drain", "stop a node claiming; its running turns finish, its idle sessions move", cmd_node_drain
+    )
+    drain.add_argument("node_id", metavar="ID", help="the node's id (see `switchyard nodes`)")
+    drain.add_argument("--wait", action="store_true", help="return once its running turns have ended")
+    drain.add_argument("--resume", action="store_true", help="let the node claim again")
 
     changes = _command(sub, "changes", "list pending changes (newest first)", cmd_changes)
     changes.add_argument("--session", type=int, help="only this session")
