@@ -36,6 +36,8 @@ from worktrees import WorktreeManager, WorktreeSettings, remote
 
 NODES = 3
 POLL = 0.05
+WAIT_TIMEOUT = 300.0
+NEXT_TURN = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, 'READ x', 'fake') RETURNING id"
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -94,9 +96,11 @@ async def push_cost(pool: asyncpg.Pool, tmp: Path, turns: int, files: int) -> di
     }
 
 
-async def _wait(pool: asyncpg.Pool, query: str, *args: Any, timeout: float = 300) -> None:
-    with anyio.fail_after(timeout):
-        while not await pool.fetchval(query, *args):
+async def _wait(pool: asyncpg.Pool, query: str, *args: Any) -> None:
+    with anyio.fail_after(WAIT_TIMEOUT):
+        while True:
+            if await pool.fetchval(query, *args):
+                return
             await anyio.sleep(POLL)
 
 
@@ -144,14 +148,7 @@ async def failover(pool: asyncpg.Pool, url: str, tmp: Path, sessions: int, dead_
         await _wait(pool, "SELECT bool_and(state = 'running') FROM tasks WHERE id = ANY($1)", long_turns)
         victim.kill()
         killed_at = await pool.fetchval("SELECT clock_timestamp()")
-        nexts = [
-            await pool.fetchval(
-                "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, 'READ x', 'fake') RETURNING id",
-                project,
-                s,
-            )
-            for s in moved
-        ]
+        nexts = [await pool.fetchval(NEXT_TURN, project, s) for s in moved]
         await _wait(pool, "SELECT bool_and(state = 'completed') FROM tasks WHERE id = ANY($1)", nexts)
         waits = await pool.fetch(
             """SELECT extract(epoch FROM a.started_at - $2)::float8 AS claimed_after, a.worker_id
