@@ -13,6 +13,9 @@ is reopened and the lock taken again; if by then another process holds the id (i
 while we could not reach the database), ``on_lost`` is told — the dispatcher then stops its
 turns without writing and exits, since the new holder may recover them. Gateways register the
 same way (kind ``gateway``, id ``gateway:<host>:<port>``) so ``switchyard status`` finds them.
+
+The lock connection's health check, every ``HEALTH_INTERVAL``, is a ``heartbeat`` when one is
+given: a dispatcher's writes its node's row (orchestrator.db.nodes).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ share a database. Guarantees, and what provides them:
   dispatcher moves the task back to ``pending`` (when attempts remain) or to ``failed`` with
   ``failure_reason = 'interrupted'``.
 
+- Several machines (orchestrator.db.nodes): the claim leaves a session pinned to another live
+  node, and a task whose agent this node does not run while a live node does (or until
+  ``unclaimable_after`` when none does); :func:`mark_waiting` keeps ``waiting_for`` saying so.
+
 ``tasks.attempt`` counts claims: the claim increments it and writes the ``task_attempts`` row
 of that attempt, so a task may be retried while ``attempt < max_attempts``. Timestamps of
 attempts come from ``clock_timestamp()``: a turn's ``ended_at`` is taken before its commit

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.anyio
 SESSIONS = 30
 ROUNDS = 10
 DEAD_AFTER = 6.0
+# Longer than the processes' default (3 s): 12 agents at once on 2 shared cores must not lose leases.
+LEASE = 10.0
 TIMEOUT = 300.0
 
 
@@ -42,7 +44,7 @@ def node_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def nodes(db_url: str) -> Iterator[list[DispatcherProcess]]:
-    procs = [DispatcherProcess(db_url, None, node_env(), max_concurrent_turns=4) for _ in range(3)]
+    procs = [DispatcherProcess(db_url, None, node_env(), max_concurrent_turns=4, lease_seconds=LEASE) for _ in range(3)]
     try:
         yield procs
     finally:
