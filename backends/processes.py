@@ -51,6 +51,9 @@ class ProcInfo:
     pgid: int
     sid: int
     zombie: bool
+    # Clock ticks after boot: with the pid, what tells this process from a later one that got
+    # the same pid once it had gone (pids wrap at 32768 on many machines).
+    start: int
 
 
 def process_table() -> dict[int, ProcInfo]:
@@ -66,7 +69,9 @@ def process_table() -> dict[int, ProcInfo]:
         # "pid (comm) state ppid pgrp session ..."; comm may contain spaces and parentheses.
         fields = stat[stat.rfind(")") + 2 :].split()
         pid = int(entry.name)
-        table[pid] = ProcInfo(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in ("Z", "X"))
+        table[pid] = ProcInfo(
+            pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in ("Z", "X"), int(fields[19])
+        )
     return table
 
 
@@ -101,7 +106,10 @@ class ProcessTree:
         self.leader = leader
         self.wrapped = wrapped
         self._marker = f"{RUN_MARKER}={run_id}".encode() if run_id else None
-        self._known: set[int] = {leader}
+        # Members seen so far, by pid and start time: a pid reused by an unrelated process later
+        # (a dispatcher, another agent) is never taken for a member.
+        self._known: dict[int, int] = {}
+        self._leader_start: int | None = None
 
     def scan(self, environments: bool = True) -> set[int]:
         """The tree's live (non-zombie) pids, remembering every member found.
@@ -109,11 +117,18 @@ class ProcessTree:
         ``environments=False`` skips reading every process's environment (the periodic watch).
         """
         table = process_table()
-        members = {p.pid for p in table.values() if self.leader in (p.pgid, p.sid)} | (self._known & table.keys())
+        leader = table.get(self.leader)
+        if self._leader_start is None and leader is not None:
+            self._leader_start = leader.start
+        members = {pid for pid, start in self._known.items() if pid in table and table[pid].start == start}
+        # While a group or session lives its id is no process's pid, so members found by it are
+        # ours; unless the leader's pid now names a later process (the old group is gone then).
+        if leader is None or leader.start == self._leader_start:
+            members |= {p.pid for p in table.values() if self.leader in (p.pgid, p.sid)}
         if environments and self._marker is not None:
             members |= {pid for pid in table.keys() - members if has_marker(pid, self._marker)}
         members |= descendants(members, table)
-        self._known = members
+        self._known = {pid: table[pid].start for pid in members}
         return {pid for pid in members if not table[pid].zombie}
 
     def signal(self, sig: int) -> set[int]:

@@ -32,7 +32,7 @@ import asyncpg
 from playwright.async_api import Browser, Page, async_playwright
 
 from kernel.db import create_pool
-from kernel.eventlog import append_events
+from kernel.eventlog import SessionFrame, append_events
 from orchestrator.db import migrate_url
 from orchestrator.services.gateway_actions import OrchestratorActions
 from orchestrator.services.review import ReviewService
@@ -99,19 +99,19 @@ async def big_change(pool: asyncpg.Pool, review: ReviewService, repo: Path, file
 
 async def long_session(pool: asyncpg.Pool, project: int, earlier: int) -> int:
     session = await pool.fetchval(INSERT_SESSION, project, "long")
-    events: list[tuple[str, dict[str, Any]]] = []
+    events: list[tuple[SessionFrame, dict[str, Any]]] = []
     message = 0
     while len(events) < earlier:
         message += 1
-        events.append(("message_started", {"message_id": message, "task_id": message, "role": "assistant"}))
+        events.append((SessionFrame.MESSAGE_STARTED, {"message_id": message, "task_id": message, "role": "assistant"}))
         for k in range(96):
-            events.append(("delta", {"message_id": message, "text": f"word{k} " * 3}))
+            events.append((SessionFrame.DELTA, {"message_id": message, "text": f"word{k} " * 3}))
         events.append(
-            ("tool_call", {"message_id": message, "tool_call_id": "t", "name": "read", "kind": "read",
+            (SessionFrame.TOOL_CALL, {"message_id": message, "tool_call_id": "t", "name": "read", "kind": "read",
                            "status": "completed", "input": {"path": "a.py"}, "output": "x" * 200, "locations": []})
         )  # fmt: skip
         end = {"message_id": message, "task_id": message, "status": "complete", "stop_reason": "end_turn"}
-        events.append(("message_complete", {**end, "prompt_tokens": 1, "completion_tokens": 1}))
+        events.append((SessionFrame.MESSAGE_COMPLETE, {**end, "prompt_tokens": 1, "completion_tokens": 1}))
     for start in range(0, earlier, 1000):
         await append_events(pool, session, events[start : min(start + 1000, earlier)])
     return int(session)
@@ -167,7 +167,7 @@ async def streaming(
     replay_long = await page.evaluate("window.benchLongTasks.length")
     message = 10**6
     await append_events(
-        pool, session, [("message_started", {"message_id": message, "task_id": 1, "role": "assistant"})]
+        pool, session, [(SessionFrame.MESSAGE_STARTED, {"message_id": message, "task_id": 1, "role": "assistant"})]
     )
     interval = 1 / rate
     sent = 0
@@ -175,7 +175,9 @@ async def streaming(
     while (elapsed := time.perf_counter() - t0) < seconds:
         due = int(elapsed / interval) + 1
         if due > sent:
-            batch = [("delta", {"message_id": message, "text": f"token{i} "}) for i in range(sent, due)]
+            batch: list[tuple[SessionFrame, dict[str, Any]]] = [
+                (SessionFrame.DELTA, {"message_id": message, "text": f"token{i} "}) for i in range(sent, due)
+            ]
             await append_events(pool, session, batch)
             sent = due
         await anyio.sleep(interval / 2)

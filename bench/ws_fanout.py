@@ -34,7 +34,7 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from kernel.db import connect
-from kernel.eventlog import append_event
+from kernel.eventlog import SessionFrame, append_event
 from kernel.net import free_port
 from testkit import SWITCHYARD
 from testkit.cluster import temporary_cluster
@@ -88,7 +88,7 @@ class BenchClient(asyncio.Protocol):
         self.protocol.receive_data(data)
         for event in self.protocol.events_received():
             if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                self.on_frame(json.loads(event.data), received)
+                self.on_frame(json.loads(bytes(event.data)), received)
         self.flush()
 
     def on_frame(self, frame: dict[str, Any], received: float) -> None:
@@ -120,6 +120,7 @@ async def open_subscribed(client: BenchClient, url: str, limit: anyio.Semaphore)
     address = urlsplit(url)
     async with limit:
         loop = asyncio.get_running_loop()
+        assert address.hostname is not None and address.port is not None
         await loop.create_connection(lambda: client, address.hostname, address.port)
         with anyio.fail_after(START_TIMEOUT_S):
             await client.subscribed.wait()
@@ -180,7 +181,7 @@ async def measure(
     for i in range(events):
         await anyio.sleep_until(started + i / rate)
         sent = time.time()
-        await append_event(writer, session, "delta", {"message_id": 1, "text": "x" * 40, "t": sent})
+        await append_event(writer, session, SessionFrame.DELTA, {"message_id": 1, "text": "x" * 40, "t": sent})
         inserts.append(time.time() - sent)
     elapsed = time.monotonic() - started
     with anyio.move_on_after(DRAIN_TIMEOUT_S):

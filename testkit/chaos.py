@@ -193,6 +193,10 @@ class Child:
             self.kill()
             return None
 
+    def exit_summary(self) -> str:
+        code = self.proc.returncode if self.proc is not None else None
+        return f"{self.name} (exit status {code}): {self.stderr_tail(2)}"
+
     def stderr_tail(self, lines: int = 5) -> str:
         path = self.log_dir / f"{self.name}.{self.starts}.log"
         try:
@@ -329,7 +333,7 @@ class Soak:
     async def restart_dead_dispatchers(self) -> None:
         for child in self.dispatchers:
             if not child.alive:
-                self.unexpected_exits.append(f"{child.name}: {child.stderr_tail(2)}")
+                self.unexpected_exits.append(child.exit_summary())
                 await child.start()
 
     # ------------------------------------------------------------------ submitting
@@ -440,17 +444,20 @@ class Soak:
             if not live:
                 return
             victim = self.rng.choice(live)
-            victim.kill()
-            self.faults.dispatcher_kills += 1
-            await anyio.sleep(self.config.restart_delay)
-            await self._start_again(victim)
+            # Shielded: the end of the chaos must not cancel the restart of a victim just killed
+            # (the drain would then count it as a dispatcher that exited on its own).
+            with anyio.CancelScope(shield=True):
+                victim.kill()
+                self.faults.dispatcher_kills += 1
+                await anyio.sleep(self.config.restart_delay)
+                await self._start_again(victim)
 
     async def _start_again(self, child: Child) -> None:
         """Start a dispatcher again; one that exits on its own is counted (it must not)."""
         try:
             await child.start()
         except RuntimeError:
-            self.unexpected_exits.append(f"{child.name}: {child.stderr_tail(2)}")
+            self.unexpected_exits.append(child.exit_summary())
 
     async def kill_an_opencode_server(self) -> None:
         pids = {str(pid) for child in self.dispatchers for pid in child.pids}

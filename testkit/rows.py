@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from orchestrator.services import ReviewService
 
-Db = asyncpg.Pool | asyncpg.Connection
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
 async def add_project(db: Db, name: str | None = None, repo: Path | None = None, *, remote: str | None = None) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.fake_model import FakeModel
 from tests.leftovers import no_leftovers
 
 # The gateway tests' fixtures (a real in-process gateway, projects, a scoped token), shared.
@@ -18,3 +19,10 @@ from tests.ws_gateway.conftest import gateway, projects, session_id, token  # no
 def no_leftover_processes() -> Iterator[None]:
     with no_leftovers():
         yield
+
+
+@pytest.fixture(scope="module")
+def fake_model() -> Iterator[FakeModel]:
+    """The fake OpenAI-compatible model on 127.0.0.1, one per module."""
+    with FakeModel(models=("fake-model",)) as model:
+        yield model

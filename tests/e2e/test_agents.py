@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +26,14 @@ from orchestrator.services.tasks import cancel_task
 from testkit.fake_model import FakeModel
 from testkit.repos import sample_repo
 from testkit.rows import add_project
-from tests.leftovers import no_leftovers
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 WAIT_SECONDS = 90
 INSERT_TASK = "INSERT INTO tasks (project_id, input, agent) VALUES ($1, $2, $3) RETURNING id"
 EVENTS = "SELECT seq, type, payload FROM session_events WHERE session_id = $1 ORDER BY seq"
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    with no_leftovers():
-        yield
-
-
-@pytest.fixture(scope="module")
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(models=("fake-model",)) as model:
-        yield model
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ through the database (a table and NOTIFY)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +23,11 @@ from testkit.repos import sample_repo
 from testkit.rows import add_project
 from testkit.services import DispatcherProcess, gateway_process
 from tests.dispatching import wait_state
-from tests.leftovers import no_leftovers
 from ws_gateway import create_token
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    with no_leftovers():
-        yield
 
 
 def agent_env(**permissions: Any) -> dict[str, str]:
@@ -269,12 +262,6 @@ async def test_cancelling_the_task_withdraws_the_request(db_url: str, pool: asyn
 
 
 # ---------------------------------------------------------------------------- the real opencode
-
-
-@pytest.fixture(scope="module")
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(models=("fake-model",)) as model:
-        yield model
 
 
 def opencode_env(fake_model: FakeModel, **permissions: Any) -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -72,12 +72,6 @@ class Site:
             "project .git": tree_digest(git_dir, skip=own),
             "outside": tree_digest(self.outside),
         }
-
-
-@pytest.fixture(scope="module")
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(models=("fake-model",)) as model:
-        yield model
 
 
 @pytest.fixture

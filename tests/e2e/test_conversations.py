@@ -4,7 +4,7 @@ the configured router -> the real ``opencode acp`` (which resumes its session), 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +21,11 @@ from testkit.fake_model import FakeModel, HttpError, RecordedRequest, message_te
 from testkit.repos import sample_repo
 from testkit.rows import add_project, add_task
 from tests.dispatching import wait_state
-from tests.leftovers import no_leftovers
 from worktrees import WorktreeManager, WorktreeSettings
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
 
 TRANSCRIPT = "Earlier conversation in this session"
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_processes() -> Iterator[None]:
-    with no_leftovers():
-        yield
-
-
-@pytest.fixture(scope="module")
-def fake_model() -> Iterator[FakeModel]:
-    with FakeModel(models=("fake-model",)) as model:
-        yield model
 
 
 @pytest.fixture

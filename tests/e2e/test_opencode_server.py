@@ -519,7 +519,7 @@ async def test_a_stream_lost_for_good_aborts_the_prompt_on_the_live_server(
     wt, session = worktree(project_dir), next(_session_ids)
     warm = (await run(backend, make_turn(wt, "hi", session))).outcome
     assert warm.agent_session is not None
-    (server,) = [s for s in oc_pool.servers if s.key == warm.agent_session.server_key]
+    (server,) = [s for s in oc_pool.servers if s.slot == warm.agent_session.server_key]
     real_events = server.events
 
     class Dead:
