@@ -70,7 +70,7 @@ async def push_cost(pool: asyncpg.Pool, tmp: Path, turns: int, files: int) -> di
         original(*args, **kwargs)
         pushes.append((time.perf_counter() - started) * 1000)
 
-    remote.push_session = timed_push  # type: ignore[assignment]
+    remote.push_session = timed_push
     try:
         recorded: dict[str, list[float]] = {}
         for label, session in (
@@ -86,7 +86,7 @@ async def push_cost(pool: asyncpg.Pool, tmp: Path, turns: int, files: int) -> di
                 await manager.record_turn(session)
                 times.append((time.perf_counter() - started) * 1000)
     finally:
-        remote.push_session = original  # type: ignore[assignment]
+        remote.push_session = original
     return {
         "turns": turns,
         "files_changed_per_turn": files,
