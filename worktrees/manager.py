@@ -623,6 +623,9 @@ class WorktreeManager:
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
             git.restore_paths(checkout, base, restore_plan(chosen))
+            if wt.remote_url:
+                # What failover recreates is the worktree as the reject left it.
+                self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
         if len(chosen) == len(entries):
             return _Restored(kept_at, None, None)
         paths = tuple(p for e in chosen for p in e.paths)

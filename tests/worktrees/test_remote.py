@@ -116,6 +116,10 @@ async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by
     with pytest.raises(WorktreeElsewhere, match="on node a"):
         await node(pool, tmp_path, "b").reject(change.id)
     assert (await a.reject(change.id)).change.status == "rejected"
+    # The remote has the worktree as the reject left it: a node taking the session over sees no edit.
+    await pool.execute("UPDATE session_worktrees SET node_id = 'gone' WHERE session_id = $1", session)
+    on_b, none = await turn(node(pool, tmp_path, "b"), pool, session, {})
+    assert none is None and (on_b.path / "a.txt").read_text() != "edited\n"
 
 
 async def test_a_session_whose_snapshot_never_reached_the_remote_refuses_to_move(
