@@ -106,20 +106,23 @@ SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c
 # Pending tasks that no live node can run say so (waiting_for, NULL again once one can); only
 # the rows that change, each with its session for the task_state frame. $1: the agent of NULL.
 MARK_WAITING = """
-WITH pending AS (
-    SELECT t.id,
-           CASE WHEN NOT EXISTS (SELECT 1 FROM nodes n
-                                  WHERE coalesce(t.agent, $1) = ANY (n.agents) AND switchyard_node_holds(n.id))
-                THEN 'agent ' || coalesce(t.agent, $1) || ': no live node runs it'
-           END AS why
+WITH changed AS (
+    SELECT t.id, w.why
       FROM tasks t
-     WHERE t.state = 'pending'
-       FOR UPDATE SKIP LOCKED
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM nodes n
+                                         WHERE coalesce(t.agent, $1) = ANY (n.agents)
+                                           AND switchyard_node_holds(n.id))
+                       THEN 'agent ' || coalesce(t.agent, $1) || ': no live node runs it'
+                  END AS why) w
+     WHERE t.state = 'pending' AND t.waiting_for IS DISTINCT FROM w.why
+       -- Only the rows that change are locked (a claim of one of them wins).
+       FOR UPDATE OF t SKIP LOCKED
 ),
 marked AS (
-    UPDATE tasks t SET waiting_for = p.why
-      FROM pending p
-     WHERE t.id = p.id AND t.waiting_for IS DISTINCT FROM p.why
+    UPDATE tasks t SET waiting_for = c.why
+      FROM changed c
+     WHERE t.id = c.id
  RETURNING t.id, t.project_id, t.session_id, t.state, t.attempt, t.waiting_for
 )
 SELECT m.*, s.id IS NOT NULL AS frames_ok
