@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -72,19 +73,20 @@ async def push_cost(pool: asyncpg.Pool, tmp: Path, turns: int, files: int) -> di
 
     remote.push_session = timed_push
     try:
-        recorded: dict[str, list[float]] = {}
-        for label, session in (
-            ("with_remote", await _session(pool, checkout, str(url), "remote")),
-            ("local_only", await _session(pool, local, None, "local")),
-        ):
-            wt = await manager.ensure(session)
-            times = recorded.setdefault(label, [])
-            for turn in range(turns):
+        # Interleaved, so both see the same load of the machine.
+        sessions = {
+            "with_remote": await _session(pool, checkout, str(url), "remote"),
+            "local_only": await _session(pool, local, None, "local"),
+        }
+        worktrees = {label: await manager.ensure(session) for label, session in sessions.items()}
+        recorded: dict[str, list[float]] = {label: [] for label in sessions}
+        for turn in range(turns):
+            for label, session in sessions.items():
                 for n in range(files):
-                    (wt.path / f"file-{n:03}.txt").write_text(f"turn {turn} file {n}\n" * 20)
+                    (worktrees[label].path / f"file-{n:03}.txt").write_text(f"turn {turn} file {n}\n" * 20)
                 started = time.perf_counter()
                 await manager.record_turn(session)
-                times.append((time.perf_counter() - started) * 1000)
+                recorded[label].append((time.perf_counter() - started) * 1000)
     finally:
         remote.push_session = original
     return {
@@ -92,8 +94,24 @@ async def push_cost(pool: asyncpg.Pool, tmp: Path, turns: int, files: int) -> di
         "files_changed_per_turn": files,
         "push_ms": quantiles(pushes),
         "record_turn_ms": {label: quantiles(values) for label, values in recorded.items()},
+        # What the remote adds to a turn (the push overlaps the diff).
+        "added_per_turn_ms": round(
+            statistics.median(recorded["with_remote"]) - statistics.median(recorded["local_only"]), 1
+        ),
+        # One spawn of git, for scale: the push runs about half a dozen git processes.
+        "git_spawn_ms": round(spawn_ms(), 1),
         "target_push_ms": 30,
     }
+
+
+def spawn_ms(runs: int = 20) -> float:
+    """Median time to run ``git --version``: how loaded the machine is, in git processes."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(["git", "--version"], capture_output=True, check=True)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
 async def _wait(pool: asyncpg.Pool, query: str, *args: Any) -> None:
@@ -133,7 +151,7 @@ async def failover(pool: asyncpg.Pool, url: str, tmp: Path, sessions: int, dead_
                 )
             )
         await _wait(pool, "SELECT bool_and(state = 'completed') FROM tasks WHERE id = ANY($1)", ids)
-        rows = await pool.fetch("SELECT session_id, node_id FROM session_worktrees")
+        rows = await pool.fetch("SELECT session_id, node_id FROM session_worktrees WHERE project_id = $1", project)
         victim = next(node for node in nodes if node.worker_id == rows[0]["node_id"])
         moved = [r["session_id"] for r in rows if r["node_id"] == victim.worker_id]
         long_turns = [
@@ -175,16 +193,16 @@ async def failover(pool: asyncpg.Pool, url: str, tmp: Path, sessions: int, dead_
     }
 
 
-async def main(turns: int, files: int, sessions: int, dead_after: float) -> dict[str, Any]:
+async def main(turns: int, files: int, sessions: int, dead_after: float, push_only: bool) -> dict[str, Any]:
     with temporary_cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
         url = cluster.url("postgres")
         await migrate_url(url)
         pool = await create_pool(url, 8)
         try:
-            return {
-                "push": await push_cost(pool, Path(tmp), turns, files),
-                "failover": await failover(pool, url, Path(tmp), sessions, dead_after),
-            }
+            result = {"push": await push_cost(pool, Path(tmp), turns, files)}
+            if not push_only:
+                result["failover"] = await failover(pool, url, Path(tmp), sessions, dead_after)
+            return result
         finally:
             await pool.close()
 
@@ -195,5 +213,6 @@ if __name__ == "__main__":
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--sessions", type=int, default=9)
     parser.add_argument("--dead-after", type=float, default=5.0)
+    parser.add_argument("--push-only", action="store_true", help="measure only the push cost")
     args = parser.parse_args()
-    print(json.dumps(anyio.run(main, args.turns, args.files, args.sessions, args.dead_after), indent=2))
+    print(json.dumps(anyio.run(main, args.turns, args.files, args.sessions, args.dead_after, args.push_only), indent=2))

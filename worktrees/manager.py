@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -379,14 +380,25 @@ class WorktreeManager:
 
     def _snapshot_diff(self, wt: Worktree) -> tuple[str, Diff]:
         checkout = self._checked(wt)
-        if wt.remote_url and not remote.have_commit(wt.repo_path, wt.base_commit):
+        message = f"switchyard: snapshot of session {wt.session_id}"
+        try:
+            snapshot = git.snapshot(checkout, wt.base_commit, message)
+        except GitCommandFailed:
+            if not wt.remote_url or remote.have_commit(wt.repo_path, wt.base_commit):
+                raise
             # An accept elsewhere moved the base; it pushed the new one.
             remote.fetch_session(wt.repo_path, wt.remote_url, wt.session_id)
-        snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+            snapshot = git.snapshot(checkout, wt.base_commit, message)
         git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "snapshot", snapshot)
-        if wt.remote_url:
-            self._push(wt, snapshot)
-        return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+        if not wt.remote_url:
+            return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+        # The push and the diff need only the snapshot commit: they run side by side.
+        pushing = threading.Thread(target=self._push, args=(wt, snapshot), name="switchyard-push")
+        pushing.start()
+        try:
+            return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+        finally:
+            pushing.join()
 
     def _push(self, wt: Worktree, snapshot: str) -> None:
         """Publish the snapshot for failover; a failure only logs (a node taking the session over
