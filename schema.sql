@@ -420,6 +420,63 @@ CREATE OR REPLACE TRIGGER permission_requests_notify
 
 INSERT INTO schema_version (version) VALUES (5) ON CONFLICT DO NOTHING;
 
+-- ---------------------------------------------------------------- version 6
+
+-- The review loop. A change remembers the change it replaced (a new turn's diff, the rest of a
+-- partial review, a rebase), so "what changed since I looked" is one diff of their snapshots
+-- and comments follow the chain. `conflicts`: paths a rebase left with conflict markers in the
+-- worktree (the change cannot be accepted until a turn resolves them). An accept as a commit
+-- or onto a branch records the commit it made and the branch it went on.
+--
+-- Applied once: ALTER TABLE takes an exclusive lock even when the column exists, and a process
+-- starting beside running dispatchers must not queue behind (or deadlock with) their writes.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM schema_version WHERE version = 6) THEN
+        RETURN;
+    END IF;
+    ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS supersedes bigint REFERENCES pending_changes(id);
+    ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS conflicts jsonb;
+    ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS accepted_commit text
+        CHECK (accepted_commit ~ '^[0-9a-f]{40}$');
+    ALTER TABLE pending_changes ADD COLUMN IF NOT EXISTS accepted_branch text;
+
+    -- The change whose review comments (request_changes) or rebase conflicts
+    -- (resolve_with_agent) a task answers; like the other references of tasks, no foreign key.
+    ALTER TABLE tasks ADD COLUMN IF NOT EXISTS review_change_id bigint;
+
+    -- A reviewer's comment on a change: on a line of a file (the new side: the change's
+    -- content; the old side: its base) or, without path and line, on the change as a whole.
+    -- When a new change replaces this one, the comment is carried over as a row of the new
+    -- change (`carried_from`), at the line it has moved to (`current_line`; NULL once the line
+    -- is gone), `outdated` once its line moved or vanished. `open` comments are what
+    -- request_changes sends; then they are `sent`, with the task they went into.
+    CREATE TABLE IF NOT EXISTS review_comments (
+        id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        change_id     bigint NOT NULL REFERENCES pending_changes(id),
+        session_id    bigint NOT NULL REFERENCES sessions(id),
+        written_on    bigint NOT NULL REFERENCES pending_changes(id),
+        carried_from  bigint REFERENCES review_comments(id),
+        path          text CHECK (path <> ''),
+        side          text CHECK (side IN ('new', 'old')),
+        line          integer CHECK (line >= 1),
+        current_line  integer CHECK (current_line >= 1),
+        outdated      boolean NOT NULL DEFAULT false,
+        body          text NOT NULL CHECK (body <> ''),
+        author        text NOT NULL,
+        state         text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'sent')),
+        task_id       bigint,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        CHECK ((path IS NULL) = (line IS NULL) AND (path IS NULL) = (side IS NULL)),
+        CHECK (current_line IS NULL OR path IS NOT NULL),
+        CHECK ((state = 'sent') = (task_id IS NOT NULL))
+    );
+    CREATE INDEX IF NOT EXISTS review_comments_change_idx ON review_comments (change_id, id);
+END;
+$$;
+
+INSERT INTO schema_version (version) VALUES (6) ON CONFLICT DO NOTHING;
+
 -- ---------------------------------------------------------------- version 7
 
 -- The processes that run: a dispatcher's stable worker id (tasks.claimed_by), or a gateway.

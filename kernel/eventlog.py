@@ -36,6 +36,9 @@ class SessionFrame(StrEnum):
     STATUS = "status"
     MESSAGE_COMPLETE = "message_complete"
     PENDING_CHANGE = "pending_change"
+    WORKTREE_CHANGED = "worktree_changed"
+    REVIEW_COMMENT = "review_comment"
+    CHANGES_REQUESTED = "changes_requested"
     # A turn waits for a person (docs/PROTOCOL.md "Approvals"); every request is resolved once.
     PERMISSION_REQUEST = "permission_request"
     PERMISSION_RESOLVED = "permission_resolved"
@@ -123,6 +126,38 @@ class PendingChangePayload(TypedDict):
     files: list[dict[str, Any]]
     truncated: bool
     error: NotRequired[str]
+    supersedes: NotRequired[int]
+    conflicts: NotRequired[list[str]]
+    commit: NotRequired[str]
+    branch: NotRequired[str]
+
+
+class WorktreeChangedPayload(TypedDict):
+    """The worktree's diff so far while a turn runs (at most ``files`` are listed)."""
+
+    task_id: int
+    files: list[dict[str, Any]]
+    total_files: int
+    additions: int
+    deletions: int
+
+
+class ReviewCommentPayload(TypedDict):
+    """A comment written on a change (``comment_id, change_id, path, side, line, body, ...``)."""
+
+    comment_id: int
+    change_id: int
+    path: str | None
+    side: str | None
+    line: int | None
+    body: str
+    author: str
+
+
+class ChangesRequestedPayload(TypedDict):
+    change_id: int
+    task_id: int
+    comment_ids: list[int]
 
 
 class PermissionOptionPayload(TypedDict):
@@ -190,6 +225,9 @@ SessionPayload = (
     | StatusPayload
     | MessageCompletePayload
     | PendingChangePayload
+    | WorktreeChangedPayload
+    | ReviewCommentPayload
+    | ChangesRequestedPayload
     | PermissionRequestPayload
     | PermissionResolvedPayload
     | QuestionPayload

@@ -8,7 +8,8 @@ SwitchyardError
 │       └── PortInUse             the embedded cluster's port is taken
 ├── NotFound                      a project, session, task or change that does not exist
 ├── InvalidProject                a path that cannot be registered as a project
-├── InvalidReviewAction           a review action other than accept or reject
+├── InvalidReviewAction           a review request that does not hold together (action, mode, message)
+├── UsageError                    command-line arguments that do not go together
 ├── TaskRejected                  a task that cannot run as submitted (reason -> failure_reason)
 ├── WorkerIdTaken                 another live process holds this worker id
 ├── BadInput                      a submitted value that cannot be used (an agent option, a reply's option)
@@ -42,6 +43,10 @@ class InvalidProject(SwitchyardError):
 
 
 class InvalidReviewAction(SwitchyardError):
+    pass
+
+
+class UsageError(SwitchyardError):
     pass
 
 

@@ -16,6 +16,7 @@ they appear, and a turn without keywords echoes the whole prompt:
   PERMISSIONS <n>   n permission requests one after the other, reported with each one's
                     CLOCK_MONOTONIC nanoseconds when asked and when answered (benchmarks)
   WRITE <path> <c>  fs/write_text_file with the path exactly as given and content ``<c>``
+  WRITE_TEXT <path> <c>  the same with ``<c>`` percent-decoded (``%0A`` for a new line, ``%20`` a space)
   READ <path>       fs/read_text_file with the path exactly as given
   WAIT_CANCEL       stay busy until session/cancel
   SLEEP <seconds>   sleep (a cancel ends it early)
@@ -393,6 +394,10 @@ class Agent:
             tool = {"path": path, "kind": "edit"}
             notes.append(f"ask-edit {path}=" + self.permission(session, "edit", f"Edit {path}", tool))
             return i + 2
+        elif word == "WRITE_TEXT" and i + 2 < len(words):
+            path, content = words[i + 1], unquote(words[i + 2])
+            notes.append(f"write {path}=" + self.fs(session, "fs/write_text_file", {"path": path, "content": content}))
+            return i + 3
         return i + 1
 
     def run(self, session: Session, command: str) -> str:

@@ -80,3 +80,14 @@ def tree_digest(root: Path, *, skip: Iterable[Path] = ()) -> str:
             elif path.is_file():
                 digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def checkout_files(repo: Path) -> dict[str, bytes]:
+    """Every file of a checkout and its index, byte for byte: to show a checkout was not touched."""
+    state = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in repo.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+    state[".git/index"] = (repo / ".git" / "index").read_bytes()
+    return state

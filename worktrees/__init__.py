@@ -5,13 +5,20 @@ Public API (see worktrees.manager for the dispatcher's two calls and the review 
 
 from __future__ import annotations
 
+from worktrees.comments import Comment
 from worktrees.diff import Diff, FileChange
 from worktrees.errors import (
     ApplyConflict,
+    BadBranch,
     ChangeNotFound,
     ChangeNotPending,
+    CheckoutBusy,
     GitCommandFailed,
+    InvalidComment,
     NoCheckout,
+    NoComments,
+    NoConflicts,
+    NothingToRebase,
     NoWorktree,
     PathOutsideRoot,
     RemoteUnavailable,
@@ -19,24 +26,48 @@ from worktrees.errors import (
     SessionNotFound,
     TurnRunning,
     UnknownFile,
+    UnknownHunk,
+    UnresolvedConflicts,
     WorktreeBroken,
     WorktreeDirty,
     WorktreeElsewhere,
     WorktreeError,
 )
-from worktrees.manager import Announce, PendingChange, Reaped, Resolution, Worktree, WorktreeManager
+from worktrees.hunks import HunkInfo, with_hunks
+from worktrees.manager import (
+    ACCEPT_MODES,
+    AcceptMode,
+    Announce,
+    Delivery,
+    PendingChange,
+    Reaped,
+    Resolution,
+    Worktree,
+    WorktreeManager,
+)
 from worktrees.settings import WorktreeSettings
 
 __all__ = [
+    "ACCEPT_MODES",
+    "AcceptMode",
     "Announce",
     "ApplyConflict",
+    "BadBranch",
     "ChangeNotFound",
     "ChangeNotPending",
+    "CheckoutBusy",
+    "Comment",
+    "Delivery",
     "Diff",
     "FileChange",
     "GitCommandFailed",
+    "HunkInfo",
+    "InvalidComment",
     "NoCheckout",
+    "NoComments",
+    "NoConflicts",
     "NoWorktree",
+    "NothingToRebase",
     "PathOutsideRoot",
     "PendingChange",
     "Reaped",
@@ -46,6 +77,8 @@ __all__ = [
     "SessionNotFound",
     "TurnRunning",
     "UnknownFile",
+    "UnknownHunk",
+    "UnresolvedConflicts",
     "Worktree",
     "WorktreeBroken",
     "WorktreeDirty",
@@ -53,4 +86,5 @@ __all__ = [
     "WorktreeError",
     "WorktreeManager",
     "WorktreeSettings",
+    "with_hunks",
 ]

@@ -12,7 +12,16 @@ WorktreeError
 ├── UnknownFile          --file names a path that is not part of the change
 ├── TurnRunning          reject while a turn of the session is running
 ├── ApplyConflict        the change does not apply to the project checkout (left untouched)
-└── RestoreRefused       reject cannot restore a path without clobbering something else
+├── RestoreRefused       reject cannot restore a path without clobbering something else
+├── UnknownHunk          --hunk names a hunk the file's patch does not have
+├── CheckoutBusy         accept as a commit while the checkout has a merge, rebase, cherry-pick or
+│                        staged changes of its own, or no branch checked out
+├── BadBranch            accept onto a branch that cannot be used (invalid name, checked out, Switchyard's)
+├── InvalidComment       a comment on a file or line the change does not have
+├── NoComments           request_changes with no open comment and no message
+├── NothingToRebase      the checkout's HEAD is the session's base already
+├── UnresolvedConflicts  accept of a change whose worktree still has a rebase's conflict markers
+└── NoConflicts          resolve_with_agent for a change a rebase left without conflicts
 """
 
 from __future__ import annotations
@@ -21,15 +30,23 @@ from kernel import WorktreeError
 
 __all__ = [
     "ApplyConflict",
+    "BadBranch",
     "ChangeNotFound",
     "ChangeNotPending",
+    "CheckoutBusy",
     "GitCommandFailed",
+    "InvalidComment",
+    "NoComments",
+    "NoConflicts",
     "NoWorktree",
+    "NothingToRebase",
     "PathOutsideRoot",
     "RestoreRefused",
     "SessionNotFound",
     "TurnRunning",
     "UnknownFile",
+    "UnknownHunk",
+    "UnresolvedConflicts",
     "WorktreeBroken",
     "WorktreeDirty",
     "WorktreeError",
@@ -98,3 +115,35 @@ class RemoteUnavailable(WorktreeError):
 
 class WorktreeElsewhere(WorktreeError):
     """The session's worktree is on another node's disk."""
+
+
+class UnknownHunk(WorktreeError):
+    pass
+
+
+class CheckoutBusy(WorktreeError):
+    pass
+
+
+class BadBranch(WorktreeError):
+    pass
+
+
+class InvalidComment(WorktreeError):
+    pass
+
+
+class NoComments(WorktreeError):
+    pass
+
+
+class NothingToRebase(WorktreeError):
+    pass
+
+
+class UnresolvedConflicts(WorktreeError):
+    pass
+
+
+class NoConflicts(WorktreeError):
+    pass

@@ -336,12 +336,19 @@ def apply_to_checkout(repo: Path, change: bytes, paths: Sequence[str]) -> ApplyM
 
     First a plain ``git apply --check``; when local edits get in the way, a 3-way merge in a
     scratch index seeded with the checkout's current content of ``paths``. Conflicts raise
-    ApplyConflict and leave the checkout exactly as it was.
+    ApplyConflict (with git's own reason) and leave the checkout exactly as it was.
     """
+    exact, mode = checkout_patch(repo, change, paths)
+    apply_checked(repo, exact)
+    return mode
+
+
+def checkout_patch(repo: Path, change: bytes, paths: Sequence[str]) -> tuple[bytes, ApplyMode]:
+    """The patch that makes the checkout's files hold ``change`` (see apply_to_checkout), and
+    whether local edits had to be merged; nothing is written. ApplyConflict if it cannot."""
     plain = run(repo, ["apply", "--check", "-"], stdin=change, check=False)
     if plain.returncode == 0:
-        _apply_checked(repo, change)
-        return "clean"
+        return change, "clean"
     index = repo / output(repo, ["rev-parse", "--git-path", "index"])
     with scratch_index(index) as env:
         try:
@@ -351,14 +358,18 @@ def apply_to_checkout(repo: Path, change: bytes, paths: Sequence[str]) -> ApplyM
             raise ApplyConflict(f"cannot read the project's current files: {exc.stderr.strip()}") from exc
         merge = run(repo, ["apply", "--cached", "--3way", "-"], env=env, stdin=change, check=False)
         if merge.returncode != 0:
-            raise ApplyConflict(_conflict_reason(merge.stderr.decode(errors="replace")))
+            raise ApplyConflict(conflict_reason(plain.stderr, merge.stderr))
         merged = output(repo, ["write-tree"], env=env)
     # The merge result as a patch against exactly what the checkout holds now.
-    _apply_checked(repo, patch(repo, ours, merged))
-    return "merged"
+    return patch(repo, ours, merged), "merged"
 
 
-def _apply_checked(repo: Path, change: bytes) -> None:
+def revert_checkout(repo: Path, applied: bytes) -> None:
+    """Take back a patch apply_to_checkout/checkout_patch applied a moment ago."""
+    run(repo, ["apply", "--reverse", "-"], stdin=applied)
+
+
+def apply_checked(repo: Path, change: bytes) -> None:
     """``git apply`` checks every hunk before it writes a file, so a failure here wrote nothing."""
     result = run(repo, ["apply", "-"], stdin=change, check=False)
     if result.returncode != 0:
@@ -366,13 +377,22 @@ def _apply_checked(repo: Path, change: bytes) -> None:
         raise ApplyConflict(f"the project checkout changed during the accept: {reason}")
 
 
-def _conflict_reason(stderr: str) -> str:
-    lines = stderr.splitlines()
-    conflicted = [line[2:] for line in lines if line.startswith("U ")]
-    if conflicted:
-        return "local changes in the project conflict with the change in: " + ", ".join(conflicted)
-    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return "; ".join(errors or lines) or "the change does not apply to the project checkout"
+# Lines of git apply's stderr that say nothing about why it failed.
+_APPLY_NOISE = ("Falling back to", "Applied patch to ", "Checking patch ")
+
+
+def conflict_reason(*stderrs: bytes) -> str:
+    """Why git would not apply a change, in git's words (its error lines and the paths it left
+    conflicted, from the plain and the 3-way attempt)."""
+    lines: list[str] = []
+    for stderr in stderrs:
+        for line in stderr.decode(errors="replace").splitlines():
+            line = line.strip()
+            wanted = line.endswith("with conflicts.") or (line and not line.startswith(_APPLY_NOISE))
+            if wanted and line not in lines:
+                lines.append(line)
+    reason = "; ".join(lines) or "the change does not apply"
+    return f"git apply: {reason}"
 
 
 @dataclass(frozen=True)

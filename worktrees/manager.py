@@ -1,9 +1,10 @@
-"""Session worktrees against the database: ensure, record a turn's diff, accept, reject, reap.
+"""Session worktrees against the database: ensure, record a turn's diff, review, rebase, reap.
 
-The dispatcher's two calls::
+The dispatcher's calls::
 
     manager = WorktreeManager(pool, settings, announce=...)
     worktree = await manager.ensure(session_id)          # start of every turn -> Worktree (.path)
+    await manager.follow(session_id, on_change)          # beside the backend: live diff (worktrees.live)
     change = await manager.record_turn(session_id, task_id=task_id, agent=agent)  # after every turn
 
 ``ensure`` costs one UPDATE and a few file reads (the ``.git`` check, no git) when the worktree
@@ -12,24 +13,34 @@ exists; otherwise it creates (or heals) ``<root>/<project_id>/<session_id>`` on 
 one process at a time.
 
 ``record_turn`` snapshots the worktree (see worktrees.git), diffs it against the session's
-base, and in one transaction supersedes the open change and inserts the new one (an empty
-diff inserts nothing; an unchanged worktree keeps the open change as it is). It returns the
-session's open change, or None.
+base, and in one transaction supersedes the open changes and inserts the new one, which
+remembers the change it replaced and gets its comments (an empty diff inserts nothing; an
+unchanged worktree keeps the open changes as they are). It returns the session's open change,
+or None.
 
-Review (orchestrator.review wraps these for the CLI and the WebSocket gateway): ``accept`` and
-``reject`` of a whole change or of some files, ``list_changes``, ``get_change``, ``get_diff``;
-``reap`` removes worktrees nobody needs any more. Every status change is passed to
+Review (orchestrator.services.review wraps these for the CLI and the WebSocket gateway):
+``accept`` (into the checkout's files, as a commit on its branch, or onto another branch) and
+``reject`` of a whole change, of some files or of some hunks (worktrees.selection); what was not
+named stays pending as a new change. ``rebase`` moves the session onto the checkout's HEAD.
+``comment`` / ``comments``, ``interdiff`` (one change's snapshot against another's),
+``live_diff`` (the worktree now), ``list_changes``, ``get_change``, ``get_diff``; ``reap``
+removes worktrees nobody needs any more. Every status change is passed to
 ``announce(conn, change)`` inside the transaction that makes it.
 
+The session's open changes (``pending`` and ``conflict``) together describe what the worktree
+holds; more than one is open only after a partial accept conflicted: the named part is the
+``conflict`` row, the rest stays ``pending``. Accepting one moves the others onto the new base.
+
 Git refs kept per session, all under ``refs/switchyard/<session_id>/``: ``base`` (the current
-base), ``snapshot`` (the open change's content) and ``rejected/<change_id>`` (what a reject
-discarded, so it can still be recovered); they also keep these commits from garbage collection.
-The reaper deletes ``base`` and ``snapshot`` with the worktree and keeps every ``rejected/*``
-ref until someone deletes it (``git update-ref -d``).
+base), ``snapshot`` (the content the open changes describe together), ``rejected/<change_id>``
+(what a reject discarded) and ``rebased/<change_id>`` (the worktree before a rebase), so both
+can still be recovered; they also keep these commits from garbage collection. The reaper
+deletes ``base`` and ``snapshot`` with the worktree and keeps every ``rejected/*`` and
+``rebased/*`` ref until someone deletes it (``git update-ref -d``).
 
 Every git command on a worktree goes through :class:`worktrees.git.Checkout` (git dir and work
 tree found from the repository, never from the worktree's ``.git`` file, which ``ensure`` and
-every snapshot restore).
+every snapshot restore); the live diff (worktrees.live) is given the same two.
 """
 
 from __future__ import annotations
@@ -39,36 +50,41 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import asyncpg
 
-from kernel import get_logger
-from worktrees import diff, git, remote
+from kernel import DATABASE_ERRORS, get_logger
+from worktrees import checkout, comments, diff, git, merge, remote
 from worktrees import queries as q
-from worktrees.diff import Caps, Diff, FileChange
+from worktrees.comments import Comment
+from worktrees.diff import Caps, Diff
 from worktrees.errors import (
     ApplyConflict,
     ChangeNotFound,
     ChangeNotPending,
     GitCommandFailed,
+    InvalidComment,
     NoCheckout,
+    NothingToRebase,
     NoWorktree,
     RemoteUnavailable,
     SessionNotFound,
     TurnRunning,
-    UnknownFile,
+    UnresolvedConflicts,
     WorktreeBroken,
     WorktreeDirty,
     WorktreeElsewhere,
     WorktreeError,
 )
+from worktrees.live import LiveDiff, LiveIndex
+from worktrees.selection import Chosen, Selection, choose, restore_to
 from worktrees.settings import WorktreeSettings
 
 log = get_logger("worktrees")
@@ -77,6 +93,9 @@ log = get_logger("worktrees")
 ARCHIVED_GRACE_S = 60.0
 
 Announce = Callable[[asyncpg.Connection, "PendingChange"], Awaitable[None]]
+AnnounceComment = Callable[[asyncpg.Connection, Comment], Awaitable[None]]
+AcceptMode = Literal["apply", "commit", "branch"]
+ACCEPT_MODES: tuple[AcceptMode, ...] = ("apply", "commit", "branch")
 
 
 @dataclass(frozen=True)
@@ -115,15 +134,24 @@ class PendingChange:
     resolved_at: datetime | None
     resolved_by: str | None
     error: str | None
+    # The change this one replaced (a new turn, the rest of a partial review, a rebase).
+    supersedes: int | None = None
+    # Paths a rebase left with conflict markers in the worktree.
+    conflicts: tuple[str, ...] = ()
+    accepted_commit: str | None = None
+    accepted_branch: str | None = None
+    # Its review comments, where a listing counted them.
+    comments: int | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> PendingChange:
         fields = dict(row)
         fields["files"] = tuple(json.loads(row["files"]))
+        fields["conflicts"] = tuple(json.loads(row["conflicts"]) if row["conflicts"] else ())
         return cls(**fields)
 
     def frame_payload(self) -> dict[str, Any]:
-        """Payload of the ``pending_change`` frame (ws_gateway.frames)."""
+        """Payload of the ``pending_change`` frame (kernel.eventlog.PendingChangePayload)."""
         payload: dict[str, Any] = {
             "change_id": self.id,
             "task_id": self.task_id,
@@ -134,17 +162,34 @@ class PendingChange:
         }
         if self.error:
             payload["error"] = self.error
+        if self.supersedes is not None:
+            payload["supersedes"] = self.supersedes
+        if self.conflicts:
+            payload["conflicts"] = list(self.conflicts)
+        if self.accepted_commit is not None:
+            payload["commit"] = self.accepted_commit
+            payload["branch"] = self.accepted_branch
         return payload
 
 
 @dataclass(frozen=True)
 class Resolution:
-    """The outcome of accept/reject: the resolved (or conflicted) change and what stays pending."""
+    """The outcome of accept/reject/rebase: the resolved (or conflicted) change and what stays pending."""
 
     change: PendingChange
     remainder: PendingChange | None = None
-    # Reject keeps what it discarded at this ref.
+    # Reject keeps what it discarded at this ref, rebase the worktree as it was.
     kept_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where an accept puts the change: the checkout's files (``apply``), a commit on its branch
+    (``commit``), or a commit on ``branch`` (``branch``), with ``message`` or a generated one."""
+
+    mode: AcceptMode = "apply"
+    message: str | None = None
+    branch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,10 +201,37 @@ class Reaped:
 
 
 @dataclass(frozen=True)
+class NewChange:
+    """A row to insert: ``base → snapshot`` and how it came to be."""
+
+    base: str
+    snapshot: str
+    diff: Diff
+    supersedes: int | None = None
+    conflicts: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "conflict" if self.conflicts else "pending"
+
+
+@dataclass(frozen=True)
 class _Applied:
     new_base: str
     accepted: Diff | None  # only for a partial accept: what the resolved row keeps
     remainder: Diff | None
+    committed: checkout.Committed | None
+
+
+@dataclass(frozen=True)
+class _Conflicted:
+    """A conflicting accept: git's reason; for a partial one the named part (the conflict row)
+    and the rest (which stays pending), each as (snapshot, diff)."""
+
+    reason: str
+    named: tuple[str, Diff] | None = None
+    rest: tuple[str, Diff] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,26 +241,25 @@ class _Restored:
     remainder: tuple[str, Diff] | None  # (snapshot, diff) of what stays pending
 
 
+@dataclass(frozen=True)
+class _Rebased:
+    kept_at: str
+    onto: str
+    new: NewChange | None
+
+
+# What may keep a live diff from starting; the turn goes on without it.
+LIVE_ERRORS: tuple[type[Exception], ...] = (WorktreeError, OSError, *DATABASE_ERRORS)
+INTO_CHECKOUT = Delivery()
+
+
 def refs_prefix(session_id: int) -> str:
     return f"refs/switchyard/{session_id}/"
 
 
-def select_files(change_id: int, entries: Sequence[FileChange], names: Sequence[str] | None) -> list[FileChange]:
-    """The entries a reviewer named (all when ``names`` is empty); unknown names are refused."""
-    if not names:
-        return list(entries)
-    wanted = {n.removeprefix("./") for n in names}
-    unknown = sorted(n for n in wanted if not any(n in e.names() for e in entries))
-    if unknown:
-        known = ", ".join(diff.display(e.path) for e in entries)
-        raise UnknownFile(f"change {change_id} has no file {', '.join(unknown)} (its files: {known})")
-    return [e for e in entries if wanted & e.names()]
-
-
-def restore_plan(entries: Sequence[FileChange]) -> git.RestorePlan:
-    restore = [e.old_path or e.path for e in entries if e.status != "added"]
-    delete = [e.path for e in entries if e.status in ("added", "renamed", "copied")]
-    return git.RestorePlan(tuple(restore), tuple(delete))
+def content_commit(repo: Path, tree: str, base: str, session_id: int) -> str:
+    """A snapshot-style commit of ``tree`` on ``base`` (fixed date: same content, same id)."""
+    return git.commit_tree(repo, tree, base, f"switchyard: snapshot of session {session_id}", fixed_date=True)
 
 
 class WorktreeManager:
@@ -198,6 +269,7 @@ class WorktreeManager:
         settings: WorktreeSettings | None = None,
         *,
         announce: Announce | None = None,
+        announce_comment: AnnounceComment | None = None,
         node_id: str | None = None,
     ) -> None:
         self.settings = settings or WorktreeSettings()
@@ -209,12 +281,15 @@ class WorktreeManager:
         self._db = db
         self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
         self._announce = announce
+        self._announce_comment = announce_comment
         # Worktrees the reaper could not remove, and why: each is logged once per reason.
         self._not_reaped: dict[int, str] = {}
 
     def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
         """This manager on another pool or connection (e.g. inside the caller's transaction)."""
-        bound = WorktreeManager(db, self.settings, announce=self._announce, node_id=self.node_id)
+        bound = WorktreeManager(
+            db, self.settings, announce=self._announce, announce_comment=self._announce_comment, node_id=self.node_id
+        )
         bound._not_reaped = self._not_reaped
         return bound
 
@@ -238,13 +313,13 @@ class WorktreeManager:
             path=Path(row["path"]),
             branch=row["branch"],
             base_commit=row["base_commit"],
-            repo_path=self._repository(row["project_id"], checkout, remote),
+            repo_path=self._repo_of(row["project_id"], checkout, remote),
             remote_url=remote,
             checkout=Path(checkout) if checkout else None,
             node_id=row["node_id"],
         )
 
-    def _repository(self, project_id: int, checkout: str | None, remote: str | None) -> Path:
+    def _repo_of(self, project_id: int, checkout: str | None, remote: str | None) -> Path:
         if remote:
             return self.clones / f"{project_id}.git"
         assert checkout is not None  # a project has a checkout or a remote (schema)
@@ -297,7 +372,7 @@ class WorktreeManager:
                 path=self.root / str(ctx["project_id"]) / str(session_id),
                 branch=f"switchyard/{session_id}",
                 base_commit=row["base_commit"] if healing else "",
-                repo_path=self._repository(ctx["project_id"], ctx["repo_path"], remote),
+                repo_path=self._repo_of(ctx["project_id"], ctx["repo_path"], remote),
                 remote_url=remote,
                 checkout=Path(ctx["repo_path"]) if ctx["repo_path"] else None,
                 node_id=self.node_id,
@@ -367,19 +442,34 @@ class WorktreeManager:
         async with self._connection() as conn, conn.transaction():
             wt = await self._lock_worktree(conn, session_id)
             open_changes = [PendingChange.from_row(r) for r in await conn.fetch(q.OPEN_CHANGES, session_id)]
+            marked = tuple(dict.fromkeys(p for c in open_changes for p in c.conflicts))
             # Abandoned (not waited for) when the caller gives up: its deadline must hold.
-            snapshot, new = await anyio.to_thread.run_sync(self._snapshot_diff, wt, abandon_on_cancel=True)
-            for change in open_changes:
-                if change.snapshot_commit == snapshot and change.base_commit == wt.base_commit:
-                    return change  # the turn changed nothing
-            for row in await conn.fetch(q.SUPERSEDE_OPEN, session_id):
-                await self._notify(conn, PendingChange.from_row(row))
+            before, snapshot, new, conflicted = await anyio.to_thread.run_sync(
+                self._snapshot_diff, wt, marked, abandon_on_cancel=True
+            )
+            if open_changes and snapshot == before and all(c.base_commit == wt.base_commit for c in open_changes):
+                # The turn changed nothing.
+                return next((c for c in open_changes if c.status == "pending"), open_changes[0])
+            superseded = await self._supersede_open(conn, session_id)
             if new.empty:
                 return None
-            return await self._insert(conn, session_id, task_id, agent, wt.base_commit, snapshot, new)
+            error = None
+            if conflicted:
+                error = f"conflict markers are still in {', '.join(conflicted)}; resolve them before accepting"
+            latest = superseded[-1].id if superseded else None
+            change = await self._insert(
+                conn, session_id, task_id, agent, NewChange(wt.base_commit, snapshot, new, latest, conflicted, error)
+            )
+            for old in superseded:
+                await self._carry_comments(conn, wt.repo_path, old, change, keep_gone=True)
+            return change
 
-    def _snapshot_diff(self, wt: Worktree) -> tuple[str, Diff]:
+    def _snapshot_diff(self, wt: Worktree, marked: tuple[str, ...]) -> tuple[str | None, str, Diff, tuple[str, ...]]:
+        """The snapshot before and now, the diff, and which of ``marked`` (files a rebase left
+        conflicted) still hold a conflict marker."""
         checkout = self._checked(wt)
+        ref = refs_prefix(wt.session_id) + "snapshot"
+        before = git.rev_parse(wt.repo_path, ref)
         message = f"switchyard: snapshot of session {wt.session_id}"
         try:
             snapshot = git.snapshot(checkout, wt.base_commit, message)
@@ -389,16 +479,18 @@ class WorktreeManager:
             # An accept elsewhere moved the base; it pushed the new one.
             remote.fetch_session(wt.repo_path, wt.remote_url, wt.session_id)
             snapshot = git.snapshot(checkout, wt.base_commit, message)
-        git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "snapshot", snapshot)
-        if not wt.remote_url:
-            return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
-        # The push and the diff need only the snapshot commit: they run side by side.
-        pushing = threading.Thread(target=self._push, args=(wt, snapshot), name="switchyard-push")
-        pushing.start()
+        git.update_ref(wt.repo_path, ref, snapshot)
+        # The push needs only the snapshot commit: it runs beside the diff.
+        pushing = None
+        if wt.remote_url:
+            pushing = threading.Thread(target=self._push, args=(wt, snapshot), name="switchyard-push")
+            pushing.start()
         try:
-            return snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+            conflicted = merge.still_conflicted(wt.repo_path, snapshot, marked)
+            return before, snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps), conflicted
         finally:
-            pushing.join()
+            if pushing is not None:
+                pushing.join()
 
     def _push(self, wt: Worktree, snapshot: str) -> None:
         """Publish the snapshot for failover; a failure only logs (a node taking the session over
@@ -409,30 +501,42 @@ class WorktreeManager:
         except RemoteUnavailable as exc:
             log.warning("worktree.snapshot_not_pushed", session_id=wt.session_id, error=exc)
 
+    async def _supersede_open(self, conn: asyncpg.Connection, session_id: int) -> list[PendingChange]:
+        superseded = [PendingChange.from_row(row) for row in await conn.fetch(q.SUPERSEDE_OPEN, session_id)]
+        for change in superseded:
+            await self._notify(conn, change)
+        return superseded
+
     async def _insert(
-        self,
-        conn: asyncpg.Connection,
-        session_id: int,
-        task_id: int | None,
-        agent: str | None,
-        base: str,
-        snapshot: str,
-        new: Diff,
+        self, conn: asyncpg.Connection, session_id: int, task_id: int | None, agent: str | None, new: NewChange
     ) -> PendingChange:
         row = await conn.fetchrow(
             q.INSERT_CHANGE,
             session_id,
             task_id,
             agent,
-            base,
-            snapshot,
-            new.text,
-            json.dumps(new.files_json()),
-            new.truncated,
+            new.base,
+            new.snapshot,
+            new.diff.text,
+            json.dumps(new.diff.files_json()),
+            new.diff.truncated,
+            new.supersedes,
+            new.status,
+            json.dumps(list(new.conflicts)) if new.conflicts else None,
+            new.error,
         )
         change = PendingChange.from_row(row)
         await self._notify(conn, change)
         return change
+
+    async def _carry_comments(
+        self, conn: asyncpg.Connection, repo: Path, old: PendingChange, new: PendingChange, *, keep_gone: bool
+    ) -> None:
+        if old.snapshot_commit is None or new.snapshot_commit is None:
+            return
+        paths = comments.display_paths(new.files)
+        moves = comments.Transition(old.base_commit, old.snapshot_commit, new.base_commit, new.snapshot_commit, paths)
+        await comments.carry_over(conn, repo, old.id, new.id, moves, keep_gone=keep_gone)
 
     async def _lock_worktree(self, conn: asyncpg.Connection, session_id: int) -> Worktree:
         row = await conn.fetchrow(q.LOCK_WORKTREE, session_id)
@@ -440,7 +544,43 @@ class WorktreeManager:
             raise NoWorktree(f"session {session_id} has no active worktree")
         return self._worktree(row)
 
-    # ------------------------------------------------------------------------ review
+    # ------------------------------------------------------------------------ live diff
+
+    async def follow(self, session_id: int, on_change: Callable[[dict[str, Any]], None]) -> None:
+        """While a turn runs: ``on_change(payload)`` at most every ``live_diff_interval`` when the
+        worktree's diff changed (worktrees.live). Runs until cancelled; failures only log."""
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(q.WORKTREE, session_id)
+            if row is None or row["status"] != "active":
+                return
+            wt = self._worktree(row)
+            checkout = await anyio.to_thread.run_sync(self._checked, wt)
+        except LIVE_ERRORS as exc:
+            log.warning("live_diff.unavailable", session_id=session_id, error=exc)
+            return
+        try:
+            with LiveIndex(wt.repo_path, checkout.work_tree, checkout.git_dir, wt.base_commit) as index:
+                await LiveDiff(index, self.settings.live_diff_interval, lambda s: on_change(s.payload())).run()
+        except Exception as exc:  # a live view must never fail the turn it watches
+            log.warning("live_diff.failed", session_id=session_id, error=exc)
+
+    async def live_diff(self, session_id: int) -> tuple[Worktree, Diff]:
+        """The session's worktree diffed against its base right now (nothing is recorded)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(q.WORKTREE, session_id)
+        if row is None or row["status"] != "active":
+            raise NoWorktree(f"session {session_id} has no active worktree")
+        wt = self._worktree(row)
+
+        def current() -> Diff:
+            checkout = self._checked(wt)
+            snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: live diff of session {wt.session_id}")
+            return diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+
+        return wt, await anyio.to_thread.run_sync(current)
+
+    # ------------------------------------------------------------------------ review: reading
 
     async def list_changes(
         self, *, session_id: int | None = None, status: str | None = None, limit: int = 50
@@ -463,6 +603,75 @@ class WorktreeManager:
             raise ChangeNotFound(f"change {change_id} does not exist")
         return text
 
+    async def interdiff(self, change_id: int, since_change_id: int) -> Diff:
+        """What changed from change ``since_change_id``'s snapshot to change ``change_id``'s: after
+        a follow-up turn, only what the agent did in it."""
+        new, old = await self.get_change(change_id), await self.get_change(since_change_id)
+        if old.session_id != new.session_id:
+            raise ChangeNotFound(f"change {since_change_id} is not a change of session {new.session_id}")
+        if old.snapshot_commit is None or new.snapshot_commit is None:
+            raise ChangeNotPending("changes recorded before snapshots were kept have no interdiff")
+        repo = await self._repository(new.session_id)
+        return await anyio.to_thread.run_sync(diff.compute, repo, old.snapshot_commit, new.snapshot_commit, self._caps)
+
+    async def _repository(self, session_id: int) -> Path:
+        async with self._connection() as conn:
+            ctx = await conn.fetchrow(q.SESSION_REPOSITORY, session_id)
+        if ctx is None:
+            raise SessionNotFound(f"session {session_id} does not exist")
+        return self._repo_of(ctx["project_id"], ctx["repo_path"], ctx["remote_url"])
+
+    # ------------------------------------------------------------------------ review: comments
+
+    async def comment(
+        self, change_id: int, body: str, author: str, *, path: str | None = None, line: int | None = None,
+        side: str = "new",
+    ) -> Comment:  # fmt: skip
+        """A comment on ``line`` of ``side`` of ``path`` in the change, or (no path) on the change."""
+        body = comments.check_body(body)
+        if (path is None) != (line is None):
+            raise InvalidComment("a comment names a file and a line, or neither (the change as a whole)")
+        if side not in comments.SIDES:
+            raise InvalidComment(f"side must be one of {', '.join(comments.SIDES)}, not {side!r}")
+        change = await self.get_change(change_id)
+        if path is not None and line is not None:
+            if change.snapshot_commit is None:
+                raise InvalidComment(f"change {change_id} has no snapshot to comment lines of")
+            repo = await self._repository(change.session_id)
+            path = await anyio.to_thread.run_sync(
+                comments.check_place, repo, change.base_commit, change.snapshot_commit, path, side, line
+            )
+        async with self._connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                q.INSERT_COMMENT, change_id, change.session_id, path, side if path else None, line, body, author
+            )
+            comment = Comment.from_row(row)
+            if self._announce_comment is not None:
+                await self._announce_comment(conn, comment)
+        return comment
+
+    async def comments(self, change_id: int) -> list[Comment]:
+        await self.get_change(change_id)
+        async with self._connection() as conn:
+            rows = await conn.fetch(q.CHANGE_COMMENTS, change_id)
+        return [Comment.from_row(r) for r in rows]
+
+    async def open_comments(self, conn: asyncpg.Connection, change_id: int) -> list[Comment]:
+        """The change's comments not sent to the agent yet, locked (inside the caller's transaction)."""
+        return [Comment.from_row(r) for r in await conn.fetch(q.OPEN_COMMENTS, change_id)]
+
+    async def mark_sent(self, conn: asyncpg.Connection, comment_ids: Sequence[int], task_id: int) -> None:
+        await conn.execute(q.MARK_SENT, list(comment_ids), task_id)
+
+    async def quoted(self, change: PendingChange, comment: Comment) -> list[str]:
+        """The lines around ``comment`` in ``change`` (for the task request_changes makes)."""
+        if change.snapshot_commit is None:
+            return []
+        repo = await self._repository(change.session_id)
+        return await anyio.to_thread.run_sync(comments.quote, repo, change.base_commit, change.snapshot_commit, comment)
+
+    # ------------------------------------------------------------------------ review: accept and reject
+
     async def _lock_open_change(
         self, conn: asyncpg.Connection, change_id: int, *, lock_project: bool
     ) -> tuple[PendingChange, Worktree]:
@@ -482,49 +691,73 @@ class WorktreeManager:
         return change, wt
 
     async def accept(
-        self, change_id: int, *, files: Sequence[str] | None = None, resolved_by: str | None = None
+        self,
+        change_id: int,
+        *,
+        files: Sequence[str] | None = None,
+        hunks: Mapping[str, Sequence[int]] | None = None,
+        delivery: Delivery = INTO_CHECKOUT,
+        resolved_by: str | None = None,
     ) -> Resolution:
-        """Apply the change (or ``files`` of it) to the project checkout and advance the base.
+        """Put the change (or the ``files`` and the ``hunks`` of files named) into the project and
+        advance the base: into the checkout's files, as a commit on its branch, or onto another
+        branch (``delivery``).
 
-        A conflict with local edits marks the change ``conflict`` (it stays open: accept it
-        again after resolving, or reject it) and leaves the checkout untouched. What was not
-        accepted stays pending as a new change against the new base.
+        A conflict with local edits marks the named part ``conflict`` with git's reason (it stays
+        open: accept it again after resolving, rebase it, or reject it) and leaves the checkout
+        untouched; what was not named stays pending. A checkout that cannot take a commit now
+        (worktrees.checkout) is refused with CheckoutBusy and nothing changes.
         """
         # Once git has written the checkout, the rows must follow: finish even if cancelled.
         with anyio.CancelScope(shield=True):
             async with self._connection() as conn, conn.transaction():
-                resolution = await self._accept_locked(conn, change_id, files, resolved_by)
+                selection = Selection.of(files, hunks)
+                resolution = await self._accept_locked(conn, change_id, selection, delivery, resolved_by)
         return resolution
 
     async def _accept_locked(
-        self, conn: asyncpg.Connection, change_id: int, files: Sequence[str] | None, resolved_by: str | None
+        self,
+        conn: asyncpg.Connection,
+        change_id: int,
+        selection: Selection,
+        delivery: Delivery,
+        resolved_by: str | None,
     ) -> Resolution:
         change, wt = await self._lock_open_change(conn, change_id, lock_project=True)
+        if change.conflicts:
+            raise UnresolvedConflicts(
+                f"change {change_id} still has the conflict markers a rebase left in {', '.join(change.conflicts)}; "
+                "resolve them (resolve-with-agent) and review the change that follows"
+            )
         running = await conn.fetchval(q.RUNNING_TASK, wt.session_id) is not None
-        try:
-            if wt.remote_url:
-                applied = await anyio.to_thread.run_sync(self._apply_remote, wt, change, files)
-            else:
-                applied = await anyio.to_thread.run_sync(self._apply, wt, change, files, not running)
-        except ApplyConflict as exc:
-            row = await conn.fetchrow(q.MARK_CONFLICT, change_id, resolved_by, str(exc))
-            conflicted = PendingChange.from_row(row)
-            await self._notify(conn, conflicted)
-            return Resolution(conflicted)
-        await conn.execute(q.SET_BASE, wt.session_id, applied.new_base)
+        message = None
+        if delivery.mode != "apply":
+            message = delivery.message or await self._commit_message(conn, change)
+        if wt.remote_url:
+            outcome = await anyio.to_thread.run_sync(self._apply_remote, wt, change, selection, delivery, message)
+        else:
+            outcome = await anyio.to_thread.run_sync(self._apply, wt, change, selection, delivery, message, not running)
+        if isinstance(outcome, _Conflicted):
+            return await self._conflicted(conn, wt, change, outcome, resolved_by)
+        await conn.execute(q.SET_BASE, wt.session_id, outcome.new_base)
         remainder = None
-        if applied.remainder is not None and change.snapshot_commit is not None:
-            remainder = (change.snapshot_commit, applied.new_base, applied.remainder)
-        return await self._resolve(conn, change, "accepted", resolved_by, applied.accepted, remainder)
+        if outcome.remainder is not None and change.snapshot_commit is not None:
+            remainder = NewChange(outcome.new_base, change.snapshot_commit, outcome.remainder, change.id)
+        resolution = await self._resolve(
+            conn, wt, change, "accepted", resolved_by, outcome.accepted, remainder, outcome.committed
+        )
+        await self._rehome_others(conn, wt, {change.id, *(r.id for r in [resolution.remainder] if r)}, outcome.new_base)
+        return resolution
 
-    def _apply_remote(self, wt: Worktree, change: PendingChange, names: Sequence[str] | None) -> _Applied:
-        """Accept a change of a project with a remote: applied to the project's local checkout
-        (which needs one), the new base pushed before the checkout is touched, so the session's
-        node finds it whichever node that is."""
+    def _apply_remote(
+        self, wt: Worktree, change: PendingChange, selection: Selection, delivery: Delivery, message: str | None
+    ) -> _Applied | _Conflicted:
+        """Accept a change of a project with a remote: into the project's local checkout (which it
+        needs), then the new base is pushed, so the session's node finds it whichever node that is."""
         assert wt.remote_url is not None and change.snapshot_commit is not None
         if wt.checkout is None:
             raise NoCheckout(
-                f"accepting change {change.id} applies it to the project's checkout, and project {wt.project_id} "
+                f"accepting change {change.id} puts it into the project's checkout, and project {wt.project_id} "
                 f"has only a remote ({wt.remote_url}); register the project with a checkout (repo_path) to accept"
             )
         repo = wt.checkout
@@ -539,46 +772,158 @@ class WorktreeManager:
         url = wt.remote_url
 
         def publish(new_base: str) -> None:
-            remote.push_session(repo, url, wt.session_id, snapshot=None, base=new_base)
+            try:
+                remote.push_session(repo, url, wt.session_id, snapshot=None, base=new_base)
+            except RemoteUnavailable as exc:
+                # The checkout has the change already; the node's next turn cannot find its base
+                # and fails diff_failed until a push succeeds (accept again, or push by hand).
+                log.error("change.base_not_pushed", change_id=change.id, session_id=wt.session_id, error=exc)
 
         # The worktree lives in a node's clone, not in this repository: its branch is not moved.
-        return self._apply(dataclasses.replace(wt, repo_path=repo), change, names, False, publish)
+        return self._apply(
+            dataclasses.replace(wt, repo_path=repo), change, selection, delivery, message, False, publish
+        )
+
+    async def _commit_message(self, conn: asyncpg.Connection, change: PendingChange) -> str:
+        task_input = await conn.fetchval(q.TASK_INPUT, change.task_id) if change.task_id is not None else None
+        files = ", ".join(str(f["path"]) for f in change.files[:10]) + (" ..." if len(change.files) > 10 else "")
+        subject = f"Switchyard session {change.session_id}, task {change.task_id}"
+        if task_input:
+            first = " ".join(task_input.split())[:60]
+            subject += f": {first}"
+        return f"{subject}\n\nAccepted change {change.id} ({len(change.files)} files): {files}\n"
 
     def _apply(
         self,
         wt: Worktree,
         change: PendingChange,
-        names: Sequence[str] | None,
+        selection: Selection,
+        delivery: Delivery,
+        message: str | None,
         advance: bool,
         publish: Callable[[str], None] | None = None,
-    ) -> _Applied:
+    ) -> _Applied | _Conflicted:
         assert change.snapshot_commit is not None
         repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
-        entries = diff.changes(repo, base, snapshot)
-        chosen = select_files(change.id, entries, names)
-        partial = len(chosen) < len(entries)
-        paths = tuple(p for e in chosen for p in e.paths)
-        patch = git.patch(repo, base, snapshot, paths if partial else ())
+        chosen = choose(repo, change.id, base, snapshot, selection)
+        forward = b"" if chosen.everything else chosen.patch(repo, base, snapshot)
         # The new base exists before the checkout is touched, so nothing can fail in between.
-        tree = git.tree_with_patch(repo, base, patch) if partial else f"{snapshot}^{{tree}}"
-        listing = "\n".join(f"{e.status} {diff.display(e.path)}" for e in chosen)
+        tree = f"{snapshot}^{{tree}}" if chosen.everything else git.tree_with_patch(repo, base, forward)
+        accepted = git.patch(repo, base, tree)
+        paths = chosen.paths
+        listing = "\n".join(f"{e.status} {diff.display(e.path)}" for e in chosen.entries)
         new_base = git.commit_tree(
             repo, tree, base, f"switchyard: accept change {change.id} of session {wt.session_id}\n\n{listing}\n"
         )
+        try:
+            committed = self._deliver(repo, wt.session_id, change.id, accepted, paths, delivery, message)
+        except ApplyConflict as exc:
+            if chosen.everything:
+                return _Conflicted(str(exc))
+            return self._split(wt, change, chosen, tree, str(exc))
+        log.info("change.applied", change_id=change.id, repo=repo, mode=delivery.mode)
+        if committed is not None and git.rev_parse(repo, f"{committed.commit}^{{tree}}") == git.rev_parse(
+            repo, f"{new_base}^{{tree}}"
+        ):
+            new_base = committed.commit  # the reviewer's commit holds exactly the new base: build on it
         if publish is not None:
             publish(new_base)
-        mode = git.apply_to_checkout(repo, patch, paths)
-        log.info("change.applied", change_id=change.id, repo=repo, mode=mode)
         git.update_ref(repo, refs_prefix(wt.session_id) + "base", new_base)
         if advance:
             self._advance_branch(wt, new_base, paths)
-        if not partial:
-            return _Applied(new_base, None, None)
+        if chosen.everything:
+            return _Applied(new_base, None, None, committed)
         return _Applied(
             new_base,
-            diff.compute(repo, base, snapshot, self._caps, paths),
+            diff.compute(repo, base, new_base, self._caps),
             diff.compute(repo, new_base, snapshot, self._caps),
+            committed,
         )
+
+    def _deliver(
+        self,
+        repo: Path,
+        session_id: int,
+        change_id: int,
+        accepted: bytes,
+        paths: Sequence[str],
+        delivery: Delivery,
+        message: str | None,
+    ) -> checkout.Committed | None:
+        if delivery.mode == "apply":
+            git.apply_to_checkout(repo, accepted, paths)
+            return None
+        assert message is not None
+        identity = checkout.Identity(self.settings.commit_name, self.settings.commit_email)
+        text = checkout.Trailers(session_id, change_id).add_to(repo, message)
+        if delivery.mode == "commit":
+            return checkout.commit_into_checkout(repo, accepted, paths, text, identity)
+        assert delivery.branch is not None
+        return checkout.commit_onto_branch(repo, accepted, delivery.branch, text, identity)
+
+    def _split(self, wt: Worktree, change: PendingChange, chosen: Chosen, named_tree: str, reason: str) -> _Conflicted:
+        """A conflicting partial accept: the named part as a change of its own, and the rest."""
+        assert change.snapshot_commit is not None
+        repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
+        named = content_commit(repo, named_tree, base, wt.session_id)
+        rest_tree = git.tree_with_patch(repo, snapshot, chosen.patch(repo, base, snapshot, reverse=True), reverse=True)
+        rest = content_commit(repo, rest_tree, base, wt.session_id)
+        parts = [(commit, diff.compute(repo, base, commit, self._caps)) for commit in (named, rest)]
+        return _Conflicted(reason, parts[0], parts[1])
+
+    async def _conflicted(
+        self, conn: asyncpg.Connection, wt: Worktree, change: PendingChange, outcome: _Conflicted, by: str | None
+    ) -> Resolution:
+        named = outcome.named
+        row = await conn.fetchrow(
+            q.MARK_CONFLICT,
+            change.id,
+            by,
+            outcome.reason,
+            named[1].text if named else None,
+            json.dumps(named[1].files_json()) if named else None,
+            named[1].truncated if named else None,
+            named[0] if named else None,
+        )
+        conflicted = PendingChange.from_row(row)
+        await self._notify(conn, conflicted)
+        if outcome.rest is None or outcome.rest[1].empty:
+            return Resolution(conflicted)
+        rest = await self._insert(
+            conn, wt.session_id, change.task_id, change.agent, NewChange(wt.base_commit, *outcome.rest, change.id)
+        )
+        await self._carry_comments(conn, wt.repo_path, change, rest, keep_gone=False)
+        return Resolution(conflicted, rest)
+
+    async def _rehome_others(self, conn: asyncpg.Connection, wt: Worktree, done: set[int], new_base: str) -> None:
+        """Move the session's other open changes (the two parts of a conflicting partial accept)
+        onto the new base; one that no longer applies is left for a rebase or the next turn."""
+        for row in await conn.fetch(q.OPEN_CHANGES, wt.session_id):
+            other = PendingChange.from_row(row)
+            if other.id in done or other.snapshot_commit is None or other.base_commit != wt.base_commit:
+                continue
+            try:
+                snapshot, moved = await anyio.to_thread.run_sync(self._rehome, wt, other, new_base)
+            except GitCommandFailed as exc:
+                log.warning("change.not_rehomed", change_id=other.id, error=exc)
+                continue
+            updated = await conn.fetchrow(
+                q.REHOME_CHANGE,
+                other.id,
+                new_base,
+                snapshot,
+                moved.text,
+                json.dumps(moved.files_json()),
+                moved.truncated,
+            )
+            await self._notify(conn, PendingChange.from_row(updated))
+
+    def _rehome(self, wt: Worktree, change: PendingChange, new_base: str) -> tuple[str, Diff]:
+        assert change.snapshot_commit is not None
+        repo = wt.repo_path
+        tree = git.tree_with_patch(repo, new_base, git.patch(repo, change.base_commit, change.snapshot_commit))
+        snapshot = content_commit(repo, tree, new_base, wt.session_id)
+        return snapshot, diff.compute(repo, new_base, snapshot, self._caps)
 
     def _advance_branch(self, wt: Worktree, new_base: str, paths: Sequence[str]) -> None:
         """Move the session branch to the new base, if the agent has not moved it itself.
@@ -594,9 +939,15 @@ class WorktreeManager:
             log.warning("worktree.branch_not_advanced", session_id=wt.session_id, branch=wt.branch, error=exc)
 
     async def reject(
-        self, change_id: int, *, files: Sequence[str] | None = None, resolved_by: str | None = None
+        self,
+        change_id: int,
+        *,
+        files: Sequence[str] | None = None,
+        hunks: Mapping[str, Sequence[int]] | None = None,
+        resolved_by: str | None = None,
     ) -> Resolution:
-        """Put the change's files (or ``files`` of it) in the worktree back to the base.
+        """Put the change's files (or the ``files`` and the ``hunks`` of files named) in the
+        worktree back to the base.
 
         Refused while a turn of the session runs. What is discarded stays recoverable at
         ``refs/switchyard/<session>/rejected/<change>``; the rest stays pending.
@@ -610,54 +961,59 @@ class WorktreeManager:
                         f"session {wt.session_id}'s worktree is on node {wt.node_id}; reject change {change_id} "
                         "through a service on that node"
                     )
-                task = await conn.fetchval(q.RUNNING_TASK, wt.session_id)
-                if task is not None:
-                    raise TurnRunning(
-                        f"session {wt.session_id} is running a turn (task {task}); "
-                        f"reject change {change_id} after it ends"
-                    )
-                restored = await anyio.to_thread.run_sync(self._restore, wt, change, files)
+                await self._refuse_running(conn, wt, f"reject change {change_id}")
+                restored = await anyio.to_thread.run_sync(self._restore, wt, change, Selection.of(files, hunks))
                 remainder = None
                 if restored.remainder is not None:
-                    remainder = (restored.remainder[0], wt.base_commit, restored.remainder[1])
-                resolution = await self._resolve(conn, change, "rejected", resolved_by, restored.rejected, remainder)
+                    remainder = NewChange(wt.base_commit, *restored.remainder, change.id)
+                resolution = await self._resolve(
+                    conn, wt, change, "rejected", resolved_by, restored.rejected, remainder
+                )
         return Resolution(resolution.change, resolution.remainder, restored.kept_at)
 
-    def _restore(self, wt: Worktree, change: PendingChange, names: Sequence[str] | None) -> _Restored:
+    async def _refuse_running(self, conn: asyncpg.Connection, wt: Worktree, what: str) -> None:
+        task = await conn.fetchval(q.RUNNING_TASK, wt.session_id)
+        if task is not None:
+            raise TurnRunning(f"session {wt.session_id} is running a turn (task {task}); {what} after it ends")
+
+    def _restore(self, wt: Worktree, change: PendingChange, selection: Selection) -> _Restored:
         assert change.snapshot_commit is not None
         repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
-        entries = diff.changes(repo, base, snapshot)
-        chosen = select_files(change.id, entries, names)
+        chosen = choose(repo, change.id, base, snapshot, selection)
+        if chosen.everything:
+            rest = base
+        else:
+            reverted = chosen.patch(repo, base, snapshot, reverse=True)
+            tree = git.tree_with_patch(repo, snapshot, reverted, reverse=True)
+            rest = content_commit(repo, tree, base, wt.session_id)
         kept_at = None
         if os.path.lexists(wt.path):  # a deleted directory has nothing left to restore
             checkout = self._checked(wt)
             kept = git.snapshot(checkout, base, f"switchyard: worktree before rejecting change {change.id}")
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
-            git.restore_paths(checkout, base, restore_plan(chosen))
+            git.restore_paths(checkout, rest, restore_to(repo, rest, chosen.paths))
             if wt.remote_url:
                 # What failover recreates is the worktree as the reject left it.
                 self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
-        if len(chosen) == len(entries):
+        if chosen.everything:
             return _Restored(kept_at, None, None)
-        paths = tuple(p for e in chosen for p in e.paths)
-        tree = git.tree_with_patch(repo, snapshot, git.patch(repo, base, snapshot, paths), reverse=True)
-        rest = git.commit_tree(repo, tree, base, f"switchyard: snapshot of session {wt.session_id}", fixed_date=True)
         git.update_ref(repo, refs_prefix(wt.session_id) + "snapshot", rest)
+        rejected = git.tree_with_patch(repo, base, chosen.patch(repo, base, snapshot))
         return _Restored(
-            kept_at,
-            diff.compute(repo, base, snapshot, self._caps, paths),
-            (rest, diff.compute(repo, base, rest, self._caps)),
+            kept_at, diff.compute(repo, base, rejected, self._caps), (rest, diff.compute(repo, base, rest, self._caps))
         )
 
     async def _resolve(
         self,
         conn: asyncpg.Connection,
+        wt: Worktree,
         change: PendingChange,
         status: str,
         resolved_by: str | None,
         narrowed: Diff | None,
-        remainder: tuple[str, str, Diff] | None,
+        remainder: NewChange | None,
+        committed: checkout.Committed | None = None,
     ) -> Resolution:
         """Mark ``change`` resolved (keeping only the resolved files) and open the remainder."""
         row = await conn.fetchrow(
@@ -668,14 +1024,71 @@ class WorktreeManager:
             narrowed.text if narrowed else None,
             json.dumps(narrowed.files_json()) if narrowed else None,
             narrowed.truncated if narrowed else None,
+            committed.commit if committed else None,
+            committed.branch if committed else None,
         )
         resolved = PendingChange.from_row(row)
         await self._notify(conn, resolved)
         rest = None
         if remainder is not None:
-            snapshot, base, rest_diff = remainder
-            rest = await self._insert(conn, change.session_id, change.task_id, change.agent, base, snapshot, rest_diff)
+            rest = await self._insert(conn, change.session_id, change.task_id, change.agent, remainder)
+            await self._carry_comments(conn, wt.repo_path, change, rest, keep_gone=False)
         return Resolution(resolved, rest)
+
+    # ------------------------------------------------------------------------ rebase
+
+    async def rebase(self, change_id: int, *, resolved_by: str | None = None) -> Resolution:
+        """Move the session onto the checkout's HEAD: its work (the worktree) merged 3-way onto it,
+        in the worktree. Clean: a new pending change against the new base; conflicted: the
+        worktree keeps the conflict markers and the new change is ``conflict`` with the paths.
+        The open changes are superseded either way; the worktree as it was is kept at
+        ``refs/switchyard/<session>/rebased/<change>``. Refused while a turn runs."""
+        with anyio.CancelScope(shield=True):
+            async with self._connection() as conn, conn.transaction():
+                change, wt = await self._lock_open_change(conn, change_id, lock_project=True)
+                await self._refuse_running(conn, wt, f"rebase change {change_id}")
+                rebased = await anyio.to_thread.run_sync(self._rebase, wt, change)
+                await conn.execute(q.SET_BASE, wt.session_id, rebased.onto)
+                superseded = await self._supersede_open(conn, wt.session_id)
+                new = None
+                if rebased.new is not None:
+                    new = await self._insert(conn, wt.session_id, change.task_id, change.agent, rebased.new)
+                    for old in superseded:
+                        await self._carry_comments(conn, wt.repo_path, old, new, keep_gone=True)
+                resolved = next(c for c in superseded if c.id == change.id)
+        log.info("change.rebased", change_id=change_id, onto=rebased.onto, new=new.id if new else None)
+        return Resolution(resolved, new, rebased.kept_at)
+
+    def _rebase(self, wt: Worktree, change: PendingChange) -> _Rebased:
+        repo, base = wt.repo_path, wt.base_commit
+        onto = git.head_commit(repo)
+        if onto == base:
+            raise NothingToRebase(
+                f"the checkout's HEAD is session {wt.session_id}'s base already; a conflict with uncommitted "
+                "edits in the checkout goes away once they are committed (then rebase) or stashed"
+            )
+        checkout = self._checked(wt)
+        work = git.snapshot(checkout, base, f"switchyard: worktree before rebasing change {change.id}")
+        kept_at = refs_prefix(wt.session_id) + f"rebased/{change.id}"
+        git.update_ref(repo, kept_at, work)
+        merged = merge.merge_onto(repo, base, work, onto)
+        snapshot = content_commit(repo, merged.tree, onto, wt.session_id)
+        touched = tuple(p for e in diff.changes(repo, work, snapshot) for p in e.paths)
+        git.restore_paths(checkout, snapshot, restore_to(repo, snapshot, touched))
+        prefix = refs_prefix(wt.session_id)
+        git.update_ref(repo, prefix + "base", onto)
+        git.update_ref(repo, prefix + "snapshot", snapshot)
+        if git.update_ref(repo, f"refs/heads/{wt.branch}", onto, base):
+            git.sync_index_paths(checkout, tuple(p for e in diff.changes(repo, base, onto) for p in e.paths))
+        new = diff.compute(repo, onto, snapshot, self._caps)
+        if new.empty:
+            return _Rebased(kept_at, onto, None)
+        error = None
+        if merged.conflicts:
+            error = f"rebasing onto {onto[:12]} left conflicts in {', '.join(merged.conflicts)}: " + "; ".join(
+                m for m in merged.messages if m.startswith("CONFLICT")
+            )
+        return _Rebased(kept_at, onto, NewChange(onto, snapshot, new, change.id, merged.conflicts, error))
 
     # ------------------------------------------------------------------------ reaper
 

@@ -17,6 +17,11 @@ DEFAULT_MAX_TOTAL_BYTES = 8 * 1024 * 1024
 DEFAULT_REAP_IDLE_AFTER = 7 * 24 * 3600.0
 # How often the service's reaper looks.
 DEFAULT_REAP_INTERVAL = 600.0
+# While a turn runs, a worktree_changed frame at most this often (seconds; 0: none).
+DEFAULT_LIVE_DIFF_INTERVAL = 1.0
+# Who commits what a reviewer accepts as a commit or onto a branch (author and committer).
+DEFAULT_COMMIT_NAME = "Switchyard"
+DEFAULT_COMMIT_EMAIL = "switchyard@localhost"
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,16 @@ class WorktreeSettings:
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     reap_idle_after: float = DEFAULT_REAP_IDLE_AFTER
     reap_interval: float = DEFAULT_REAP_INTERVAL
+    live_diff_interval: float = DEFAULT_LIVE_DIFF_INTERVAL
+    commit_name: str = DEFAULT_COMMIT_NAME
+    commit_email: str = DEFAULT_COMMIT_EMAIL
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0 or self.max_total_bytes <= 0:
             raise ValueError("max_file_bytes and max_total_bytes must be positive")
         if self.reap_idle_after <= 0 or self.reap_interval <= 0:
             raise ValueError("reap_idle_after and reap_interval must be positive")
+        if self.live_diff_interval < 0:
+            raise ValueError("live_diff_interval must be 0 (off) or positive")
+        if not self.commit_name.strip() or "@" not in self.commit_email or "<" in self.commit_email + self.commit_name:
+            raise ValueError("commit_name must be a name and commit_email an address")

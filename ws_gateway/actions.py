@@ -17,6 +17,10 @@ from typing import Any, Literal, Protocol, TypedDict
 
 ReviewAction = Literal["accept", "reject"]
 REVIEW_ACTIONS: tuple[ReviewAction, ...] = ("accept", "reject")
+# Where an accept puts the change: the checkout's files, a commit on its branch, another branch.
+ACCEPT_MODES = ("apply", "commit", "branch")
+COMMENT_SIDES = ("new", "old")
+CHANGE_STATUSES = ("pending", "superseded", "accepted", "rejected", "conflict")
 # permission_reply's ``decision``: which kind of the offered options it picks.
 PERMISSION_DECISIONS = ("allow_once", "allow_always", "reject")
 
@@ -59,6 +63,31 @@ class CancelResult(TypedDict):
     state: str
 
 
+@dataclass(frozen=True)
+class ReviewRequest:
+    """Accept or reject a change: all of it, some ``files``, some ``hunks`` (path → hunk ids as
+    ``get_diff`` lists them); an accept ``mode`` with its commit ``message`` and ``branch``."""
+
+    change_id: int
+    action: str
+    files: tuple[str, ...] | None = None
+    hunks: dict[str, tuple[int, ...]] | None = None
+    mode: str = "apply"
+    message: str | None = None
+    branch: str | None = None
+
+
+@dataclass(frozen=True)
+class CommentRequest:
+    """A comment on ``line`` of ``side`` of ``path`` in the change, or (no path) on all of it."""
+
+    change_id: int
+    body: str
+    path: str | None = None
+    line: int | None = None
+    side: str = "new"
+
+
 class ChangeInfo(TypedDict):
     """A pending change as acks, the CLI's --json and the page show it."""
 
@@ -74,6 +103,13 @@ class ChangeInfo(TypedDict):
     created_at: str
     resolved_at: str | None
     resolved_by: str | None
+    # The change it replaced; paths a rebase left conflicted; the commit (and branch) an accept made.
+    supersedes: int | None
+    conflicts: list[str]
+    commit: str | None
+    branch: str | None
+    # Its review comments (counted by list_changes; None elsewhere).
+    comment_count: int | None
 
 
 class ResolutionInfo(ChangeInfo):
@@ -84,7 +120,53 @@ class ResolutionInfo(ChangeInfo):
 
 
 class DiffInfo(ChangeInfo):
+    """The change, and the diff text asked for: its own, or since another change's snapshot.
+    ``diff_files`` are the files that text covers, each with its hunks; ``comments`` the change's."""
+
     diff: str
+    diff_files: list[dict[str, Any]]
+    diff_truncated: bool
+    since_change_id: int | None
+    comments: list[dict[str, Any]]
+
+
+class LiveDiffInfo(TypedDict):
+    """A session's worktree diffed against its base right now (a turn may be editing it)."""
+
+    session_id: int
+    live: bool
+    base_commit: str
+    diff: str
+    diff_files: list[dict[str, Any]]
+    diff_truncated: bool
+
+
+class ChangeList(TypedDict):
+    session_id: int
+    changes: list[ChangeInfo]
+
+
+class CommentInfo(TypedDict):
+    comment: dict[str, Any]
+
+
+class ChangesRequested(TypedDict):
+    """The task request_changes queued, and the comments it quotes."""
+
+    change_id: int
+    session_id: int
+    task_id: int
+    comment_ids: list[int]
+
+
+class AgentTask(TypedDict):
+    """The task resolve_with_agent queued (``created`` False: it was queued before)."""
+
+    change_id: int
+    session_id: int
+    task_id: int
+    created: bool
+    files: list[str]
 
 
 class PermissionReplyResult(TypedDict):
@@ -136,12 +218,36 @@ class GatewayActions(Protocol):
         """Request cancellation."""
         ...
 
-    async def review(self, change_id: int, action: str, files: tuple[str, ...] | None, by: str) -> ResolutionInfo:
-        """Accept or reject a pending change (optionally only ``files``)."""
+    async def review(self, request: ReviewRequest, by: str) -> ResolutionInfo:
+        """Accept or reject a pending change (optionally only some files or hunks)."""
         ...
 
-    async def get_diff(self, change_id: int) -> DiffInfo:
-        """The change and its (possibly truncated) diff text."""
+    async def get_diff(self, change_id: int, since_change_id: int | None) -> DiffInfo:
+        """The change and its (possibly truncated) diff text, or the interdiff since another change."""
+        ...
+
+    async def live_diff(self, session_id: int) -> LiveDiffInfo:
+        """The session's worktree diff right now."""
+        ...
+
+    async def list_changes(self, session_id: int, status: str | None, limit: int) -> ChangeList:
+        """The session's changes, newest first, with their comment counts."""
+        ...
+
+    async def comment(self, request: CommentRequest, by: str) -> CommentInfo:
+        """A review comment on a change."""
+        ...
+
+    async def request_changes(self, change_id: int, message: str | None, by: str) -> ChangesRequested:
+        """The change's open comments (and ``message``) as the session's next task."""
+        ...
+
+    async def rebase(self, change_id: int, by: str) -> ResolutionInfo:
+        """Move the session onto the checkout's HEAD (3-way, in the worktree)."""
+        ...
+
+    async def resolve_with_agent(self, change_id: int, message: str | None, by: str) -> AgentTask:
+        """A task asking the agent to resolve the conflicts a rebase left."""
         ...
 
     async def reply_permission(

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ws_gateway.actions import PERMISSION_DECISIONS, REVIEW_ACTIONS
+from ws_gateway.actions import ACCEPT_MODES, CHANGE_STATUSES, COMMENT_SIDES, PERMISSION_DECISIONS, REVIEW_ACTIONS
 from ws_gateway.errors import InvalidFrame, MalformedFrame
 
 RequestId = str | int
@@ -32,6 +32,8 @@ MAX_INPUT_CHARS = 2**31
 MAX_TOKEN_CHARS = 512
 MAX_LIST_LIMIT = 200
 DEFAULT_LIST_LIMIT = 50
+MAX_TEXT_CHARS = 20_000
+MAX_HUNK_ID = 1_000_000
 # list_sessions' paging cursor: '<last_active_at in microseconds since 1970>:<session id>'.
 CURSOR = re.compile(r"-?\d{1,19}:\d{1,19}")
 MAX_AGENT_OPTIONS = 32
@@ -92,12 +94,62 @@ class Review:
     change_id: int
     action: str
     files: tuple[str, ...] | None = None
+    # path -> hunk ids (as get_diff lists them)
+    hunks: dict[str, tuple[int, ...]] | None = None
+    mode: str = "apply"
+    message: str | None = None
+    branch: str | None = None
     id: RequestId | None = None
 
 
 @dataclass(frozen=True)
 class GetDiff:
+    """A change's diff (``since_change_id``: the interdiff since that change's snapshot), or with
+    ``live`` a session's worktree as it is now."""
+
+    change_id: int | None = None
+    since_change_id: int | None = None
+    session_id: int | None = None
+    live: bool = False
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class Comment:
     change_id: int
+    body: str
+    path: str | None = None
+    line: int | None = None
+    side: str = "new"
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class RequestChanges:
+    change_id: int
+    message: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class Rebase:
+    change_id: int
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ResolveWithAgent:
+    change_id: int
+    message: str | None = None
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True)
+class ListChanges:
+    session_id: int
+    # None: every status
+    status: str | None = None
+    limit: int = DEFAULT_LIST_LIMIT
     id: RequestId | None = None
 
 
@@ -178,17 +230,17 @@ class ListModels:
 
 
 DiscoveryFrame = ListProjects | ListSessions | ListTasks | SubscribeProject | UnsubscribeProject
+ReviewFrame = Review | GetDiff | Comment | RequestChanges | Rebase | ResolveWithAgent | ListChanges
 ReplyFrame = PermissionReply | QuestionReply
 ClientFrame = (
     Subscribe
     | Unsubscribe
     | Submit
     | Cancel
-    | Review
-    | GetDiff
     | Ping
     | Auth
     | DiscoveryFrame
+    | ReviewFrame
     | ReplyFrame
     | ListAgents
     | ListModels
@@ -271,6 +323,25 @@ class _Fields:
         if not isinstance(value, bool):
             raise self.fail(f"{key!r} must be true or false")
         return value
+
+    def choice(self, key: str, choices: tuple[str, ...]) -> str | None:
+        value = self.text(key)
+        if value is not None and value not in choices:
+            raise self.fail(f"{key!r} must be one of {', '.join(choices)}")
+        return value
+
+    def hunks(self, key: str) -> dict[str, tuple[int, ...]] | None:
+        value = self._take(key, False)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not value or len(value) > MAX_FILES:
+            raise self.fail(f"{key!r} must be an object of 1 to {MAX_FILES} paths, each with a list of hunk ids")
+        out: dict[str, tuple[int, ...]] = {}
+        for path, ids in value.items():
+            if not path or not isinstance(ids, list) or not ids or len(ids) > MAX_HUNK_ID:
+                raise self.fail(f"{key!r} must map each path to a non-empty list of hunk ids")
+            out[path] = tuple(dict.fromkeys(_check_int(i, key, 1, MAX_HUNK_ID, self) for i in ids))
+        return out
 
     def agent_options(self, key: str) -> dict[str, str | bool] | None:
         value = self._take(key, False)
@@ -356,21 +427,69 @@ def _parse_fields(type_: str, f: _Fields) -> ClientFrame:
         )
     if type_ == "cancel":
         return Cancel(_required(f.integer("task_id")), rid)
-    if type_ == "review":
-        change_id = _required(f.integer("change_id"))
-        action = f.text("action", required=True)
-        if action not in REVIEW_ACTIONS:
-            raise f.fail(f"'action' must be one of {', '.join(REVIEW_ACTIONS)}")
-        return Review(change_id, action, f.files("files"), rid)
-    if type_ == "get_diff":
-        return GetDiff(_required(f.integer("change_id")), rid)
     if type_ == "ping":
         return Ping(rid)
     if type_ == "auth":
         token = f.text("token", required=True, max_chars=MAX_TOKEN_CHARS)
         assert token is not None
         return Auth(token, rid)
+    return _parse_review(type_, f)
+
+
+def _parse_review(type_: str, f: _Fields) -> ClientFrame:
+    rid = f.request_id
+    if type_ == "review":
+        return _review(f)
+    if type_ == "get_diff":
+        live = f.flag("live")
+        if live:
+            if f.has("change_id") or f.has("since_change_id"):
+                raise f.fail("'live' takes a 'session_id', not a change")
+            return GetDiff(session_id=_required(f.integer("session_id")), live=True, id=rid)
+        if f.has("session_id"):
+            raise f.fail("'session_id' goes with 'live': true; a change's diff takes 'change_id'")
+        change_id = _required(f.integer("change_id"))
+        return GetDiff(change_id, f.integer("since_change_id", required=False), id=rid)
+    if type_ == "comment":
+        change_id = _required(f.integer("change_id"))
+        body = f.text("body", required=True, max_chars=MAX_TEXT_CHARS)
+        assert body is not None
+        path = f.text("path", max_chars=4096)
+        line = f.integer("line", required=False, maximum=2**31 - 1)
+        side = f.choice("side", COMMENT_SIDES)
+        if (path is None) != (line is None) or (side is not None and path is None):
+            raise f.fail("a comment names 'path' and 'line' (and maybe 'side'), or none of them")
+        return Comment(change_id, body, path, line, side or "new", rid)
+    if type_ in ("request_changes", "resolve_with_agent"):
+        change_id = _required(f.integer("change_id"))
+        message = f.text("message", max_chars=MAX_TEXT_CHARS)
+        return (RequestChanges if type_ == "request_changes" else ResolveWithAgent)(change_id, message, rid)
+    if type_ == "rebase":
+        return Rebase(_required(f.integer("change_id")), rid)
+    if type_ == "list_changes":
+        session_id = _required(f.integer("session_id"))
+        status = f.choice("status", (*CHANGE_STATUSES, "all"))
+        limit = f.integer("limit", required=False, maximum=MAX_LIST_LIMIT) or DEFAULT_LIST_LIMIT
+        return ListChanges(session_id, None if status in (None, "all") else status, limit, rid)
     return _parse_discovery(type_, f)
+
+
+def _review(f: _Fields) -> Review:
+    change_id = _required(f.integer("change_id"))
+    action = f.choice("action", REVIEW_ACTIONS)
+    if action is None:
+        raise f.fail("missing field 'action'")
+    files, hunks = f.files("files"), f.hunks("hunks")
+    mode = f.choice("mode", ACCEPT_MODES)
+    message = f.text("message", max_chars=MAX_TEXT_CHARS)
+    branch = f.text("branch", max_chars=MAX_NAME_CHARS)
+    if action == "reject" and (mode or message or branch):
+        raise f.fail("'mode', 'message' and 'branch' go with 'accept'")
+    if message is not None and mode not in ("commit", "branch"):
+        raise f.fail("'message' goes with mode 'commit' or 'branch'")
+    if (mode == "branch") != (branch is not None):
+        raise f.fail("mode 'branch' needs 'branch', and 'branch' needs mode 'branch'")
+    return Review(change_id, action, files, hunks, mode or "apply", message, branch, f.request_id)
 
 
 def _parse_discovery(type_: str, f: _Fields) -> ClientFrame:

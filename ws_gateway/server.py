@@ -36,9 +36,11 @@ from ws_gateway.protocol import (
     Auth,
     Cancel,
     ClientFrame,
+    Comment,
     DiscoveryFrame,
     GetDiff,
     ListAgents,
+    ListChanges,
     ListModels,
     ListProjects,
     ListSessions,
@@ -46,7 +48,10 @@ from ws_gateway.protocol import (
     PermissionReply,
     Ping,
     QuestionReply,
+    Rebase,
+    RequestChanges,
     RequestId,
+    ResolveWithAgent,
     Review,
     Submit,
     Subscribe,
@@ -56,6 +61,7 @@ from ws_gateway.protocol import (
     encode_frame,
     parse_client_frame,
 )
+from ws_gateway.reviewing import Reviewing
 from ws_gateway.settings import GatewaySettings
 from ws_gateway.snapshot import read_snapshot
 from ws_gateway.subscriptions import ClientFeed, Hub
@@ -248,6 +254,7 @@ class ClientConnection:
         self.outbox = self.feed.outbox
         self.projects = ProjectSubscriber(gateway.projects, self._push_live)
         self.discovery = Discovery(self.pool, access, self.projects, self.settings.max_subscriptions)
+        self.reviewing = Reviewing(self.pool, access, self.gateway.actions)
         self._budget = RequestBudget(self.settings.requests_per_second, self.settings.request_burst)
         self._scope = anyio.CancelScope()
         self._close: tuple[int, str] | None = None
@@ -373,15 +380,9 @@ class ClientConnection:
             case Cancel():
                 await self._authorize(await auth.task_project(self.pool, frame.task_id), f"task {frame.task_id}")
                 await self._ack(frame.id, "cancel", **await self.gateway.actions.cancel(frame.task_id))
-            case Review():
-                await self._authorize_change(frame.change_id)
-                result = await self.gateway.actions.review(
-                    frame.change_id, frame.action, frame.files, by=f"token:{self.access.name}"
-                )
-                await self._ack(frame.id, "review", **result)
-            case GetDiff():
-                await self._authorize_change(frame.change_id)
-                await self._ack(frame.id, "get_diff", **await self.gateway.actions.get_diff(frame.change_id))
+            case Review() | GetDiff() | Comment() | RequestChanges() | Rebase() | ResolveWithAgent() | ListChanges():
+                action, result = await self.reviewing.handle(frame)
+                await self._ack(frame.id, action, **result)
             case Ping():
                 await self._reply({"type": ServerFrame.PONG.value, "id": frame.id})
             case Auth():
@@ -415,9 +416,6 @@ class ClientConnection:
     async def _authorize(self, project_id: int | None, what: str) -> None:
         if not self.access.sees(project_id):
             raise ActionRejected("forbidden", f"{what} does not exist or belongs to a project this token cannot see")
-
-    async def _authorize_change(self, change_id: int) -> None:
-        await self._authorize(await auth.change_project(self.pool, change_id), f"change {change_id}")
 
     async def _subscribe(self, frame: Subscribe) -> None:
         """All or nothing: every session must be visible and every since_seq valid."""

@@ -33,7 +33,7 @@ from orchestrator.app.status import print_status, read_status
 from orchestrator.app.wiring import open_pool
 from orchestrator.db import NodeRow, database_url, get_node, list_nodes, migrate, migrate_url, schema_version, set_drain
 from orchestrator.dispatch import refresh_tasks
-from orchestrator.errors import NotFound
+from orchestrator.errors import NotFound, UsageError
 from orchestrator.services import (
     OrchestratorActions,
     ReviewService,
@@ -204,29 +204,65 @@ async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 async def cmd_changes(ctx: CliContext, args: argparse.Namespace) -> int:
+    status = None if args.status == "all" else args.status
     async with ctx.connect() as conn:
         changes = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).list_changes(
-            session_id=args.session, status=args.status, limit=args.limit
+            session_id=args.session, status=status, limit=args.limit
         )
     if args.json:
         print(json.dumps([change_json(c) for c in changes], indent=2))
         return 0
-    rows = [{**change_json(c), "files": len(c.files), "id": c.id} for c in changes]
-    print_table(rows, ("id", "session_id", "task_id", "status", "files", "truncated", "created_at", "error"))
+    rows = [{**change_json(c), "files": len(c.files), "id": c.id, "comments": c.comments} for c in changes]
+    columns = ("id", "session_id", "task_id", "status", "files", "comments", "truncated", "created_at", "error")
+    print_table(rows, columns)
     return 0
 
 
 async def cmd_diff(ctx: CliContext, args: argparse.Namespace) -> int:
+    if (args.change_id is None) == (args.live is None) or (args.since is not None and args.change_id is None):
+        raise UsageError("give a change ID (and maybe --since OLD_ID), or --live SESSION")
     async with ctx.connect() as conn:
-        text = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).get_diff(args.change_id)
+        review = ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id)
+        if args.live is not None:
+            live = await review.live_diff_info(args.live)
+            text, files = live["diff"], live["diff_files"]
+        else:
+            info = await review.diff_info(args.change_id, since=args.since)
+            text, files = info["diff"], info["diff_files"]
+    if args.hunks:
+        for entry in files:
+            for hunk in entry["hunks"] or []:
+                print(f"{entry['path']}:{hunk['id']}\t{hunk['header']}")
+            if entry["hunks"] is None:
+                print(f"{entry['path']}\t(no hunks shown: review it as a file)")
+        return 0
     sys.stdout.write(text)
     return 0
+
+
+def parse_hunks(specs: Sequence[str] | None) -> dict[str, list[int]] | None:
+    """``PATH:N`` (repeatable; N as ``switchyard diff ID --hunks`` lists them) by path."""
+    if not specs:
+        return None
+    hunks: dict[str, list[int]] = {}
+    for spec in specs:
+        path, _, number = spec.rpartition(":")
+        if not path or not number.isdigit() or int(number) < 1:
+            raise UsageError(f"--hunk takes PATH:N (see `switchyard diff ID --hunks`), not {spec!r}")
+        hunks.setdefault(path, []).append(int(number))
+    return hunks
 
 
 async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
         resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).accept(
-            args.change_id, files=args.file, by=args.by
+            args.change_id,
+            files=args.file,
+            hunks=parse_hunks(args.hunk),
+            mode=args.mode,
+            message=args.message,
+            branch=args.branch,
+            by=args.by,
         )
     return _print_resolution(resolution, as_json=args.json)
 
@@ -234,9 +270,71 @@ async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_reject(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
         resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).reject(
-            args.change_id, files=args.file, by=args.by
+            args.change_id, files=args.file, hunks=parse_hunks(args.hunk), by=args.by
         )
     return _print_resolution(resolution, as_json=args.json)
+
+
+async def cmd_rebase(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).rebase(
+            args.change_id, by=args.by
+        )
+    if args.json:
+        print(json.dumps(resolution_json(resolution), indent=2))
+        return 0
+    new = resolution.remainder
+    if new is None:
+        print(f"change {args.change_id}: the session is on the checkout's HEAD now, with nothing left to review")
+    elif new.conflicts:
+        print(f"change {args.change_id} rebased as change {new.id}, with conflicts in: {', '.join(new.conflicts)}")
+        print(f"the worktree holds the conflict markers; `switchyard resolve-with-agent {new.id}` asks the agent")
+    else:
+        print(f"change {args.change_id} rebased cleanly as change {new.id}")
+    return 0
+
+
+async def cmd_comment(ctx: CliContext, args: argparse.Namespace) -> int:
+    if (args.file is None) != (args.line is None):
+        raise UsageError("--file and --line go together (neither: a comment on the whole change)")
+    async with ctx.connect() as conn:
+        comment = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).comment(
+            args.change_id, args.body, path=args.file, line=args.line, side=args.side, by=args.by
+        )
+    where = f"{comment.path}:{comment.line} ({comment.side})" if comment.path else "the change"
+    print(f"comment {comment.id} on {where} of change {comment.change_id}")
+    return 0
+
+
+async def cmd_comments(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        comments = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).comments(args.change_id)
+    rows = [
+        {**c.to_json(), "id": c.id, "where": f"{c.path}:{c.current_line or c.line}" if c.path else "-"}
+        for c in comments
+    ]
+    print_table(rows, ("id", "where", "side", "outdated", "state", "task_id", "author", "body"), as_json=args.json)
+    return 0
+
+
+async def cmd_request_changes(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        queued = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).request_changes(
+            args.change_id, message=args.message, by=args.by
+        )
+    count = len(queued.comment_ids)
+    print(f"task {queued.submitted.task_id} queued in session {queued.change.session_id} with {count} comment(s)")
+    return 0
+
+
+async def cmd_resolve_with_agent(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        queued = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).resolve_with_agent(
+            args.change_id, message=args.message, by=args.by
+        )
+    seen = "" if queued.submitted.created else " (asked before; nothing added)"
+    print(f"task {queued.submitted.task_id} asks the agent to resolve: {', '.join(queued.change.conflicts)}{seen}")
+    return 0
 
 
 def _print_resolution(resolution: Resolution, *, as_json: bool) -> int:
@@ -245,10 +343,14 @@ def _print_resolution(resolution: Resolution, *, as_json: bool) -> int:
         print(json.dumps(resolution_json(resolution), indent=2))
     elif change.status == "conflict":
         print(f"change {change.id}: conflict, the project was not changed: {change.error}", file=sys.stderr)
+        if resolution.remainder is not None:
+            print(f"the files you did not name stay pending as change {resolution.remainder.id}", file=sys.stderr)
     else:
         print(f"change {change.id} {change.status}: {', '.join(f['path'] for f in change.files)}")
+        if change.accepted_commit is not None:
+            print(f"committed as {change.accepted_commit} on {change.accepted_branch}")
         if resolution.remainder is not None:
-            print(f"the other files stay pending as change {resolution.remainder.id}")
+            print(f"the rest stays pending as change {resolution.remainder.id}")
         if resolution.kept_at is not None:
             print(f"the discarded content is kept at {resolution.kept_at}")
     return 1 if change.status == "conflict" else 0
@@ -475,13 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     changes = _command(sub, "changes", "list pending changes (newest first)", cmd_changes)
     changes.add_argument("--session", type=int, help="only this session")
-    changes.add_argument("--status", choices=("pending", "superseded", "accepted", "rejected", "conflict"))
+    changes.add_argument(
+        "--status",
+        choices=("pending", "superseded", "accepted", "rejected", "conflict", "all"),
+        default="pending",
+        help="only changes with this status (default: pending; all: every status)",
+    )
     changes.add_argument("--limit", type=int, default=20)
     changes.add_argument("--json", action="store_true", help="print JSON")
 
-    diff = _command(sub, "diff", "print a change's diff", cmd_diff)
-    diff.add_argument("change_id", type=int, metavar="ID")
+    diff = _command(sub, "diff", "print a change's diff, the interdiff since another one, or a live worktree", cmd_diff)
+    diff.add_argument("change_id", type=int, metavar="ID", nargs="?")
+    diff.add_argument("--since", type=int, metavar="OLD_ID", help="only what changed since change OLD_ID's snapshot")
+    diff.add_argument("--live", type=int, metavar="SESSION", help="the session's worktree as it is now")
+    diff.add_argument("--hunks", action="store_true", help="list the hunks (PATH:N, as accept --hunk takes them)")
 
+    by = f"cli:{getpass.getuser()}"
     for name, handler, what in (
         ("accept", cmd_accept, "apply a pending change to the project checkout (3-way; conflicts change nothing)"),
         (
@@ -494,8 +605,47 @@ def build_parser() -> argparse.ArgumentParser:
         review = _command(sub, name, what, handler)
         review.add_argument("change_id", type=int, metavar="ID")
         review.add_argument("--file", action="append", metavar="PATH", help="only this file (repeatable)")
-        review.add_argument("--by", default=f"cli:{getpass.getuser()}", help="who resolved it (default: cli:$USER)")
+        review.add_argument(
+            "--hunk", action="append", metavar="PATH:N", help="only hunk N of PATH (repeatable; see diff --hunks)"
+        )
+        review.add_argument("--by", default=by, help="who resolved it (default: cli:$USER)")
         review.add_argument("--json", action="store_true", help="print JSON")
+        if name == "accept":
+            review.add_argument(
+                "--mode",
+                choices=("apply", "commit", "branch"),
+                default="apply",
+                help="apply: into the checkout's files (default); commit: a commit on its current branch; "
+                "branch: a commit on --branch, the checkout untouched",
+            )
+            review.add_argument("-m", "--message", help="the commit message (default: one naming session and task)")
+            review.add_argument("--branch", help="the branch for --mode branch (created at HEAD if missing)")
+
+    rebase = _command(sub, "rebase", "move a session onto the checkout's HEAD, merging its work 3-way", cmd_rebase)
+    rebase.add_argument("change_id", type=int, metavar="ID")
+    rebase.add_argument("--by", default=by, help="who asked (default: cli:$USER)")
+    rebase.add_argument("--json", action="store_true", help="print JSON")
+
+    comment = _command(sub, "comment", "comment on a line of a change's file, or on the whole change", cmd_comment)
+    comment.add_argument("change_id", type=int, metavar="ID")
+    comment.add_argument("body", help="the comment")
+    comment.add_argument("--file", metavar="PATH", help="the file (with --line)")
+    comment.add_argument("--line", type=int, help="the line (of the new side unless --side old)")
+    comment.add_argument("--side", choices=("new", "old"), default="new", help="new: the change's; old: its base")
+    comment.add_argument("--by", default=by, help="the author (default: cli:$USER)")
+
+    comments = _command(sub, "comments", "list a change's review comments (carried-over ones too)", cmd_comments)
+    comments.add_argument("change_id", type=int, metavar="ID")
+    comments.add_argument("--json", action="store_true", help="print JSON")
+
+    for name, handler, what in (
+        ("request-changes", cmd_request_changes, "send a change's open comments to the agent as its next task"),
+        ("resolve-with-agent", cmd_resolve_with_agent, "ask the agent to resolve the conflicts a rebase left"),
+    ):
+        asked = _command(sub, name, what, handler)
+        asked.add_argument("change_id", type=int, metavar="ID")
+        asked.add_argument("-m", "--message", help="more for the agent, after the comments / the conflicts")
+        asked.add_argument("--by", default=by, help="who asked (default: cli:$USER)")
 
     gateway = _command(sub, "gateway", "run only the WebSocket gateway (any number may share a database)", cmd_gateway)
     gateway.add_argument("--port", type=int, help="listen on this port (default: gateway.port)")

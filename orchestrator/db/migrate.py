@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,8 @@ WAIT_BACKOFF_MAX = 5.0
 SCHEMA_VERSION = 8
 # Any constant works; it only has to be the same for every Switchyard process.
 MIGRATE_LOCK_KEY = 0x5357_4954_4348  # "SWITCH"
+# How each version block of schema.sql records itself.
+VERSION_RECORD = re.compile(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)")
 
 
 def schema_sql() -> str:
@@ -33,8 +36,9 @@ def schema_sql() -> str:
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
-    """Apply schema.sql in one transaction under an advisory lock, unless the database is at this
-    version already; returns the version."""
+    """Apply schema.sql in one transaction under an advisory lock, unless the database has every
+    version block of it already; returns the version."""
+    sql = schema_sql()
     async with conn.transaction():
         await conn.execute(q.LOCK_MIGRATION, MIGRATE_LOCK_KEY)
         exists = await conn.fetchval(q.SCHEMA_VERSION_TABLE_EXISTS)
@@ -45,12 +49,15 @@ async def migrate(conn: asyncpg.Connection) -> int:
                     f"the database has schema version {current}, newer than this Switchyard "
                     f"({SCHEMA_VERSION}); upgrade Switchyard"
                 )
-            if current == SCHEMA_VERSION:
+            # Versions are assigned to parallel work and merged in any order, so a database
+            # may have the highest version but not one below it: every block must be there.
+            present = set(await conn.fetchval(q.SCHEMA_VERSIONS))
+            if present.issuperset(int(v) for v in VERSION_RECORD.findall(sql)):
                 # Up to date: nothing to run. (Running the file anyway would take table locks
                 # for its CREATE INDEX/TRIGGER statements and can deadlock with live turns when a
                 # process starts on a busy database.)
-                return SCHEMA_VERSION
-        await conn.execute(schema_sql())
+                return int(current)
+        await conn.execute(sql)
         version: int = await conn.fetchval(q.SCHEMA_VERSION)
     return version
 

@@ -49,6 +49,7 @@ from kernel import (
     Event,
     SessionFrame,
     TaskStatePayload,
+    WorktreeChangedPayload,
     append_events,
     exponential,
     get_logger,
@@ -184,6 +185,17 @@ class TurnSink:
     def add_task_state(self, payload: TaskStatePayload) -> None:
         """The task's state: the one frame that is not about the message."""
         self._push(_Frame(SessionFrame.TASK_STATE, dict(payload), of_message=False))
+
+    def add_worktree_changed(self, task_id: int, files: dict[str, Any]) -> None:
+        """The worktree's diff so far (orchestrator.dispatch.turn's live diff): not about the message."""
+        payload = WorktreeChangedPayload(
+            task_id=task_id,
+            files=files["files"],
+            total_files=files["total_files"],
+            additions=files["additions"],
+            deletions=files["deletions"],
+        )
+        self._push(_Frame(SessionFrame.WORKTREE_CHANGED, dict(payload), of_message=False))
 
     def open_message(self) -> None:
         self.message_opened = True

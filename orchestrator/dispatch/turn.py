@@ -10,7 +10,8 @@
 - **execute** runs ``backend.run_turn`` inside the turn's cancel scope (turn timeout as its
   deadline, cancellation, shutdown; :func:`watch_turns` aborts it when the backend is silent
   too long or the turn's lease deadline passed). Its output goes to the sink, which the
-  dispatcher's FlushScheduler writes.
+  dispatcher's FlushScheduler writes. Beside a backend that edits the worktree runs the live
+  diff (``worktree_changed`` frames, worktrees.live), stopped before finalize.
   -> :class:`TurnResult`
 - **finalize** runs shielded with a fresh ``finalize_timeout`` whatever ended the turn: for a
   backend with a worktree it writes the reply and records the worktree's diff while the task
@@ -33,7 +34,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -326,13 +328,30 @@ class TurnRunner:
         sink.last_activity = anyio.current_time()
         handle.executing = True
         try:
-            outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
+            async with self._live_diff(ctx, sink):
+                outcome = await ctx.backend.run_turn(ctx.turn, sink.emit)
         except Exception as exc:
             log.exception("turn.backend_crashed", task_id=ctx.task.id, path=ctx.backend.execution_path)
             outcome = TurnOutcome.failed("backend_error", f"{type(exc).__name__}: {exc}")
         finally:
             handle.executing = False
         return self._from_outcome(ctx.task, outcome, sink)
+
+    @asynccontextmanager
+    async def _live_diff(self, ctx: TurnContext, sink: TurnSink) -> AsyncIterator[None]:
+        """``worktree_changed`` frames while the backend edits the worktree (worktrees.live);
+        stopped before finalize, so none follows the turn's message_complete."""
+        worktrees = self._worktrees
+        if worktrees is None or ctx.turn.workdir is None or worktrees.settings.live_diff_interval <= 0:
+            yield
+            return
+        task_id = ctx.task.id
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worktrees.follow, ctx.session_id, lambda files: sink.add_worktree_changed(task_id, files))
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     def _from_outcome(self, task: ClaimedTask, outcome: TurnOutcome, sink: TurnSink) -> TurnResult:
         usage = outcome.usage or sink.usage

@@ -74,6 +74,21 @@ SELECT name, transport, command, version, available, detail, checked_at, models,
 """
 
 
+# The agent, model and mode of the turn that made a change (else the session's), for the task
+# a review queues in its session.
+REVIEW_TASK_CONTEXT = """
+SELECT s.project_id,
+       CASE WHEN t.id IS NULL THEN s.agent ELSE t.agent END AS agent,
+       CASE WHEN t.id IS NULL THEN s.model ELSE t.model END AS model,
+       t.mode_id
+  FROM pending_changes c
+  JOIN sessions s ON s.id = c.session_id
+  LEFT JOIN tasks t ON t.id = c.task_id
+ WHERE c.id = $1
+"""
+
+
+LINK_REVIEW_TASK = "UPDATE tasks SET review_change_id = $2 WHERE id = $1"
 # ---------------------------------------------------------------------------- approvals
 # A person's reply (orchestrator.services.approvals): the request row is locked, so of two
 # replies the second sees the first's decision.

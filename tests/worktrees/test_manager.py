@@ -233,6 +233,42 @@ async def test_a_conflicting_local_edit_marks_conflict_and_leaves_the_project_al
     assert (repo / "a.txt").read_text() == LINES.replace("line 2\n", "agent\n")
 
 
+async def test_a_conflicting_partial_accept_keeps_the_other_files_pending_and_says_why(
+    pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
+) -> None:
+    manager = WorktreeManager(pool, worktree_settings)
+    session = await add_repo_session(pool, repo)
+    change = await turn(manager, pool, session, {"a.txt": LINES.replace("line 2\n", "agent\n"), "extra.txt": "x\n"})
+    assert change is not None
+    (repo / "a.txt").write_text(LINES.replace("line 2\n", "developer\n"))
+    status_before = git(repo, "status", "--porcelain")
+
+    done = await manager.accept(change.id, files=["a.txt"], resolved_by="bob")
+    # The named file is the conflict, with git's own reason; the other stays pending.
+    assert done.change.status == "conflict" and [f["path"] for f in done.change.files] == ["a.txt"]
+    error = done.change.error
+    assert error is not None and error.startswith("git apply: ") and "Applied patch to 'a.txt' with conflicts." in error
+    assert done.remainder is not None and done.remainder.status == "pending"
+    assert [f["path"] for f in done.remainder.files] == ["extra.txt"]
+    assert done.remainder.supersedes == change.id
+    assert git(repo, "status", "--porcelain") == status_before
+    assert "extra.txt" not in await manager.get_diff(change.id)
+
+    # A turn that changes nothing keeps both as they are.
+    assert (await turn(manager, pool, session, {})) == done.remainder
+    assert await statuses(pool, session) == ["conflict", "pending"]
+
+    # Accepting the pending part moves the conflicting one onto the new base, where it can be
+    # accepted once the developer has dropped the local edit.
+    rest = await manager.accept(done.remainder.id)
+    assert rest.change.status == "accepted" and (repo / "extra.txt").read_text() == "x\n"
+    git(repo, "checkout", "--", "a.txt")
+    again = await manager.accept(change.id)
+    assert again.change.status == "accepted", again.change.error
+    assert (repo / "a.txt").read_text() == LINES.replace("line 2\n", "agent\n")
+    assert await statuses(pool, session) == ["accepted", "accepted"]
+
+
 async def test_accept_uses_what_was_reviewed_not_what_the_worktree_holds_now(
     pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
@@ -312,15 +348,21 @@ async def test_the_reaper_removes_only_what_it_may(
     pool: asyncpg.Pool, repo: Path, worktree_settings: WorktreeSettings
 ) -> None:
     manager = WorktreeManager(pool, WorktreeSettings(root=worktree_settings.root, reap_idle_after=3600))
-    idle, archived, pending, running, dirty, fresh = [await add_repo_session(pool, repo) for _ in range(6)]
-    paths = {s: (await manager.ensure(s)).path for s in (idle, archived, pending, running, dirty, fresh)}
+    idle, archived, pending, running, dirty, fresh, queued = [await add_repo_session(pool, repo) for _ in range(7)]
+    paths = {s: (await manager.ensure(s)).path for s in (idle, archived, pending, running, dirty, fresh, queued)}
     await turn(manager, pool, pending, {"x.txt": "x\n"})
     async with pool.acquire() as conn:
         await start_turn(conn, running)
+        # A task waiting for its not_before (as after a reject) keeps its worktree too.
+        await conn.execute(
+            """INSERT INTO tasks (project_id, session_id, input, not_before)
+               SELECT project_id, id, 'later', now() + interval '1 hour' FROM sessions WHERE id = $1""",
+            queued,
+        )
     (paths[dirty] / "unrecorded.txt").write_text("work nobody has seen\n")
     (paths[idle] / "build").mkdir()
     (paths[idle] / "build" / "cache.o").write_text("ignored output\n")
-    for s in (idle, pending, running, dirty):
+    for s in (idle, pending, running, dirty, queued):
         await make_idle(pool, s)
     await pool.execute("UPDATE sessions SET status = 'archived', archived_at = now() WHERE id = $1", archived)
     await pool.execute(
@@ -330,13 +372,13 @@ async def test_the_reaper_removes_only_what_it_may(
     reaped = {r.session_id: r for r in await manager.reap()}
     assert {s for s, r in reaped.items() if r.removed} == {idle, archived}
     assert not reaped[dirty].removed and "never recorded" in reaped[dirty].reason
-    assert pending not in reaped and running not in reaped and fresh not in reaped
+    assert pending not in reaped and running not in reaped and fresh not in reaped and queued not in reaped
     for s in (idle, archived):
         assert not paths[s].exists()
         assert git(repo, "branch", "--list", f"switchyard/{s}") == ""
         assert git(repo, "for-each-ref", f"refs/switchyard/{s}/") == ""
         assert await pool.fetchval("SELECT status FROM session_worktrees WHERE session_id = $1", s) == "removed"
-    for s in (pending, running, dirty, fresh):
+    for s in (pending, running, dirty, fresh, queued):
         assert paths[s].exists()
     assert (paths[dirty] / "unrecorded.txt").exists()
 

@@ -11,12 +11,17 @@ from ws_gateway import InvalidFrame, MalformedFrame
 from ws_gateway.protocol import (
     Cancel,
     ClientFrame,
+    Comment,
     GetDiff,
     ListAgents,
+    ListChanges,
     ListModels,
     PermissionReply,
     Ping,
     QuestionReply,
+    Rebase,
+    RequestChanges,
+    ResolveWithAgent,
     Review,
     Submit,
     Subscribe,
@@ -71,6 +76,87 @@ from ws_gateway.protocol import (
 )
 def test_valid_frames(frame: dict[str, Any], parsed: ClientFrame) -> None:
     assert parse_client_frame(json.dumps(frame)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("frame", "parsed"),
+    [
+        (
+            {"type": "review", "change_id": 9, "action": "accept", "hunks": {"a.py": [2, 2, 1]}, "files": ["b.py"]},
+            Review(9, "accept", ("b.py",), {"a.py": (2, 1)}),
+        ),
+        (
+            {"type": "review", "change_id": 9, "action": "accept", "mode": "commit", "message": "Fix"},
+            Review(9, "accept", mode="commit", message="Fix"),
+        ),
+        (
+            {"type": "review", "change_id": 9, "action": "accept", "mode": "branch", "branch": "pr/fix"},
+            Review(9, "accept", mode="branch", branch="pr/fix"),
+        ),
+        (
+            {"type": "review", "change_id": 9, "action": "reject", "hunks": {"a.py": [1]}},
+            Review(9, "reject", None, {"a.py": (1,)}),
+        ),
+        ({"type": "get_diff", "change_id": 9, "since_change_id": 7}, GetDiff(9, 7)),
+        ({"type": "get_diff", "session_id": 4, "live": True}, GetDiff(session_id=4, live=True)),
+        ({"type": "get_diff", "change_id": 9, "live": False}, GetDiff(9)),
+        ({"type": "comment", "change_id": 9, "body": "Why?"}, Comment(9, "Why?")),
+        (
+            {"type": "comment", "change_id": 9, "body": "x", "path": "a.py", "line": 3, "side": "old"},
+            Comment(9, "x", "a.py", 3, "old"),
+        ),
+        ({"type": "request_changes", "change_id": 9, "message": "Go"}, RequestChanges(9, "Go")),
+        ({"type": "rebase", "change_id": 9, "id": 4}, Rebase(9, 4)),
+        ({"type": "resolve_with_agent", "change_id": 9}, ResolveWithAgent(9)),
+        ({"type": "list_changes", "session_id": 3}, ListChanges(3)),
+        ({"type": "list_changes", "session_id": 3, "status": "all", "limit": 5}, ListChanges(3, None, 5)),
+        ({"type": "list_changes", "session_id": 3, "status": "conflict"}, ListChanges(3, "conflict")),
+    ],
+)
+def test_review_frames(frame: dict[str, Any], parsed: ClientFrame) -> None:
+    assert parse_client_frame(json.dumps(frame)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ({"type": "review", "change_id": 1, "action": "merge"}, "'action' must be one of accept, reject"),
+        ({"type": "review", "change_id": 1, "action": "accept", "hunks": []}, "object of 1 to"),
+        ({"type": "review", "change_id": 1, "action": "accept", "hunks": {"a": []}}, "non-empty list of hunk ids"),
+        ({"type": "review", "change_id": 1, "action": "accept", "hunks": {"a": [0]}}, "between 1"),
+        ({"type": "review", "change_id": 1, "action": "accept", "hunks": {"a": ["1"]}}, "must be an integer"),
+        ({"type": "review", "change_id": 1, "action": "accept", "mode": "push"}, "one of apply, commit, branch"),
+        ({"type": "review", "change_id": 1, "action": "accept", "message": "m"}, "goes with mode 'commit'"),
+        ({"type": "review", "change_id": 1, "action": "accept", "mode": "branch"}, "needs 'branch'"),
+        (
+            {"type": "review", "change_id": 1, "action": "accept", "mode": "commit", "branch": "b"},
+            "needs mode 'branch'",
+        ),
+        ({"type": "review", "change_id": 1, "action": "reject", "mode": "commit"}, "go with 'accept'"),
+        ({"type": "get_diff"}, "missing field 'change_id'"),
+        ({"type": "get_diff", "change_id": 1, "session_id": 2}, "goes with 'live'"),
+        ({"type": "get_diff", "change_id": 1, "live": True}, "takes a 'session_id'"),
+        ({"type": "get_diff", "live": True}, "missing field 'session_id'"),
+        ({"type": "get_diff", "change_id": 1, "live": "yes"}, "true or false"),
+        ({"type": "get_diff", "change_id": 1, "since_change_id": 0}, "between 1"),
+        ({"type": "comment", "change_id": 1}, "missing field 'body'"),
+        ({"type": "comment", "change_id": 1, "body": "x", "path": "a.py"}, "'path' and 'line'"),
+        ({"type": "comment", "change_id": 1, "body": "x", "line": 3}, "'path' and 'line'"),
+        ({"type": "comment", "change_id": 1, "body": "x", "side": "new"}, "'path' and 'line'"),
+        ({"type": "comment", "change_id": 1, "body": "x", "path": "a", "line": 1, "side": "up"}, "one of new, old"),
+        ({"type": "comment", "change_id": 1, "body": "x" * 20_001}, "longer than 20000"),
+        ({"type": "request_changes"}, "missing field 'change_id'"),
+        ({"type": "request_changes", "change_id": 1, "message": 5}, "non-empty string"),
+        ({"type": "rebase", "change_id": 1, "onto": "main"}, "unknown field 'onto'"),
+        ({"type": "resolve_with_agent", "change_id": "1"}, "must be an integer"),
+        ({"type": "list_changes", "session_id": 1, "status": "open"}, "one of pending"),
+        ({"type": "list_changes", "session_id": 1, "limit": 500}, "between 1"),
+    ],
+)
+def test_invalid_review_frames(frame: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidFrame, match=reason.replace("(", r"\(")) as refused:
+        parse_client_frame(json.dumps(frame))
+    assert refused.value.code == "invalid_frame"
 
 
 def test_since_seq_per_session() -> None:

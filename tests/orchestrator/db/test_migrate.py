@@ -98,6 +98,8 @@ async def test_the_sql_dispatch_key_is_the_seed_formula_and_makes_a_repeat_idemp
         ("session_worktrees", "status"),
         ("message_parts", "status"),
         ("available_agents", "transport"),
+        ("review_comments", "state"),
+        ("review_comments", "side"),
     ],
 )
 async def test_unknown_state_values_are_refused(pool: asyncpg.Pool, table: str, column: str) -> None:
@@ -295,6 +297,67 @@ async def test_notifications_fire_on_commit(pool: asyncpg.Pool) -> None:
         assert ("session_events", f"{session}:1") in received
         for channel in channels:
             await listener.remove_listener(channel, collect)
+
+
+async def test_a_version_4_database_gets_the_review_loop_without_losing_rows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # Make this database look like one created by schema version 4.
+        await conn.execute("DROP TABLE review_comments")
+        for column in ("supersedes", "conflicts", "accepted_commit", "accepted_branch"):
+            await conn.execute(f"ALTER TABLE pending_changes DROP COLUMN {column}")
+        await conn.execute("ALTER TABLE tasks DROP COLUMN review_change_id")
+        await conn.execute("DELETE FROM schema_version WHERE version > 4")
+        project, session = await _project_and_session(conn)
+        task = await conn.fetchval(
+            "INSERT INTO tasks (project_id, session_id, input) VALUES ($1, $2, 'old') RETURNING id", project, session
+        )
+        change = await conn.fetchval(
+            "INSERT INTO pending_changes (session_id, task_id, base_commit, diff) VALUES ($1, $2, $3, 'old diff')"
+            " RETURNING id",
+            session,
+            task,
+            "a" * 40,
+        )
+        assert await migrate(conn) == SCHEMA_VERSION
+        row = await conn.fetchrow("SELECT * FROM pending_changes WHERE id = $1", change)
+        assert (row["diff"], row["supersedes"], row["conflicts"], row["accepted_commit"]) == (
+            "old diff",
+            None,
+            None,
+            None,
+        )
+        assert await conn.fetchval("SELECT review_change_id FROM tasks WHERE id = $1", task) is None
+        comment = await conn.fetchval(
+            "INSERT INTO review_comments (change_id, session_id, written_on, body, author)"
+            " VALUES ($1, $2, $1, 'looks good', 'cli:me') RETURNING id",
+            change,
+            session,
+        )
+        assert await conn.fetchval("SELECT state FROM review_comments WHERE id = $1", comment) == "open"
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO review_comments (change_id, session_id, written_on, path, body, author)"
+                " VALUES ($1, $2, $1, 'a.py', 'no line', 'cli:me')",
+                change,
+                session,
+            )
+
+
+async def test_a_database_at_the_highest_version_missing_a_lower_block_gets_it(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        # A database made by a build that had versions 5 and 7 but not 6 (they merged apart).
+        await conn.execute("DROP TABLE review_comments")
+        await conn.execute("ALTER TABLE pending_changes DROP COLUMN supersedes, DROP COLUMN conflicts")
+        await conn.execute("ALTER TABLE pending_changes DROP COLUMN accepted_commit, DROP COLUMN accepted_branch")
+        await conn.execute("ALTER TABLE tasks DROP COLUMN review_change_id")
+        await conn.execute("DELETE FROM schema_version WHERE version = 6")
+        project, session = await _project_and_session(conn)
+        await conn.execute("INSERT INTO tasks (project_id, session_id, input) VALUES ($1, $2, 'old')", project, session)
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT 6 = ANY(array_agg(version)) FROM schema_version")
+        assert await conn.fetchval("SELECT count(*) FROM review_comments") == 0
+        assert await conn.fetchval("SELECT input FROM tasks WHERE review_change_id IS NULL") == "old"
 
 
 async def test_a_version_4_database_gets_the_workers_table_without_losing_rows(pool: asyncpg.Pool) -> None:

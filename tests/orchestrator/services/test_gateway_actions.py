@@ -15,7 +15,7 @@ from orchestrator.services.gateway_actions import OrchestratorActions
 from orchestrator.services.review import ReviewService
 from testkit import SWITCHYARD
 from testkit.clients import open_client, recv, request, session_frames
-from testkit.repos import sample_repo
+from testkit.repos import LINES, sample_repo
 from testkit.rows import add_project, add_repo_session, finished_turn
 from tests.ws_gateway.conftest import running_gateway
 from worktrees import WorktreeSettings
@@ -205,3 +205,83 @@ async def test_reject_over_websocket_restores_the_worktree(
     assert not (worktree.path / "new.txt").exists()
     assert (worktree.path / "keep.txt").read_text() == "changed\n"
     assert await pool.fetchval("SELECT status FROM pending_changes WHERE id = $1", foreign_change) == "pending"
+
+
+async def test_the_review_loop_over_websocket(
+    gateway: Gateway, pool: asyncpg.Pool, repo: Path, review: ReviewService, tmp_path: Path
+) -> None:
+    session = await add_repo_session(pool, repo)
+    project = await pool.fetchval("SELECT project_id FROM sessions WHERE id = $1", session)
+    token = await create_token(pool, "ide", [project])
+    text = LINES.replace("line 2\n", "line 2 agent\n").replace("line 18\n", "line 18 agent\n")
+    first = await finished_turn(review, pool, session, {"a.txt": text})
+    foreign = await add_repo_session(pool, sample_repo(tmp_path / "other"))
+    foreign_change = await finished_turn(review, pool, foreign, {"x.txt": "x\n"})
+
+    async with open_client(gateway.url, token) as ws:
+        await recv(ws)
+        await request(ws, {"type": "subscribe", "id": "s", "session_ids": [session], "since_seq": 1})
+        made = await request(
+            ws, {"type": "comment", "id": 1, "change_id": first, "body": "Why?", "path": "a.txt", "line": 2}
+        )
+        assert made["action"] == "comment" and made["comment"]["author"] == "token:ide"
+        [frame] = await session_frames(ws, 1)
+        assert frame["type"] == "review_comment" and frame["comment_id"] == made["comment"]["comment_id"]
+        bad = await request(
+            ws, {"type": "comment", "id": 2, "change_id": first, "body": "x", "path": "a.txt", "line": 99}
+        )
+        assert bad["code"] == "invalid_comment"
+
+        diff = await request(ws, {"type": "get_diff", "id": 3, "change_id": first})
+        [entry] = diff["diff_files"]
+        assert [h["id"] for h in entry["hunks"]] == [1, 2] and diff["comments"][0]["body"] == "Why?"
+
+        asked = await request(ws, {"type": "request_changes", "id": 4, "change_id": first})
+        assert asked["comment_ids"] == [made["comment"]["comment_id"]] and asked["session_id"] == session
+        assert "Why?" in await pool.fetchval("SELECT input FROM tasks WHERE id = $1", asked["task_id"])
+        [frame] = await session_frames(ws, 1)
+        assert frame["type"] == "changes_requested" and frame["task_id"] == asked["task_id"]
+        nothing = await request(ws, {"type": "request_changes", "id": 5, "change_id": first})
+        assert nothing["code"] == "no_comments"
+        await pool.execute("UPDATE tasks SET state = 'cancelled', ended_at = now() WHERE id = $1", asked["task_id"])
+
+        second = await finished_turn(review, pool, session, {"a.txt": text.replace("line 10\n", "line 10 agent\n")})
+        since = await request(ws, {"type": "get_diff", "id": 6, "change_id": second, "since_change_id": first})
+        assert since["since_change_id"] == first and "+line 10 agent" in since["diff"]
+        assert "+line 2 agent" not in since["diff"] and since["comments"][0]["outdated"] is False
+        listed = await request(ws, {"type": "list_changes", "id": 7, "session_id": session})
+        assert [(c["change_id"], c["status"], c["comment_count"]) for c in listed["changes"]] == [
+            (second, "pending", 1),
+            (first, "superseded", 1),
+        ]
+        (await review.worktrees.ensure(session)).path.joinpath("live.txt").write_text("live\n")
+        live = await request(ws, {"type": "get_diff", "id": 8, "session_id": session, "live": True})
+        assert live["live"] is True and "live.txt" in [f["path"] for f in live["diff_files"]]
+
+        hunk = await request(
+            ws,
+            {"type": "review", "id": 9, "change_id": second, "action": "accept", "hunks": {"a.txt": [2]},
+             "mode": "commit", "message": "Hunk two"},
+        )  # fmt: skip
+        assert hunk["status"] == "accepted" and hunk["commit"] and hunk["branch"] == "main"
+        assert hunk["remainder"]["status"] == "pending"
+        assert (repo / "a.txt").read_text() == LINES.replace("line 10\n", "line 10 agent\n")
+
+        rest = hunk["remainder"]["change_id"]
+        nothing = await request(ws, {"type": "rebase", "id": 10, "change_id": rest})
+        assert nothing["code"] == "nothing_to_rebase"
+        no_conflicts = await request(ws, {"type": "resolve_with_agent", "id": 11, "change_id": rest})
+        assert no_conflicts["code"] == "no_conflicts"
+        busy = await request(
+            ws, {"type": "review", "id": 12, "change_id": rest, "action": "accept", "mode": "branch", "branch": "main"}
+        )
+        assert busy["code"] == "bad_branch"
+        for frame in (
+            {"type": "comment", "change_id": foreign_change, "body": "x"},
+            {"type": "get_diff", "change_id": rest, "since_change_id": foreign_change},
+            {"type": "list_changes", "session_id": foreign},
+            {"type": "get_diff", "session_id": foreign, "live": True},
+            {"type": "rebase", "change_id": foreign_change},
+        ):
+            refused = await request(ws, {**frame, "id": 13})
+            assert refused["code"] == "forbidden", frame

@@ -125,6 +125,8 @@ function receive(frame) {
     if (!current.model.apply(frame)) subscribeSession(current); // out of order: resume from the last seq
     if (frame.type === 'task_state') refreshQueue();
     if (frame.type === 'pending_change') showSessionHead();
+    if (frame.type === 'review_comment' && review) review.addComment(frame);
+    if (frame.type === 'changes_requested' && review) review.markSent(frame.comment_ids, frame.task_id);
   }
 }
 
@@ -159,7 +161,7 @@ function openSession(id, view) {
   byId('empty').hidden = true;
   byId('session').hidden = false;
   showComposer(id);
-  byId('composer').hidden = view === 'change';
+  byId('composer').hidden = view !== 'conversation';
   showSessionHead();
   showView();
 }
@@ -190,27 +192,30 @@ function showSessionHead() {
     : `#${current.id}`;
   const change = s ? s.pending_change : null;
   const tab = byId('tab-change');
-  tab.disabled = !change && current.changeId === null;
+  tab.disabled = false; // with nothing pending it lists the session's earlier changes
   tab.textContent = change ? `Change · ${change.files} file${change.files === 1 ? '' : 's'} +${change.additions} −${change.deletions}` : 'Change';
   if (change && current.view === 'change' && current.changeId !== change.change_id) showView();
 }
 
 function showView() {
   const current = state.session;
-  const onChange = current.view === 'change';
+  const onChange = current.view !== 'conversation';
   byId('conversation').hidden = onChange;
   byId('review').hidden = !onChange;
   byId('tab-conversation').setAttribute('aria-selected', String(!onChange));
   byId('tab-change').setAttribute('aria-selected', String(onChange));
   byId('composer').hidden = onChange; // the diff gets the room
-  if (onChange) {
+  if (current.view === 'live') {
+    current.changeId = null;
+    review.openLive(current.id).catch((error) => showError(`Cannot read the worktree: ${error.message}`));
+  } else if (onChange) {
     const s = sessions.get(current.id);
     const changeId = s && s.pending_change ? s.pending_change.change_id : null;
     if (changeId !== null && changeId !== current.changeId && state.connection.state === 'online') {
       current.changeId = changeId;
       review.open(changeId).catch((error) => showError(`Cannot load change #${changeId}: ${error.message}`));
-    } else if (changeId === null && current.changeId === null) {
-      byId('review').replaceChildren(el('p', { cls: 'meta', text: 'No pending change.' }));
+    } else if (changeId === null && current.changeId === null && state.connection.state === 'online') {
+      review.openNone(current.id).catch((error) => showError(`Cannot list the changes: ${error.message}`));
     }
   } else {
     conversation.changed(0);
@@ -228,6 +233,10 @@ byId('conversation').addEventListener('switchyard:reply', (event) => {
 });
 
 byId('tab-conversation').addEventListener('click', () => { location.hash = `#/session/${state.session.id}`; });
+// A live item's "Show the diff so far": the worktree as it is now.
+byId('conversation').addEventListener('click', (event) => {
+  if (event.target.closest('.show-live') && state.session) location.hash = `#/session/${state.session.id}/live`;
+});
 byId('tab-change').addEventListener('click', () => { location.hash = `#/session/${state.session.id}/change`; });
 
 // ------------------------------------------------------------------------ composer and queue
@@ -318,9 +327,9 @@ function showError(text) {
 // --------------------------------------------------------------------------- routing, keys
 
 function route() {
-  const match = /^#\/session\/(\d+)(\/change)?$/.exec(location.hash);
+  const match = /^#\/session\/(\d+)(?:\/(change|live))?$/.exec(location.hash);
   if (match) {
-    openSession(Number(match[1]), match[2] ? 'change' : 'conversation');
+    openSession(Number(match[1]), match[2] || 'conversation');
     return;
   }
   if (state.session && state.connection && state.connection.state === 'online') {
@@ -357,7 +366,7 @@ document.addEventListener('keydown', (event) => {
     location.hash = `#/session/${state.session.id}`;
   } else if (event.key === 'd' && state.session && !byId('tab-change').disabled) {
     location.hash = `#/session/${state.session.id}/change`;
-  } else if (!(state.session && state.session.view === 'change' && review && review.key(event))) {
+  } else if (!(state.session && state.session.view !== 'conversation' && review && review.key(event))) {
     return;
   }
   event.preventDefault();

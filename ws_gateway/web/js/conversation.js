@@ -142,6 +142,19 @@ const FRAMES = {
   pending_change(model, f) {
     model.add({ key: `change:${f.seq}`, type: 'change', frame: f });
   },
+  // The files a running turn has changed so far: one item per turn, replaced as frames come.
+  worktree_changed(model, f) {
+    const key = `live:${f.task_id}`;
+    const item = model.byKey.get(key) || model.add({ key, type: 'live', taskId: f.task_id });
+    item.frame = f;
+    model.touch(item);
+  },
+  review_comment(model, f) {
+    model.add({ key: `comment:${f.seq}`, type: 'comment', frame: f });
+  },
+  changes_requested(model, f) {
+    model.add({ key: `requested:${f.seq}`, type: 'requested', frame: f });
+  },
   permission_request(model, f) {
     model.add({ key: `request:${f.request_id}`, type: 'request', messageId: f.message_id, frame: f, resolved: null });
   },
@@ -329,6 +342,53 @@ export const RENDERERS = {
       ]);
     },
   },
+  live: {
+    render(item) {
+      const node = el('div', { cls: 'live' });
+      RENDERERS.live.update(node, item);
+      return node;
+    },
+    update(node, item) {
+      const f = item.frame;
+      const files = (f.files || []).slice(0, 20);
+      const rest = f.total_files - files.length;
+      fill(
+        node,
+        el('div', { cls: 'live-head' }, [
+          el('span', { cls: 'label', text: 'Files changed so far' }),
+          el('span', { cls: 'meta', text: `${f.total_files} file${f.total_files === 1 ? '' : 's'} +${f.additions} −${f.deletions}` }),
+          el('button', { cls: 'show-live', text: 'Show the diff so far', attrs: { type: 'button', 'data-task-id': f.task_id } }),
+        ]),
+        el('ul', { cls: 'live-files' }, files.map((x) => el('li', {}, [
+          el('span', { cls: 'file-path', text: x.path }),
+          el('span', { cls: 'adds', text: `+${x.additions}` }),
+          el('span', { cls: 'dels', text: `−${x.deletions}` }),
+        ]))),
+        rest > 0 ? el('div', { cls: 'meta', text: `and ${rest} more` }) : null,
+      );
+    },
+  },
+  comment: {
+    render(item) {
+      const f = item.frame;
+      const where = f.path ? `${f.path}:${f.line}${f.side === 'old' ? ' (old side)' : ''}` : 'the change';
+      return el('div', { cls: 'change-line' }, [
+        el('span', { cls: 'label', text: `Comment on change #${f.change_id}` }),
+        el('span', { cls: 'meta', text: `${f.author} on ${where}` }),
+        el('span', { cls: 'comment-body', text: f.body }),
+      ]);
+    },
+  },
+  requested: {
+    render(item) {
+      const f = item.frame;
+      const count = f.comment_ids.length;
+      return el('div', { cls: 'change-line' }, [
+        el('span', { cls: 'label', text: `Changes requested on change #${f.change_id}` }),
+        el('span', { cls: 'meta', text: `task #${f.task_id} with ${count} comment${count === 1 ? '' : 's'}` }),
+      ]);
+    },
+  },
   request: {
     render(item) {
       const node = el('div', { cls: 'request' });
@@ -430,6 +490,7 @@ export function updateItem(node, item) {
 export function estimateItem(item) {
   if (item.type === 'text') return LINE_PX * (1 + Math.ceil(item.text.length / CHARS_PER_LINE)) + 8;
   if (item.type === 'turn') return 72;
+  if (item.type === 'live') return 60 + 20 * Math.min(20, (item.frame.files || []).length);
   if (item.type === 'request' || item.type === 'question') return 96;
   return 36;
 }
