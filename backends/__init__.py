@@ -8,6 +8,7 @@ confinement of agents to their worktree. Nothing here touches the database.
 from __future__ import annotations
 
 from backends.acp import AcpBackend
+from backends.acp_spares import AgentSpares
 from backends.approval import (
     ALLOW_OPTION_KINDS,
     REJECT_OPTION_KINDS,
@@ -55,7 +56,7 @@ from backends.errors import (
 from backends.native import NativeBackend, NativeSettings, list_models
 from backends.noop import NoopBackend
 from backends.opencode_env import OpencodeSettings
-from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings, read_pool_status
+from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings, ProjectPlace, read_pool_status
 from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import DEFAULT_ASK_TIMEOUT, PermissionOverride, PermissionPolicy
 from backends.pty import PtyBackend
@@ -77,6 +78,7 @@ __all__ = [
     "AgentNotFoundError",
     "AgentProbe",
     "AgentSession",
+    "AgentSpares",
     "AgentSpec",
     "ApprovalAnswer",
     "ApprovalRequest",
@@ -104,6 +106,7 @@ __all__ = [
     "PermissionOverride",
     "PermissionPolicy",
     "Plan",
+    "ProjectPlace",
     "ProtectedPathError",
     "PtyBackend",
     "QuestionAnswer",

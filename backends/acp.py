@@ -41,14 +41,14 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import anyio.to_thread
-from acp import PROTOCOL_VERSION, Client, RequestError, connect_to_agent, text_block
+from acp import PROTOCOL_VERSION, Client, RequestError, text_block
 from acp.client.connection import ClientSideConnection
 from acp.schema import (
     AgentMessageChunk,
@@ -56,11 +56,8 @@ from acp.schema import (
     AgentThoughtChunk,
     AllowedOutcome,
     AvailableCommandsUpdate,
-    ClientCapabilities,
     ContentToolCallContent,
     DeniedOutcome,
-    FileSystemCapabilities,
-    Implementation,
     InitializeResponse,
     LoadSessionResponse,
     NewSessionResponse,
@@ -79,11 +76,11 @@ from acp.schema import (
     ToolCallUpdate,
     WriteTextFileResponse,
 )
-from anyio.abc import ByteReceiveStream, ByteSendStream, Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel, ValidationError
 
+from backends.acp_process import AgentProcess
+from backends.acp_spares import SPARES_DIR, AgentSpares, SpareKey
 from backends.approval import OPTION_KINDS, ApprovalAnswer, ApprovalRequest, Asker, AskOption
 from backends.base import (
     CONTEXT_OVERFLOW,
@@ -109,25 +106,19 @@ from backends.errors import BackendError, BadAgentOptionError, BadModelError
 from backends.launch import Launch, OneShotBackend, prepare
 from backends.modes import Mode, bypasses, check_mode
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
-from backends.processes import TERMINATE, ProcessTree
+from backends.registry import AgentSpec
 from kernel import get_logger
 
 log = get_logger("backends.acp")
 
-CLIENT_INFO = Implementation(name="switchyard", title="Switchyard", version="0.1.0")
-# Longest line accepted from the agent: ACP lines can be megabytes (file contents).
-STDIO_LIMIT = 50 * 1024 * 1024
 # initialize + session/new + config options.
 STARTUP_TIMEOUT = 60.0
 # After session/cancel, how long the agent gets to answer the prompt with "cancelled".
 CANCEL_GRACE = 5.0
-# After stdin is closed, how long the agent gets to exit by itself before it is signalled.
+# After the turn, how long emitting its unfinished tool calls may take.
 EXIT_GRACE = 2.0
-# After the agent exited, how long a prompt still waits for the end of its stdout.
-EOF_GRACE = 1.0
 # A cancelled turn still emits what the agent sent while winding down, for at most this long.
 DRAIN_GRACE = 5.0
-STDERR_TAIL_BYTES = 4096
 # Every agent is asked: opencode decides nothing by itself, the policy decides.
 OPENCODE_ASK_EVERYTHING = {"*": "ask"}
 
@@ -147,21 +138,57 @@ class AcpBackend(OneShotBackend):
     execution_path = "acp"
     takes_agent_options = True
 
+    def __init__(self, spec: AgentSpec, policy: PermissionPolicy | None = None, *, spares: AgentSpares | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(spec, policy, **kwargs)
+        # The service's pre-started agents (None: every turn starts its own process).
+        self.spares = spares
+
     async def run_in(self, turn: Turn, workdir: Path, emit: Emit) -> TurnOutcome:
         root = Path(await anyio.to_thread.run_sync(workdir.resolve))
-        settings = replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING)
         data_dir = self.session_state(turn)
-        async with prepare(
+        resumable = data_dir is not None
+        if self.spares is not None:
+            key = SpareKey(self.spec.name, root.parent, turn.git_dir, turn.model)
+            spare = await self.spares.take(self, key, data_dir)
+            if spare is not None:
+                try:
+                    return await _AcpTurn(self, turn, root, emit, resumable=resumable).drive(spare.agent)
+                finally:
+                    await spare.release(data_dir)
+        async with self.launch(turn.model, root, turn.git_dir, data_dir) as launch:
+            try:
+                agent = await AgentProcess.start(launch, root, self.spec.name)
+            except (OSError, ValueError) as exc:
+                return TurnOutcome.failed("agent_unavailable", f"cannot start {launch.argv[0]}: {exc}")
+            async with anyio.create_task_group() as services:
+                services.start_soon(agent.serve)
+                try:
+                    outcome = await _AcpTurn(self, turn, root, emit, resumable=resumable).drive(agent)
+                finally:
+                    services.cancel_scope.cancel()
+        return outcome
+
+    def launch(
+        self, model: str | None, workdir: Path, git_dir: Path | None, data_dir: Path | None
+    ) -> AbstractAsyncContextManager[Launch]:
+        """The agent's launch in ``workdir`` (a worktree, or for a spare its project's directory)."""
+        return prepare(
             self.spec,
-            turn.model,
-            workdir=root,
+            model,
+            workdir=workdir,
             sandbox=self.sandbox,
-            git_dir=turn.git_dir,
-            opencode=settings,
+            git_dir=git_dir,
+            opencode=replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING),
             parent_env=self.parent_env,
             data_dir=data_dir,
-        ) as launch:
-            return await _AcpTurn(self, turn, root, launch, emit, resumable=data_dir is not None).run()
+        )
+
+    def spare_state(self, name: str) -> Path | None:
+        """A spare's own data directory (opencode agents with a state_dir), for the session that takes it."""
+        if self.state_dir is None or not self.spec.opencode:
+            return None
+        return self.state_dir / self.spec.name / SPARES_DIR / name
 
     def config_hash(self, root: Path) -> str:
         """What must not change for an upstream session to be continued: the agent and the worktree."""
@@ -172,13 +199,10 @@ class AcpBackend(OneShotBackend):
 class _AcpTurn:
     """One turn: the agent process, the connection, the event queue and the way it all ends."""
 
-    def __init__(
-        self, backend: AcpBackend, turn: Turn, root: Path, launch: Launch, emit: Emit, *, resumable: bool
-    ) -> None:
+    def __init__(self, backend: AcpBackend, turn: Turn, root: Path, emit: Emit, *, resumable: bool) -> None:
         self.spec = backend.spec
         self.turn = turn
         self.root = root
-        self.launch = launch
         self.emit = emit
         self.send, self.receive = anyio.create_memory_object_stream[BackendEvent | anyio.Event](math.inf)
         policy = backend.policy.effective(self.spec.name, turn.project_name)
@@ -190,38 +214,23 @@ class _AcpTurn:
         # No upstream session to continue: the prompt carries the earlier turns.
         self.context = ""
         self.forward_scope = anyio.CancelScope(shield=True)
-        self.stderr_tail = bytearray()
-        self.stderr_done = anyio.Event()
 
-    async def run(self) -> TurnOutcome:
-        try:
-            process = await anyio.open_process(
-                list(self.launch.argv), cwd=self.root, env=self.launch.env, start_new_session=True
-            )
-        except (OSError, ValueError) as exc:
-            return TurnOutcome.failed("agent_unavailable", f"cannot start {self.launch.argv[0]}: {exc}")
-        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-        tree = self.launch.tree(process.pid)
+    async def drive(self, agent: AgentProcess) -> TurnOutcome:
+        """The turn on ``agent`` (started for it, or pre-started), which is shut down at its end."""
         # TurnClient implements what the advertised capabilities need; the SDK refuses the rest.
-        conn = connect_to_agent(cast(Client, self.client), NdjsonStdio(process.stdout, process.stdin, self.spec.name))
+        agent.relay.target = cast(Client, self.client)
         try:
-            async with anyio.create_task_group() as services:
-                services.start_soon(tree.watch)
-                services.start_soon(self._read_stderr, process.stderr)
-                services.start_soon(self._close_on_exit, process, conn)
-                outcome = await self._converse_and_forward(conn, process)
-                services.cancel_scope.cancel()
-            return outcome
+            return await self._converse_and_forward(agent)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._shut_down(process, conn, tree)
+                await self._shut_down(agent)
 
-    async def _converse_and_forward(self, conn: ClientSideConnection, process: Process) -> TurnOutcome:
+    async def _converse_and_forward(self, agent: AgentProcess) -> TurnOutcome:
         """The dialogue, while one task emits the queued events; returns once all are emitted."""
         async with anyio.create_task_group() as forwarding:
             forwarding.start_soon(self._forward)
             try:
-                outcome = await self._converse(conn, process)
+                outcome = await self._converse(agent)
             except BaseException:
                 # Cancelled: what the agent sent while winding down is still emitted, for a while.
                 self.forward_scope.deadline = anyio.current_time() + DRAIN_GRACE
@@ -232,35 +241,31 @@ class _AcpTurn:
 
     # ----------------------------------------------------------------------------- the dialogue
 
-    async def _converse(self, conn: ClientSideConnection, process: Process) -> TurnOutcome:
+    async def _converse(self, agent: AgentProcess) -> TurnOutcome:
+        conn = agent.conn
         try:
             with anyio.fail_after(STARTUP_TIMEOUT):
-                session_id = await self._start_session(conn)
+                session_id = await self._start_session(agent)
         except TimeoutError:
             return TurnOutcome.failed("agent_start_timeout", f"{self.spec.name} did not start a session in time")
         except (BadModelError, BadAgentOptionError) as exc:
             return TurnOutcome.failed("bad_input", str(exc), agent_session=self.agent_session)
         except Exception as exc:
-            return await self._failure(exc, process, "session setup")
+            return await self._failure(exc, agent, "session setup")
         if session_id is None:
             return TurnOutcome.failed("protocol_error", f"{self.spec.name} speaks another ACP version")
         try:
             response = await self._prompt(conn, session_id)
         except Exception as exc:
-            return await self._failure(exc, process, "session/prompt")
+            return await self._failure(exc, agent, "session/prompt")
         if response is None:
             error = f"{self.spec.name} gave no result in {self.spec.timeout:g}s"
             return TurnOutcome.failed("timeout", error, agent_session=self.agent_session)
         return self._outcome(response)
 
-    async def _start_session(self, conn: ClientSideConnection) -> str | None:
-        init = await conn.initialize(
-            protocol_version=PROTOCOL_VERSION,
-            client_capabilities=ClientCapabilities(
-                fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False
-            ),
-            client_info=CLIENT_INFO,
-        )
+    async def _start_session(self, agent: AgentProcess) -> str | None:
+        conn = agent.conn
+        init = await agent.initialize()
         if init.protocol_version != PROTOCOL_VERSION:
             return None
         continued = await self._continue_session(conn, init)
@@ -277,8 +282,8 @@ class _AcpTurn:
         if self.turn.mode_id:
             check_mode(self.client.policy.denied_modes, self.turn.mode_id, advertised_modes(setup), self.spec.name)
             await self._select(conn, session_id, options, setup.modes, "mode", self.turn.mode_id)
-        if self.launch.session_model:
-            await self._select(conn, session_id, options, setup.modes, "model", self.launch.session_model)
+        if agent.launch.session_model:
+            await self._select(conn, session_id, options, setup.modes, "model", agent.launch.session_model)
         for key, value in self.turn.agent_options.items():
             config_id = check_option(self.spec.name, options, key, value)
             try:
@@ -388,7 +393,7 @@ class _AcpTurn:
             return TurnOutcome.cancelled(usage=usage)
         return TurnOutcome.completed(response.stop_reason, usage=usage, agent_session=self.agent_session)
 
-    async def _failure(self, exc: Exception, process: Process, during: str) -> TurnOutcome:
+    async def _failure(self, exc: Exception, agent: AgentProcess, during: str) -> TurnOutcome:
         name = self.spec.name
         if isinstance(exc, RequestError):
             reason = "agent_auth_required" if exc.code == -32000 else "agent_error"
@@ -401,11 +406,7 @@ class _AcpTurn:
         if not isinstance(exc, ConnectionError):
             raise exc
         # The connection is gone: the agent exited or closed stdout. Its stderr says why.
-        with anyio.move_on_after(EXIT_GRACE):
-            await process.wait()
-            await self.stderr_done.wait()
-        status = "is still running" if process.returncode is None else f"exited with code {process.returncode}"
-        stderr = self.stderr_tail.decode(errors="replace").strip() or "(nothing on stderr)"
+        status, stderr = await agent.exited()
         return TurnOutcome.failed("agent_crashed", f"{name} {status} during {during}: {stderr}")
 
     # ----------------------------------------------------------------------------- plumbing
@@ -418,81 +419,13 @@ class _AcpTurn:
                 else:
                     await self.emit(event)
 
-    async def _read_stderr(self, stderr: ByteReceiveStream) -> None:
-        try:
-            async for chunk in stderr:
-                self.stderr_tail += chunk
-                del self.stderr_tail[:-STDERR_TAIL_BYTES]
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-        finally:
-            self.stderr_done.set()
-
-    async def _close_on_exit(self, process: Process, conn: ClientSideConnection) -> None:
-        """An agent that exits while a grandchild keeps its stdout open still ends the turn."""
-        await process.wait()
-        await anyio.sleep(EOF_GRACE)
-        with anyio.move_on_after(EXIT_GRACE):
-            await conn.close()
-
-    async def _shut_down(self, process: Process, conn: ClientSideConnection, tree: ProcessTree) -> None:
-        """Close the connection (and with it stdin), give the agent a moment to exit, then end its tree."""
+    async def _shut_down(self, agent: AgentProcess) -> None:
+        """End the agent's process tree; then show the tool calls it left open as failed."""
         self.client.cancel_asks()
-        with suppress(Exception), anyio.move_on_after(EXIT_GRACE):
-            await conn.close()
-        with anyio.move_on_after(EXIT_GRACE):
-            await process.wait()
-        await tree.terminate(TERMINATE)
-        with anyio.move_on_after(EXIT_GRACE):
-            await process.aclose()
+        await agent.shut_down()
         for call in self.client.unfinished():
             with suppress(Exception), anyio.move_on_after(EXIT_GRACE):
                 await self.emit(call)
-
-
-class NdjsonStdio:
-    """The SDK's message transport over the agent's stdio: one JSON object per line.
-
-    Used instead of the SDK's own stdio framing so that a line that is not a JSON object (agents
-    sometimes print logs to stdout) is skipped with one warning per turn that shows no content,
-    rather than a logged traceback with the line in it.
-    """
-
-    def __init__(self, stdout: ByteReceiveStream, stdin: ByteSendStream, agent: str) -> None:
-        self.reader = BufferedByteReceiveStream(stdout)
-        self.writer = stdin
-        self.agent = agent
-        self.skipped = 0
-        self._send_lock = anyio.Lock()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        async with self._send_lock:
-            await self.writer.send(data)
-
-    async def receive(self) -> dict[str, Any] | None:
-        """The next message; None at the end of stdout."""
-        while True:
-            try:
-                line = await self.reader.receive_until(b"\n", STDIO_LIMIT)
-            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return None
-            if not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                message = None
-            if isinstance(message, dict):
-                return message
-            self.skipped += 1
-            if self.skipped == 1:
-                fields = {"agent": self.agent, "bytes": len(line)}
-                log.warning("acp.non_json_stdout_line", **fields)
-
-    async def close(self) -> None:
-        with suppress(Exception):
-            await self.writer.aclose()
 
 
 class TurnClient:

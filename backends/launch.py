@@ -46,6 +46,8 @@ class Launch:
     session_model: str | None = None
     # argv starts with bwrap: the agent is in a sandbox, bwrap is the process started.
     sandboxed: bool = False
+    # An opencode agent's private HOME (writable in the sandbox, removed after the run).
+    home: Path | None = None
 
     def tree(self, pid: int) -> ProcessTree:
         """The process tree of the run started as ``pid``."""
@@ -174,7 +176,7 @@ async def prepare(
                 frozen=[workdir / ".git"],
             )
             argv = await anyio.to_thread.run_sync(wrap)
-        yield Launch(tuple(argv), env, run_id, session_model, sandboxed)
+        yield Launch(tuple(argv), env, run_id, session_model, sandboxed, home)
     finally:
         if home is not None:
             with anyio.CancelScope(shield=True):

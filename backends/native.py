@@ -24,26 +24,33 @@ What the turn emits and returns:
 - Cancellation leaves the ``async with`` blocks at once, which closes the response and its
   connection; the server sees the client go away.
 
+One HTTP client serves every turn of a backend (the endpoint's connections are kept alive, HTTP/2
+where a TLS server offers it), so a turn after the first opens no connection and, on TLS, costs
+no handshake. It is made on the first turn (in the event loop that runs turns) and closed by
+:meth:`NativeBackend.aclose` when the dispatcher stops.
+
 The API key is read from the environment variable named by ``api_key_env`` at each turn and is
 only ever put in the ``Authorization`` header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 from backends.base import CONTEXT_OVERFLOW, Emit, HistoryMessage, ToolStatus, Turn, TurnOutcome, is_context_overflow
 from backends.errors import BackendError
@@ -58,6 +65,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 300.0
 # Whole request, first byte sent to [DONE].
 DEFAULT_REQUEST_TIMEOUT = 1800.0
+# An idle kept-alive connection is closed after this long (servers drop theirs after 5-75 s).
+KEEPALIVE_EXPIRY = 30.0
+# How long the end of a response body may take after its [DONE].
+DRAIN_GRACE = 1.0
 
 CHAT_PATH = "/chat/completions"
 MODELS_PATH = "/models"
@@ -175,6 +186,27 @@ class NativeBackend:
     def __init__(self, settings: NativeSettings | None = None, environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings or NativeSettings()
         self._environ = os.environ if environ is None else environ
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> NativeBackend:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the endpoint's connections; a later turn opens new ones."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def client(self) -> httpx.AsyncClient:
+        """The endpoint's client, shared by every turn (made on first use)."""
+        if self._client is None:
+            self._client = _client(self.settings, {}, http2=True)
+        return self._client
 
     async def run_turn(self, turn: Turn, emit: Emit) -> TurnOutcome:
         if turn.agent_options:
@@ -212,21 +244,21 @@ class NativeBackend:
         """Run the request, feeding ``stream`` and emitting its events; a failure, or None."""
         started = False
         try:
-            async with (
-                _client(self.settings, headers) as client,
-                aconnect_sse(client, "POST", CHAT_PATH, json=body) as source,
-            ):
+            async with aconnect_sse(self.client(), "POST", CHAT_PATH, json=body, headers=headers) as source:
                 response = source.response
                 if not response.is_success:
                     return _http_failure(response, await _read_error(response), self.settings.endpoint)
                 if not _is_event_stream(response):
                     return await _not_a_stream(response)
                 started = True
-                async for sse in source.aiter_sse():
+                events = source.aiter_sse()
+                async for sse in events:
                     for event in stream.feed(sse.data, sse.event):
                         await emit(event)
                     if stream.done or stream.error:
                         break
+                if stream.done:
+                    await _drain(events)
         except httpx.TimeoutException as exc:
             return TurnOutcome.failed(TIMEOUT, _timeout_message(exc, self.settings), transient=True)
         except httpx.RequestError as exc:
@@ -280,14 +312,29 @@ async def list_models(settings: NativeSettings, environ: Mapping[str, str] | Non
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    # Building one costs ~20 ms; a client per turn would otherwise build one every turn.
+    # Building one costs ~20 ms: once per process, not once per client.
     return httpx.create_ssl_context()
 
 
-def _client(settings: NativeSettings, headers: dict[str, str]) -> httpx.AsyncClient:
+def _client(settings: NativeSettings, headers: dict[str, str], *, http2: bool = False) -> httpx.AsyncClient:
+    # HTTP/2 only where TLS negotiates it (ALPN); plain http:// stays HTTP/1.1 with keep-alive.
     return httpx.AsyncClient(
-        base_url=settings.base_url, headers=headers, timeout=settings.timeout(), verify=_ssl_context()
+        base_url=settings.base_url,
+        headers=headers,
+        timeout=settings.timeout(),
+        verify=_ssl_context(),
+        http2=http2,
+        # The dispatcher bounds concurrent turns; the pool must not make a turn wait for a connection.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY),
     )
+
+
+async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
+    """Read to the end of the body after ``[DONE]``, so the connection is kept for the next turn
+    (one closed before its end is dropped); a server that does not end it soon loses the connection."""
+    with anyio.move_on_after(DRAIN_GRACE), contextlib.suppress(httpx.HTTPError):
+        async for _ in events:
+            pass
 
 
 def _is_event_stream(response: httpx.Response) -> bool:

@@ -94,7 +94,7 @@ class OpencodeSettings:
 
 def opencode_config(settings: OpencodeSettings) -> dict[str, Any]:
     """The inline opencode config: one provider, no sharing, no updates, no ``question`` tool
-    unless ``settings.questions``."""
+    unless ``settings.questions``, no undo snapshots."""
     models = dict.fromkeys(settings.models)
     if settings.small_model:
         models[settings.small_model] = None
@@ -111,6 +111,10 @@ def opencode_config(settings: OpencodeSettings) -> dict[str, Any]:
         "permission": permission_rules(settings.permission),
         # Unattended runs: the question tool would block the turn waiting for a human.
         "tools": {"question": settings.questions},
+        # opencode's own undo snapshots: a git repository per directory, filled with the whole
+        # worktree before the first step of every turn (seconds on a large repository, and on every
+        # one-shot turn). Switchyard snapshots the worktree itself and never uses opencode's.
+        "snapshot": False,
         "provider": {
             settings.provider_id: {
                 "npm": "@ai-sdk/openai-compatible",

@@ -44,6 +44,8 @@ DEFAULT_VERSION_ARGS = ("--version",)
 DEFAULT_AGENT_TIMEOUT = 1800.0
 # PTY track: output beyond this many bytes is read and dropped, not streamed.
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+# ACP track: started and initialized processes kept ready per project and model (backends.acp_spares).
+DEFAULT_SPARE = 1
 PROBE_TIMEOUT = 10.0
 VERSION_MAX_CHARS = 200
 
@@ -70,6 +72,9 @@ class AgentSpec:
     opencode: bool = False
     timeout: float = DEFAULT_AGENT_TIMEOUT
     output_limit: int = DEFAULT_OUTPUT_LIMIT
+    # ACP track: how many started and ``initialize``d processes to keep ready for the next turns
+    # of a project that used the agent recently (0: none; each turn then starts its own).
+    spare: int = DEFAULT_SPARE
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -84,6 +89,8 @@ class AgentSpec:
             raise AgentConfigError(f"{key}.timeout", self.timeout, "must be positive")
         if self.output_limit <= 0:
             raise AgentConfigError(f"{key}.output_limit", self.output_limit, "must be positive")
+        if self.spare < 0:
+            raise AgentConfigError(f"{key}.spare", self.spare, "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class AgentConfig:
     opencode: bool | None = None
     timeout: float | None = None
     output_limit: int | None = None
+    spare: int | None = None
     description: str | None = None
     enabled: bool = True
 

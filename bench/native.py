@@ -79,21 +79,21 @@ def stats(samples_ms: list[float]) -> dict[str, float]:
 
 
 async def bench_backend(fm: FakeModel, first: FirstContent, turns: int) -> dict[str, Any]:
-    backend = NativeBackend(NativeSettings(base_url=fm.base_url, model="fake-model"), environ={})
     samples = []
-    for n in range(turns):
-        emitted: list[float] = []
+    async with NativeBackend(NativeSettings(base_url=fm.base_url, model="fake-model"), environ={}) as backend:
+        for n in range(turns):
+            emitted: list[float] = []
 
-        async def emit(event: BackendEvent, emitted: list[float] = emitted) -> None:
-            if isinstance(event, TextDelta) and not emitted:
-                emitted.append(time.time())
+            async def emit(event: BackendEvent, emitted: list[float] = emitted) -> None:
+                if isinstance(event, TextDelta) and not emitted:
+                    emitted.append(time.time())
 
-        first.reset()
-        fm.enqueue(REPLY)
-        outcome = await backend.run_turn(Turn(task_id=n, session_id=1, project_id=1, input="hi"), emit)
-        assert outcome.error is None, outcome
-        assert first.at is not None
-        samples.append((emitted[0] - first.at) * 1000)
+            first.reset()
+            fm.enqueue(REPLY)
+            outcome = await backend.run_turn(Turn(task_id=n, session_id=1, project_id=1, input="hi"), emit)
+            assert outcome.error is None, outcome
+            assert first.at is not None
+            samples.append((emitted[0] - first.at) * 1000)
     return {"turns": turns, **stats(samples)}
 
 

@@ -2,7 +2,8 @@
 
 The exception root and its branches, database connections and the classification of their
 errors, backoff, the reconnecting LISTEN helper, the one logger style, local ports, and the
-durable session event log that the dispatcher writes and the gateway reads.
+durable session event log that the dispatcher writes and the gateway reads, and the status files
+that ``switchyard pool`` reads.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from kernel.metrics import METRIC_PREFIX, METRICS_CONTENT_TYPE, on_scrape, rende
 from kernel.net import free_port, port_is_free
 from kernel.procs import process_gone, process_key
 from kernel.retry import Backoff, exponential
+from kernel.status import owner_gone, pid_alive, read_status, remove_stale, write_status
 
 __all__ = [
     "CONNECTION_LOST",
@@ -117,12 +119,17 @@ __all__ = [
     "get_logger",
     "message_complete",
     "on_scrape",
+    "owner_gone",
+    "pid_alive",
     "port_is_free",
     "process_gone",
     "process_key",
     "read_events",
+    "read_status",
     "redact",
+    "remove_stale",
     "render_metrics",
     "report",
     "task_state",
+    "write_status",
 ]

@@ -46,6 +46,8 @@ class RecordedRequest:
     path: str
     headers: Mapping[str, str]
     body: Any
+    # The client's port: requests with the same one came over one (kept-alive) connection.
+    client_port: int = 0
 
     @property
     def is_chat(self) -> bool:
@@ -467,7 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, body: Any) -> RecordedRequest:
         headers = {k.lower(): v for k, v in self.headers.items()}
-        request = RecordedRequest(self.command, self.path, headers, body)
+        request = RecordedRequest(self.command, self.path, headers, body, self.client_address[1])
         self.server.model._record(request)
         return request
 

@@ -46,6 +46,7 @@ from worktrees.manager import (
     WorktreeManager,
 )
 from worktrees.settings import WorktreeSettings
+from worktrees.spares import Spare, SpareWarmer, SpareWorktrees, Taken, read_spare_status
 
 __all__ = [
     "ACCEPT_MODES",
@@ -75,6 +76,10 @@ __all__ = [
     "Resolution",
     "RestoreRefused",
     "SessionNotFound",
+    "Spare",
+    "SpareWarmer",
+    "SpareWorktrees",
+    "Taken",
     "TurnRunning",
     "UnknownFile",
     "UnknownHunk",
@@ -86,5 +91,6 @@ __all__ = [
     "WorktreeError",
     "WorktreeManager",
     "WorktreeSettings",
+    "read_spare_status",
     "with_hunks",
 ]

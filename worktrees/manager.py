@@ -10,7 +10,8 @@ The dispatcher's calls::
 ``ensure`` costs one UPDATE and a few file reads (the ``.git`` check, no git) when the worktree
 exists; otherwise it creates (or heals) ``<root>/<project_id>/<session_id>`` on branch
 ``switchyard/<session_id>`` under the project's advisory lock, so one repository is changed by
-one process at a time.
+one process at a time. A new session takes a spare worktree instead when ``spares``
+(worktrees.spares.SpareWorktrees) has one ready and intact; it keeps the spare's directory name.
 
 ``record_turn`` snapshots the worktree (see worktrees.git), diffs it against the session's
 base, and in one transaction supersedes the open changes and inserts the new one, which
@@ -86,6 +87,7 @@ from worktrees.errors import (
 from worktrees.live import LiveDiff, LiveIndex
 from worktrees.selection import Chosen, Selection, choose, restore_to
 from worktrees.settings import WorktreeSettings
+from worktrees.spares import SpareWorktrees
 
 log = get_logger("worktrees")
 
@@ -270,9 +272,12 @@ class WorktreeManager:
         *,
         announce: Announce | None = None,
         announce_comment: AnnounceComment | None = None,
+        spares: SpareWorktrees | None = None,
         node_id: str | None = None,
     ) -> None:
         self.settings = settings or WorktreeSettings()
+        # Set by whoever keeps spare worktrees (the dispatcher's runtime); None: none are kept.
+        self.spares = spares
         self.root = Path(os.path.abspath(self.settings.root))
         # A relative clones directory sits beside the worktree root (the service makes both absolute).
         self.clones = Path(os.path.abspath(self.root.parent / self.settings.clones))
@@ -288,7 +293,12 @@ class WorktreeManager:
     def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
         """This manager on another pool or connection (e.g. inside the caller's transaction)."""
         bound = WorktreeManager(
-            db, self.settings, announce=self._announce, announce_comment=self._announce_comment, node_id=self.node_id
+            db,
+            self.settings,
+            announce=self._announce,
+            announce_comment=self._announce_comment,
+            spares=self.spares,
+            node_id=self.node_id,
         )
         bound._not_reaped = self._not_reaped
         return bound
@@ -377,7 +387,14 @@ class WorktreeManager:
                 checkout=Path(ctx["repo_path"]) if ctx["repo_path"] else None,
                 node_id=self.node_id,
             )
-            if remote:
+            spare = None
+            # Spares are worktrees of the project's checkout; a project with a remote uses none.
+            if not healing and self.spares is not None and not remote:
+                base_ref = refs_prefix(session_id) + "base"
+                spare = await self.spares.claim(wt.project_id, wt.repo_path, wt.branch, base_ref)
+            if spare is not None:
+                wt, base = dataclasses.replace(wt, path=spare.path), spare.base
+            elif remote:
                 # A session moving in from another node (or new here) comes through the remote.
                 moving = healing and row["node_id"] != self.node_id
                 base = await anyio.to_thread.run_sync(self._materialize_remote, wt, ctx["default_branch"], moving)

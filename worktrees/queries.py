@@ -182,3 +182,11 @@ INSERT INTO review_comments (change_id, session_id, written_on, carried_from, pa
 SELECT $2, session_id, written_on, id, path, side, line, $3, outdated OR $4, body, author, state, task_id, created_at
   FROM review_comments WHERE id = $1
 """
+
+# Projects that started a session within $1 seconds: the ones spare worktrees are kept for.
+RECENT_PROJECTS = """
+SELECT p.id AS project_id, p.repo_path
+  FROM projects p
+ WHERE EXISTS (SELECT 1 FROM sessions s
+                WHERE s.project_id = p.id AND s.created_at > now() - make_interval(secs => $1))
+"""

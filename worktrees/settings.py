@@ -22,6 +22,10 @@ DEFAULT_LIVE_DIFF_INTERVAL = 1.0
 # Who commits what a reviewer accepts as a commit or onto a branch (author and committer).
 DEFAULT_COMMIT_NAME = "Switchyard"
 DEFAULT_COMMIT_EMAIL = "switchyard@localhost"
+# Spare worktrees kept ready per project (worktrees.spares), for projects that started a session
+# within spare_idle seconds.
+DEFAULT_SPARES = 1
+DEFAULT_SPARE_IDLE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class WorktreeSettings:
     live_diff_interval: float = DEFAULT_LIVE_DIFF_INTERVAL
     commit_name: str = DEFAULT_COMMIT_NAME
     commit_email: str = DEFAULT_COMMIT_EMAIL
+    spares: int = DEFAULT_SPARES
+    spare_idle: float = DEFAULT_SPARE_IDLE
 
     def __post_init__(self) -> None:
         if self.max_file_bytes <= 0 or self.max_total_bytes <= 0:
@@ -45,3 +51,5 @@ class WorktreeSettings:
             raise ValueError("live_diff_interval must be 0 (off) or positive")
         if not self.commit_name.strip() or "@" not in self.commit_email or "<" in self.commit_email + self.commit_name:
             raise ValueError("commit_name must be a name and commit_email an address")
+        if self.spares < 0 or self.spare_idle <= 0:
+            raise ValueError("spares must not be negative and spare_idle must be positive")

@@ -47,7 +47,7 @@ from orchestrator.services import (
     resolve_project,
     submit_task,
 )
-from worktrees import Resolution
+from worktrees import Resolution, read_spare_status
 from ws_gateway import Gateway, TaskSubmission, create_token, list_tokens, revoke_token
 
 
@@ -384,25 +384,43 @@ async def cmd_agents(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+SERVER_COLUMNS = (
+    "pool_pid",
+    "key",
+    "project_id",
+    "state",
+    "pid",
+    "url",
+    "age_seconds",
+    "rss_mb",
+    "active_turns",
+    "sessions",
+    "instances",
+    "spares",
+)
+SPARE_COLUMNS = ("owner_pid", "project_id", "path", "base", "warmed")
+
+
 async def cmd_pool(ctx: CliContext, args: argparse.Namespace) -> int:
-    pools = await anyio.to_thread.run_sync(read_pool_status, ctx.config.data_dir / POOL_DIR)
-    rows = [{**server, "pool_pid": pool["owner_pid"]} for pool in pools for server in pool["servers"]]
-    columns = (
-        "pool_pid",
-        "key",
-        "project_id",
-        "state",
-        "pid",
-        "url",
-        "age_seconds",
-        "rss_mb",
-        "active_turns",
-        "sessions",
-    )
-    if not rows and not args.json:
-        print("no opencode server is running (the pool lives in `switchyard up` / `switchyard dispatcher`)")
+    root = ctx.config.data_dir / POOL_DIR
+    pools = await anyio.to_thread.run_sync(read_pool_status, root)
+    servers = [{**server, "pool_pid": pool["owner_pid"]} for pool in pools for server in pool["servers"]]
+    kept = await anyio.to_thread.run_sync(read_spare_status, root)
+    spares = [{**spare, "owner_pid": owner["owner_pid"]} for owner in kept for spare in owner["spares"]]
+    if args.json:
+        listing = {
+            "servers": [{c: row.get(c) for c in SERVER_COLUMNS} for row in servers],
+            "spare_worktrees": [{c: row.get(c) for c in SPARE_COLUMNS} for row in spares],
+        }
+        print(json.dumps(listing, default=str, indent=2))
+        return 0
+    if servers:
+        print_table(servers, SERVER_COLUMNS)
     else:
-        print_table(rows, columns, as_json=args.json)
+        print("no opencode server is running (the pool lives in `switchyard up` / `switchyard dispatcher`)")
+    if spares:
+        print(f"\nspare worktrees ({len(spares)}):")
+        print_table(spares, SPARE_COLUMNS)
     return 0
 
 

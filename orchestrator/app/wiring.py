@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 
 import asyncpg
 from prometheus_client import REGISTRY
@@ -25,10 +26,12 @@ from backends import (
     POOL_DIR,
     AcpBackend,
     AgentNotFoundError,
+    AgentSpares,
     BackendError,
     NativeBackend,
     OpencodePool,
     OpencodeServerBackend,
+    ProjectPlace,
     PtyBackend,
     Sandbox,
     executable,
@@ -39,6 +42,7 @@ from orchestrator.db import default_base
 from orchestrator.dispatch import Dispatcher, Router, refresh_tasks
 from orchestrator.dispatch.routing import NATIVE, NOOP, OPENCODE_SERVER_AGENT, BackendFactory
 from orchestrator.services import ReviewService
+from worktrees import SpareWorktrees
 
 log = get_logger("wiring")
 
@@ -54,6 +58,25 @@ class Runtime:
     pool: asyncpg.Pool
     opencode_pool: OpencodePool | None
     sandbox: Sandbox
+    spares: SpareWorktrees
+    agent_spares: AgentSpares
+
+
+@dataclass(frozen=True)
+class PoolWarmer:
+    """Spare worktrees warmed on the warm opencode pool (a worktrees.SpareWarmer): a spare's
+    instance is loaded on its project's server, which its session's first turn then leases."""
+
+    pool: OpencodePool
+
+    async def warm(self, project_id: int, directory: Path, git_dir: Path) -> bool:
+        return await self.pool.warm(ProjectPlace(project_id, directory.parent, git_dir), str(directory))
+
+    def claimed(self, directory: Path) -> None:
+        self.pool.unpin(str(directory))
+
+    async def release(self, directory: Path) -> None:
+        await self.pool.dispose_directory(directory)
 
 
 async def open_pool(config: Config, url: str, name: str) -> asyncpg.Pool:
@@ -80,7 +103,19 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
         sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
             opencode_pool = await _start_opencode_pool(stack, config, sandbox)
-            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox)
+            # Entered after the pool, so it stops first: its spares' instances are freed on the servers.
+            spares = await stack.enter_async_context(
+                SpareWorktrees(
+                    pool,
+                    config.worktrees,
+                    warmer=PoolWarmer(opencode_pool) if opencode_pool is not None else None,
+                    status_dir=config.data_dir / POOL_DIR,
+                )
+            )
+            review.worktrees.spares = spares
+            # Entered before the router's backends run turns, left after the dispatcher stopped.
+            agent_spares = await stack.enter_async_context(AgentSpares(config.data_dir / AGENT_STATE_DIR))
+            router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox, agent_spares=agent_spares)
             dispatcher = Dispatcher(
                 url,
                 config.dispatcher,
@@ -91,7 +126,7 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
                 node=replace(config.node, id=config.node_id),
                 agents=partial(node_agents, config, opencode_pool is not None),
             )
-            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox)
+            yield Runtime(dispatcher, review, pool, opencode_pool, sandbox, spares, agent_spares)
     finally:
         unregister()
         await pool.close()
@@ -130,14 +165,21 @@ class _PoolMetrics(Collector):
         turns = GaugeMetricFamily(
             METRIC_PREFIX + "opencode_server_active_turns", "Turns running on a server", labels=["server"]
         )
+        instances = GaugeMetricFamily(
+            METRIC_PREFIX + "opencode_server_instances",
+            "Directories whose instance a server holds loaded (spare worktrees among them)",
+            labels=["server", "kind"],
+        )
         counts: dict[str, int] = {}
         for status in self._pool.snapshot():
             counts[status.state] = counts.get(status.state, 0) + 1
             rss.add_metric([status.key], status.rss_mb * 2**20)
             turns.add_metric([status.key], status.active_turns)
+            instances.add_metric([status.key, "session"], status.instances - status.spares)
+            instances.add_metric([status.key, "spare"], status.spares)
         for state, count in sorted(counts.items()):
             servers.add_metric([state], count)
-        yield from (servers, rss, turns)
+        yield from (servers, rss, turns, instances)
 
 
 def node_agents(config: Config, warm_opencode: bool) -> list[str]:
@@ -164,7 +206,11 @@ def agent_sandbox(config: Config) -> Sandbox:
 
 
 def build_router(
-    config: Config, *, opencode_pool: OpencodePool | None = None, sandbox: Sandbox | None = None
+    config: Config,
+    *,
+    opencode_pool: OpencodePool | None = None,
+    sandbox: Sandbox | None = None,
+    agent_spares: AgentSpares | None = None,
 ) -> Router:
     """The router of a configured service.
 
@@ -173,7 +219,8 @@ def build_router(
     agent's and the project's overrides), in ``sandbox`` (default: :func:`agent_sandbox`). The
     ``opencode`` agent runs on the service's warm ``opencode_pool`` (entered once by whoever runs
     the dispatcher). One-shot opencode agents keep their sessions under ``<data_dir>/agent-state``
-    so a later turn resumes them.
+    so a later turn resumes them. ACP turns take pre-started agents from ``agent_spares`` (entered
+    by whoever runs the dispatcher) when given.
     """
     sandbox = sandbox or agent_sandbox(config)
     agents: dict[str, BackendFactory] = {}
@@ -183,7 +230,13 @@ def build_router(
         # agent later needs no restart.
         if spec.transport == "acp":
             agents[spec.name] = partial(
-                AcpBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox, state_dir=state_dir
+                AcpBackend,
+                spec,
+                config.permissions,
+                opencode=config.opencode,
+                sandbox=sandbox,
+                state_dir=state_dir,
+                spares=agent_spares,
             )
         elif spec.transport == "pty":
             agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)

@@ -242,6 +242,8 @@ class Dispatcher:
                     await self._drain()
                 service.cancel_scope.cancel()
         finally:
+            # The backends' long-lived resources (the native track's connections) end with the turns.
+            await self._router.aclose()
             with anyio.CancelScope(shield=True), anyio.move_on_after(POOL_CLOSE_TIMEOUT) as closing:
                 await pool.close()
             if closing.cancelled_caught:

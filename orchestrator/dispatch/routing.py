@@ -8,11 +8,16 @@
 
 Anything else fails the task with ``failure_reason='unknown_agent'``; a configured agent that
 cannot be used fails it with ``'agent_unavailable'``. Never silently another backend.
+
+Backends that hold resources for the life of the dispatcher (the native track's HTTP client)
+have an ``aclose``; :meth:`Router.aclose` calls it on every backend built so far.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+
+import anyio
 
 from backends import Backend, BackendError, NoopBackend
 from orchestrator.errors import TaskRejected
@@ -75,3 +80,12 @@ class Router:
             raise TaskRejected(AGENT_UNAVAILABLE, f"agent {name!r} could not be started: {exc}") from exc
         self._backends[name] = backend
         return backend
+
+    async def aclose(self) -> None:
+        """Release what the backends built so far hold; a later ``route`` builds them again."""
+        backends, self._backends = list(self._backends.values()), {}
+        with anyio.CancelScope(shield=True):
+            for backend in backends:
+                close = getattr(backend, "aclose", None)
+                if close is not None:
+                    await close()

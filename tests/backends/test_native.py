@@ -73,7 +73,8 @@ def backend(fm: FakeModel, **settings: Any) -> NativeBackend:
 async def run(fm: FakeModel, reply: fake.Scripted, turn: Turn = TURN, **settings: Any) -> tuple[TurnOutcome, Recorder]:
     fm.enqueue(reply)
     emit = Recorder()
-    outcome = await backend(fm, **settings).run_turn(turn, emit)
+    async with backend(fm, **settings) as native:
+        outcome = await native.run_turn(turn, emit)
     return outcome, emit
 
 
@@ -114,7 +115,8 @@ async def test_request_carries_history_model_options_and_key(fm: FakeModel) -> N
         model_options={"other-model": {"temperature": 0.1, "max_tokens": 64}, "fake-model": {"top_p": 0.5}},
     )
     fm.enqueue(Reply(text="ok"))
-    outcome = await NativeBackend(settings, environ={"TEST_NATIVE_KEY": "sk-test"}).run_turn(turn, Recorder())
+    async with NativeBackend(settings, environ={"TEST_NATIVE_KEY": "sk-test"}) as native:
+        outcome = await native.run_turn(turn, Recorder())
     assert outcome.status is OutcomeStatus.COMPLETED
     (request,) = fm.chat_requests
     assert request.path == "/v1/chat/completions"
@@ -186,13 +188,43 @@ async def test_tool_calls_are_surfaced_as_not_run(fm: FakeModel) -> None:
     assert all("not run" in str(c.output) for c in emit.tool_calls)
 
 
+@pytest.mark.anyio
+async def test_turns_share_one_kept_alive_connection_until_closed(fm: FakeModel) -> None:
+    async with backend(fm) as native:
+        for n in range(3):
+            fm.enqueue(Reply(text=f"answer {n}"))
+            outcome = await native.run_turn(TURN, Recorder())
+            assert outcome.status is OutcomeStatus.COMPLETED
+        first_ports = {r.client_port for r in fm.chat_requests}
+        await native.aclose()
+        # Closed, the backend still works: the next turn opens a connection of its own.
+        fm.enqueue(Reply(text="after close"))
+        assert (await native.run_turn(TURN, Recorder())).status is OutcomeStatus.COMPLETED
+    assert len(first_ports) == 1
+    assert fm.chat_requests[-1].client_port not in first_ports
+
+
+@pytest.mark.anyio
+async def test_the_key_is_read_at_every_turn_over_the_shared_connection(fm: FakeModel) -> None:
+    environ = {"TEST_NATIVE_KEY": "sk-one"}
+    settings = NativeSettings(base_url=fm.base_url, model="fake-model", api_key_env="TEST_NATIVE_KEY")
+    async with NativeBackend(settings, environ=environ) as native:
+        fm.enqueue(Reply(text="one"))
+        await native.run_turn(TURN, Recorder())
+        environ["TEST_NATIVE_KEY"] = "sk-two"
+        fm.enqueue(Reply(text="two"))
+        await native.run_turn(TURN, Recorder())
+    assert [r.headers["authorization"] for r in fm.chat_requests] == ["Bearer sk-one", "Bearer sk-two"]
+
+
 # ---------------------------------------------------------------------------- failures
 
 
 @pytest.mark.anyio
 async def test_connection_refused_is_transient() -> None:
     settings = NativeSettings(base_url=f"http://127.0.0.1:{free_port()}/v1")
-    outcome = await NativeBackend(settings, environ={}).run_turn(TURN, Recorder())
+    async with NativeBackend(settings, environ={}) as native:
+        outcome = await native.run_turn(TURN, Recorder())
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.stop_reason == "model_unreachable"
     assert outcome.transient
@@ -365,25 +397,30 @@ async def test_cancellation_closes_the_stream(fm: FakeModel) -> None:
         first.set()
 
     cancelled = False
-    async with anyio.create_task_group() as tg:
+    async with backend(fm) as native:
+        async with anyio.create_task_group() as tg:
 
-        async def turn() -> None:
-            nonlocal cancelled
-            try:
-                await backend(fm).run_turn(TURN, watch)
-            except anyio.get_cancelled_exc_class():
-                cancelled = True
-                raise
+            async def turn() -> None:
+                nonlocal cancelled
+                try:
+                    await native.run_turn(TURN, watch)
+                except anyio.get_cancelled_exc_class():
+                    cancelled = True
+                    raise
 
-        tg.start_soon(turn)
-        await first.wait()
-        tg.cancel_scope.cancel()
-    assert cancelled
-    assert 0 < len(emit.text) < 2000
-    # The handler thread notices the closed socket on its next write and lets the connection go.
-    with anyio.fail_after(10):
-        while fm.open_connections:
-            await anyio.sleep(0.01)
+            tg.start_soon(turn)
+            await first.wait()
+            tg.cancel_scope.cancel()
+        assert cancelled
+        assert 0 < len(emit.text) < 2000
+        # The handler thread notices the closed socket on its next write and lets the connection
+        # go, while the backend's shared client stays open.
+        with anyio.fail_after(10):
+            while fm.open_connections:
+                await anyio.sleep(0.01)
+        # ... and serves the next turn.
+        fm.enqueue(Reply(text="next"))
+        assert (await native.run_turn(TURN, Recorder())).status is OutcomeStatus.COMPLETED
 
 
 # ---------------------------------------------------------------------------- models, settings

@@ -116,6 +116,7 @@ def test_config_names_one_provider_and_every_model() -> None:
     assert config["small_model"] == "lab/tiny"
     assert config["permission"] == {"bash": "ask", "edit": "allow", "external_directory": "deny"}
     assert config["tools"] == {"question": False}
+    assert config["snapshot"] is False  # Switchyard snapshots worktrees itself
     provider = config["provider"]["lab"]
     assert provider["npm"] == "@ai-sdk/openai-compatible"
     assert provider["options"] == {"baseURL": "http://127.0.0.1:9/v1"}  # no api_key_env: no key

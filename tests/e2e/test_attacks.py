@@ -42,6 +42,9 @@ pytestmark = pytest.mark.anyio
 
 WAIT_SECONDS = 120
 OPENCODE_RULE = "a rule which prevents you from using this specific tool call"
+# What opencode acp fails the calls of a step with once one of them was refused, before it asked
+# for theirs (how many it still asks for first is a race: the sooner its turn ends, the fewer).
+OPENCODE_REJECTED = "The user rejected permission to use this specific tool call."
 TOKEN = "sy_ATTACK-OPERATOR-TOKEN"
 DB_PASSWORD = "db-ATTACK-PASSWORD"
 INSERT_TASK = (
@@ -227,9 +230,10 @@ async def test_every_attack_is_refused_with_a_permission_frame(
     _, reasons = attacks(wt.path, site)
     for call_id, expected in reasons.items():
         why = refusal(frames, call_id)
-        assert any(reason in why for reason in expected), (call_id, why)
-    # Most refusals are Switchyard's own, shown as permission frames.
-    assert len([f for f in frames if f["type"] == "permission"]) >= 5
+        assert any(reason in why for reason in (*expected, *([OPENCODE_REJECTED] if parallel else []))), (call_id, why)
+    # Most refusals are Switchyard's own, shown as permission frames (all at once: at least the
+    # first, which ended the step).
+    assert len([f for f in frames if f["type"] == "permission"]) >= (1 if parallel else 5)
     await assert_contained(site, wt, frames, before, after)
 
 

@@ -117,6 +117,29 @@ async def test_sql_task_streams_deltas_and_completes(pool: asyncpg.Pool, project
 
 
 @pytest.mark.anyio
+async def test_turns_share_the_dispatchers_connection_which_shutdown_closes(
+    db_url: str, pool: asyncpg.Pool, project: int, fm: FakeModel
+) -> None:
+    settings = DispatcherSettings(poll_interval=0.5, finalize_timeout=10)
+    native = NativeSettings(base_url=fm.base_url, model="fake-model")
+    dispatcher = Dispatcher(db_url, settings, Router(native=lambda: NativeBackend(native)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dispatcher.run)
+        session = None
+        for n in range(3):
+            fm.enqueue(Reply(text=f"answer {n}"))
+            task = await wait_for(pool, await submit(pool, project, f"question {n}", session))
+            assert task["state"] == "completed"
+            session = task["session_id"]
+        assert fm.open_connections == 1
+        dispatcher.request_shutdown()
+    assert len({r.client_port for r in fm.chat_requests}) == 1
+    with anyio.fail_after(10):
+        while fm.open_connections:
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
 @pytest.mark.usefixtures("dispatcher")
 async def test_second_task_sees_the_first_exchange(pool: asyncpg.Pool, project: int, fm: FakeModel) -> None:
     fm.enqueue(Reply(text="Paris.", finish_reason="length"), Reply(text="About 2 million."))

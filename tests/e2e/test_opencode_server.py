@@ -510,6 +510,64 @@ async def test_a_session_worktree_is_disposed_on_request(oc_pool: OpencodePool, 
     assert again.agent_session == done.agent_session
 
 
+async def test_idle_instances_are_disposed_busy_ones_kept_and_the_next_turn_loads_it_again(
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path
+) -> None:
+    backend = OpencodeServerBackend(oc_pool)
+    idle_wt, busy_wt = worktree(project_dir), worktree(project_dir)
+    idle_session, busy_session = next(_session_ids), next(_session_ids)
+    done = (await run(backend, make_turn(idle_wt, "hi", idle_session))).outcome
+    assert done.status is OutcomeStatus.COMPLETED
+    server = oc_pool.servers[0]
+    idle, busy = str(idle_wt.resolve()), str(busy_wt.resolve())
+    fake_model.enqueue(Reply(text=["slow", " reply"], chunk_delay=2.0), when=partial(mentions, "SLOWLY"))
+    async with anyio.create_task_group() as tg:
+        slow: list[Run] = []
+
+        async def turn() -> None:
+            slow.append(await run(backend, make_turn(busy_wt, "SLOWLY", busy_session)))
+
+        tg.start_soon(turn)
+        await wait_until(lambda: server.busy[busy], what="the slow turn running")
+        # Everything idle goes, however recent (other tests' instances too); the running turn's stays.
+        assert await oc_pool.dispose_idle(0.0) >= 1
+        assert idle not in server.directories and busy in server.directories
+        # The Switchyard session still sticks to its server.
+        assert server.sessions[idle_session] == idle
+    assert slow[0].outcome.status is OutcomeStatus.COMPLETED, slow[0].outcome
+    assert slow[0].text == "slow reply"
+    # The opencode session was kept: the next turn loads the instance again and continues it.
+    again = await run(backend, make_turn(idle_wt, "hi again", idle_session, agent_session=done.agent_session))
+    assert again.outcome.status is OutcomeStatus.COMPLETED, again.outcome
+    assert again.outcome.agent_session == done.agent_session
+    assert idle in server.directories
+    status = server.status()
+    assert status.instances == len(server.directories) and status.spares == 0
+
+
+async def test_a_spare_directory_is_warmed_on_the_projects_ready_server_and_kept_until_a_turn_takes_it(
+    oc_pool: OpencodePool, fake_model: FakeModel, project_dir: Path, tmp_path: Path
+) -> None:
+    server = oc_pool.servers[0]
+    spare = worktree(project_dir, "spare")
+    directory = str(spare.resolve())
+    assert await oc_pool.warm(server.place, directory)
+    assert directory in server.directories and directory in server.spares
+    assert server.status().spares == 1
+    assert await oc_pool.warm(server.place, directory)  # already loaded: nothing more
+    # Never disposed while it is a spare, and never a reason to start a server for another project.
+    assert await oc_pool.dispose_idle(0.0) >= 0 and directory in server.spares
+    other_project = ProjectPlace(2, tmp_path)
+    assert not await oc_pool.warm(other_project, str(tmp_path))
+    assert oc_pool.servers == [server]
+    # The session whose worktree it becomes is served there; from then on it is an instance like any other.
+    session = next(_session_ids)
+    result = await run(OpencodeServerBackend(oc_pool), make_turn(spare, "hello spare", session))
+    assert result.outcome.status is OutcomeStatus.COMPLETED, result.outcome
+    assert result.outcome.agent_session is not None and result.outcome.agent_session.server_key == server.slot
+    assert directory not in server.spares and directory in server.directories
+
+
 async def test_a_stream_lost_for_good_aborts_the_prompt_on_the_live_server(
     oc_pool: OpencodePool, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

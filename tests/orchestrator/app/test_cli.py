@@ -126,7 +126,7 @@ def up_insert_and_list(env: dict[str, str], repo: Path, home: Path) -> str:
         servers: list[dict[str, object]] = []
         while time.monotonic() < deadline and [s["state"] for s in servers] != ["ready"]:
             time.sleep(0.2)
-            servers = json.loads(run(["pool", "--json"], env).stdout)
+            servers = json.loads(run(["pool", "--json"], env).stdout)["servers"]
         assert [(s["state"], s["project_id"]) for s in servers] == [("ready", int(project_id))]
         assert run(["cancel", warm.splitlines()[0]], env).returncode == 0
     finally:

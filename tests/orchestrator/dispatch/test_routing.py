@@ -42,6 +42,34 @@ def test_unknown_and_unavailable_agents_are_refused_with_a_reason() -> None:
         assert refused.value.reason == "agent_unavailable" and detail in refused.value.message
 
 
+class Closable(ScriptedBackend):
+    def __init__(self) -> None:
+        super().__init__(execution_path="native")
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.anyio
+async def test_aclose_closes_the_backends_built_so_far_and_later_routes_build_anew() -> None:
+    built: list[Closable] = []
+
+    def native() -> Closable:
+        built.append(Closable())
+        return built[-1]
+
+    router = Router(native=native)
+    first = router.route(None)
+    router.route("noop")  # has no aclose
+    await router.aclose()
+    assert [b.closed for b in built] == [1]
+    assert router.route(None) is not first and len(built) == 2
+    await router.aclose()
+    await router.aclose()  # nothing built since: nothing closed twice
+    assert [b.closed for b in built] == [1, 1]
+
+
 def test_reserved_names_cannot_be_configured() -> None:
     with pytest.raises(ValueError, match="reserved"):
         Router(agents={"noop": ScriptedBackend})
