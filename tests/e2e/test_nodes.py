@@ -27,7 +27,8 @@ pytestmark = pytest.mark.anyio
 
 SESSIONS = 30
 ROUNDS = 10
-DEAD_AFTER = 6.0
+# Generous: a node whose heartbeat stalls this long on the loaded 2-core machine counts as dead.
+DEAD_AFTER = 15.0
 # Longer than the processes' default (3 s): 12 agents at once on 2 shared cores must not lose leases.
 LEASE = 10.0
 TIMEOUT = 300.0
@@ -117,7 +118,16 @@ async def test_sessions_stay_on_their_node_and_move_through_git_when_it_dies(
              FROM tasks t JOIN task_attempts a ON a.task_id = t.id
             WHERE a.outcome = 'completed' GROUP BY t.session_id"""
     )
-    assert len(where) == SESSIONS and all(len(r["workers"]) == 1 for r in where), where
+    moved_early = [r["session_id"] for r in where if len(r["workers"]) > 1]
+    if moved_early:
+        attempts = await pool.fetch(
+            """SELECT t.id, a.attempt, a.worker_id, a.started_at, a.outcome, a.failure_reason
+                 FROM tasks t JOIN task_attempts a ON a.task_id = t.id WHERE t.session_id = $1
+                ORDER BY a.started_at""",
+            moved_early[0],
+        )
+        raise AssertionError("a session changed nodes:\n" + "\n".join(str(dict(r)) for r in attempts))
+    assert len(where) == SESSIONS
     node_of = {r["session_id"]: r["workers"][0] for r in where}
     assert len(set(node_of.values())) > 1  # the work was spread
     for (s, r), task_id in tasks.items():
