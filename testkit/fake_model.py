@@ -332,6 +332,9 @@ class _Cut(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as asyncio servers (uvicorn, vLLM) set it: otherwise, on a kept-alive
+    # connection, each small chunk after the headers waits for the client's delayed ACK (~10 ms).
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
