@@ -498,3 +498,53 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 
 INSERT INTO schema_version (version) VALUES (7) ON CONFLICT DO NOTHING;
+
+-- ---------------------------------------------------------------- version 8
+
+-- Several machines. A node is one host's share of the work: every dispatcher process belongs to
+-- one (`[node] id`, default derived from the host and the data directory) and heartbeats its
+-- row with what it can run. It is dead once its heartbeat is older than its own `dead_after`
+-- (the node says how long it may stay silent); a drained one claims nothing and gives up its
+-- idle sessions.
+CREATE TABLE IF NOT EXISTS nodes (
+    id                  text PRIMARY KEY CHECK (id <> ''),
+    host                text NOT NULL,
+    -- The agents (tasks.agent, 'native' for NULL) its dispatchers can run now.
+    agents              text[] NOT NULL DEFAULT '{}',
+    -- Turns its dispatchers run at once, all together.
+    capacity            integer NOT NULL DEFAULT 0 CHECK (capacity >= 0),
+    dead_after          double precision NOT NULL CHECK (dead_after > 0),
+    started_at          timestamptz NOT NULL DEFAULT now(),
+    seen_at             timestamptz NOT NULL DEFAULT now(),
+    drain_requested_at  timestamptz
+);
+ALTER TABLE workers ADD COLUMN IF NOT EXISTS node_id text;
+
+-- Live: heard from within its dead_after and not drained (a drained node's sessions may move).
+CREATE OR REPLACE FUNCTION switchyard_node_holds(node text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT n.drain_requested_at IS NULL
+                            AND n.seen_at >= now() - make_interval(secs => n.dead_after)
+                       FROM nodes n WHERE n.id = node), false)
+$$;
+
+-- Session affinity: the node whose disk holds the worktree (NULL: any node, one shared disk).
+ALTER TABLE session_worktrees ADD COLUMN IF NOT EXISTS node_id text;
+
+-- A project reached through a git remote (each node keeps its own clone), instead of or as well
+-- as a local checkout (repo_path; `apply` accepts need it).
+ALTER TABLE projects ADD COLUMN IF NOT EXISTS remote_url text CHECK (remote_url <> '');
+ALTER TABLE projects ALTER COLUMN repo_path DROP NOT NULL;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'projects_repo_or_remote') THEN
+        ALTER TABLE projects ADD CONSTRAINT projects_repo_or_remote
+            CHECK (repo_path IS NOT NULL OR remote_url IS NOT NULL);
+    END IF;
+END;
+$$;
+
+-- Why a pending task is not being claimed (no live node has its agent); NULL once one can.
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS waiting_for text;
+
+INSERT INTO schema_version (version) VALUES (8) ON CONFLICT DO NOTHING;

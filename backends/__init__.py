@@ -60,7 +60,7 @@ from backends.opencode_pool import POOL_DIR, OpencodePool, OpencodePoolSettings,
 from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import DEFAULT_ASK_TIMEOUT, PermissionOverride, PermissionPolicy
 from backends.pty import PtyBackend
-from backends.registry import PRESETS, AgentConfig, AgentProbe, AgentSpec, build_specs, probe
+from backends.registry import PRESETS, AgentConfig, AgentProbe, AgentSpec, build_specs, executable, probe
 from backends.sandbox import Sandbox, SandboxSettings, SandboxUnavailable
 
 __all__ = [
@@ -123,6 +123,7 @@ __all__ = [
     "TurnOutcome",
     "Usage",
     "build_specs",
+    "executable",
     "grant_covers",
     "grant_patterns",
     "list_models",

@@ -56,6 +56,8 @@ class TaskStatePayload(TypedDict):
     attempt: int
     failure_reason: NotRequired[str]
     error: NotRequired[str]
+    # A pending task that no live node can run now says why ("" once one can again).
+    waiting_for: NotRequired[str]
 
 
 class MessageStartedPayload(TypedDict):
@@ -236,13 +238,21 @@ Event = tuple[SessionFrame, Mapping[str, Any]]
 
 
 def task_state(
-    task_id: int, state: str, attempt: int, failure_reason: str | None = None, error: str | None = None
+    task_id: int,
+    state: str,
+    attempt: int,
+    failure_reason: str | None = None,
+    error: str | None = None,
+    *,
+    waiting_for: str | None = None,
 ) -> TaskStatePayload:
     payload = TaskStatePayload(task_id=task_id, state=state, attempt=attempt)
     if failure_reason:
         payload["failure_reason"] = failure_reason
     if error:
         payload["error"] = error
+    if waiting_for is not None:
+        payload["waiting_for"] = waiting_for
     return payload
 
 

@@ -55,6 +55,12 @@ def sample_repo(path: Path) -> Path:
     return path
 
 
+def bare_remote(checkout: Path, path: Path) -> Path:
+    """A bare repository cloned from ``checkout``: a project's git remote (several machines)."""
+    git(checkout.parent, "clone", "-q", "--bare", str(checkout), str(path))
+    return path
+
+
 def tree_digest(root: Path, *, skip: Iterable[Path] = ()) -> str:
     """A sha256 of everything under ``root`` (names, modes, contents, link targets), ``skip`` left out.
 

@@ -13,16 +13,23 @@ from orchestrator.services import ReviewService
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
-async def add_project(db: Db, name: str | None = None, repo: Path | None = None) -> int:
+async def add_project(db: Db, name: str | None = None, repo: Path | None = None, *, remote: str | None = None) -> int:
     """A project row; ``repo`` is a real checkout for turns that use worktrees (one project per
-    checkout: a second call with the same ``repo`` returns the first project)."""
+    checkout: a second call with the same ``repo`` returns the first project); ``remote`` its git
+    remote (then ``repo`` may be left out: a project with only a remote)."""
     name = name or f"p-{uuid.uuid4().hex[:8]}"
+    if remote is not None and repo is None:
+        remote_only: int = await db.fetchval(
+            "INSERT INTO projects (name, remote_url) VALUES ($1, $2) RETURNING id", name, remote
+        )
+        return remote_only
     project_id: int = await db.fetchval(
-        """INSERT INTO projects (name, repo_path) VALUES ($1, $2)
+        """INSERT INTO projects (name, repo_path, remote_url) VALUES ($1, $2, $3)
            ON CONFLICT (repo_path) DO UPDATE SET name = projects.name
            RETURNING id""",
         name,
         str(repo or f"/srv/{name}"),
+        remote,
     )
     return project_id
 

@@ -105,6 +105,18 @@ class RestoreRefused(WorktreeError):
     pass
 
 
+class NoCheckout(WorktreeError):
+    """The operation needs the project's local checkout and the project has only a remote."""
+
+
+class RemoteUnavailable(WorktreeError):
+    """The project's remote could not be fetched from or pushed to, or lacks a session's commits."""
+
+
+class WorktreeElsewhere(WorktreeError):
+    """The session's worktree is on another node's disk."""
+
+
 class UnknownHunk(WorktreeError):
     pass
 

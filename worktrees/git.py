@@ -288,6 +288,13 @@ def snapshot(checkout: Checkout, base: str, message: str) -> str:
     return commit_tree(checkout.repo, tree, base, message, fixed_date=True)
 
 
+def restore_snapshot(checkout: Checkout, snapshot: str) -> None:
+    """Make a fresh worktree's files those of ``snapshot`` (a session moving to this node); its
+    HEAD and index stay at the branch, so the content shows as the agent's uncommitted work."""
+    run(checkout.work_tree, [*checkout.args, "read-tree", "-m", "-u", "HEAD", snapshot])
+    run(checkout.work_tree, [*checkout.args, "reset", "--quiet"])
+
+
 def sync_index_paths(checkout: Checkout, paths: Sequence[str]) -> None:
     """Reset the worktree's own index entries for ``paths`` to HEAD (files are not touched)."""
     args = [*checkout.args, "reset", "--quiet", "--pathspec-from-file=-", "--pathspec-file-nul"]

@@ -50,6 +50,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ import anyio
 import asyncpg
 
 from kernel import DATABASE_ERRORS, get_logger
-from worktrees import checkout, comments, diff, git, merge
+from worktrees import checkout, comments, diff, git, merge, remote
 from worktrees import queries as q
 from worktrees.comments import Comment
 from worktrees.diff import Caps, Diff
@@ -71,13 +72,16 @@ from worktrees.errors import (
     ChangeNotPending,
     GitCommandFailed,
     InvalidComment,
+    NoCheckout,
     NothingToRebase,
     NoWorktree,
+    RemoteUnavailable,
     SessionNotFound,
     TurnRunning,
     UnresolvedConflicts,
     WorktreeBroken,
     WorktreeDirty,
+    WorktreeElsewhere,
     WorktreeError,
 )
 from worktrees.live import LiveDiff, LiveIndex
@@ -103,9 +107,16 @@ class Worktree:
     path: Path
     branch: str
     base_commit: str
+    # The repository the worktree belongs to: the project's checkout, or this node's clone of
+    # its remote (worktrees.remote).
     repo_path: Path
     # The project repository's git directory, where the worktree's git metadata lives (set by ensure).
     git_dir: Path | None = None
+    # A project with a remote: its URL, and its local checkout if it has one (accepts apply there).
+    remote_url: str | None = None
+    checkout: Path | None = None
+    # The node whose disk holds the worktree (None: one shared disk).
+    node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,11 +273,16 @@ class WorktreeManager:
         announce: Announce | None = None,
         announce_comment: AnnounceComment | None = None,
         spares: SpareWorktrees | None = None,
+        node_id: str | None = None,
     ) -> None:
         self.settings = settings or WorktreeSettings()
         # Set by whoever keeps spare worktrees (the dispatcher's runtime); None: none are kept.
         self.spares = spares
         self.root = Path(os.path.abspath(self.settings.root))
+        # A relative clones directory sits beside the worktree root (the service makes both absolute).
+        self.clones = Path(os.path.abspath(self.root.parent / self.settings.clones))
+        # The node this process runs on (orchestrator.db.nodes): it holds the worktrees it creates.
+        self.node_id = node_id
         self._db = db
         self._caps = Caps(self.settings.max_file_bytes, self.settings.max_total_bytes)
         self._announce = announce
@@ -277,7 +293,12 @@ class WorktreeManager:
     def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
         """This manager on another pool or connection (e.g. inside the caller's transaction)."""
         bound = WorktreeManager(
-            db, self.settings, announce=self._announce, announce_comment=self._announce_comment, spares=self.spares
+            db,
+            self.settings,
+            announce=self._announce,
+            announce_comment=self._announce_comment,
+            spares=self.spares,
+            node_id=self.node_id,
         )
         bound._not_reaped = self._not_reaped
         return bound
@@ -295,14 +316,24 @@ class WorktreeManager:
             await self._announce(conn, change)
 
     def _worktree(self, row: asyncpg.Record) -> Worktree:
+        remote, checkout = row["remote_url"], row["repo_path"]
         return Worktree(
             session_id=row["session_id"],
             project_id=row["project_id"],
             path=Path(row["path"]),
             branch=row["branch"],
             base_commit=row["base_commit"],
-            repo_path=Path(row["repo_path"]),
+            repo_path=self._repo_of(row["project_id"], checkout, remote),
+            remote_url=remote,
+            checkout=Path(checkout) if checkout else None,
+            node_id=row["node_id"],
         )
+
+    def _repo_of(self, project_id: int, checkout: str | None, remote: str | None) -> Path:
+        if remote:
+            return self.clones / f"{project_id}.git"
+        assert checkout is not None  # a project has a checkout or a remote (schema)
+        return Path(checkout)
 
     def _checked(self, wt: Worktree) -> git.Checkout:
         """The worktree as git sees it, ``.git`` restored; refuses one outside the root or not a worktree."""
@@ -319,7 +350,7 @@ class WorktreeManager:
     async def ensure(self, session_id: int) -> Worktree:
         """The session's worktree, created or healed as needed (see the module docstring)."""
         async with self._connection() as conn:
-            row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id)
+            row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id, self.node_id)
             if row is not None:
                 wt = self._worktree(row)
                 git_dir = await anyio.to_thread.run_sync(self._usable, wt)
@@ -344,24 +375,35 @@ class WorktreeManager:
             row = await conn.fetchrow(q.WORKTREE, session_id)
             # An active row heals from its stored base; a reaped session starts afresh from HEAD.
             healing = row is not None and row["status"] == "active"
+            remote = ctx["remote_url"]
             wt = Worktree(
                 session_id=session_id,
                 project_id=ctx["project_id"],
                 path=self.root / str(ctx["project_id"]) / str(session_id),
                 branch=f"switchyard/{session_id}",
                 base_commit=row["base_commit"] if healing else "",
-                repo_path=Path(ctx["repo_path"]),
+                repo_path=self._repo_of(ctx["project_id"], ctx["repo_path"], remote),
+                remote_url=remote,
+                checkout=Path(ctx["repo_path"]) if ctx["repo_path"] else None,
+                node_id=self.node_id,
             )
             spare = None
-            if not healing and self.spares is not None:
+            # Spares are worktrees of the project's checkout; a project with a remote uses none.
+            if not healing and self.spares is not None and not remote:
                 base_ref = refs_prefix(session_id) + "base"
                 spare = await self.spares.claim(wt.project_id, wt.repo_path, wt.branch, base_ref)
             if spare is not None:
                 wt, base = dataclasses.replace(wt, path=spare.path), spare.base
+            elif remote:
+                # A session moving in from another node (or new here) comes through the remote.
+                moving = healing and row["node_id"] != self.node_id
+                base = await anyio.to_thread.run_sync(self._materialize_remote, wt, ctx["default_branch"], moving)
             else:
                 base = await anyio.to_thread.run_sync(self._materialize, wt)
-            await conn.execute(q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base)
-        log.info("worktree.ready", session_id=session_id, path=wt.path, base=base)
+            await conn.execute(
+                q.UPSERT_WORKTREE, session_id, wt.project_id, str(wt.path), wt.branch, base, self.node_id
+            )
+        log.info("worktree.ready", session_id=session_id, path=wt.path, base=base, node_id=self.node_id or "-")
         git_dir = await anyio.to_thread.run_sync(git.common_dir, wt.repo_path)
         return dataclasses.replace(wt, base_commit=base, git_dir=git_dir)
 
@@ -374,6 +416,39 @@ class WorktreeManager:
         git.add_worktree(wt.repo_path, path, wt.branch, base)
         git.update_ref(wt.repo_path, refs_prefix(wt.session_id) + "base", base)
         return base
+
+    def _materialize_remote(self, wt: Worktree, default_branch: str, moving: bool) -> str:
+        """The worktree in this node's clone: a new session from the remote's default branch, a
+        session moving in from the snapshot its last turn pushed (worktrees.remote)."""
+        assert wt.remote_url is not None
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = git.inside_root(self.root, wt.path)
+        repo = remote.ensure_clone(self.clones, wt.project_id, wt.remote_url)
+        if not wt.base_commit:
+            base = git.rev_parse(repo, f"refs/heads/{wt.branch}") or remote.fetch_branch(
+                repo, wt.remote_url, default_branch
+            )
+            git.add_worktree(repo, path, wt.branch, base)
+            git.update_ref(repo, refs_prefix(wt.session_id) + "base", base)
+            return base
+        if not moving:  # ours, its directory lost: heal from the stored base, as without a remote
+            if not remote.have_commit(repo, wt.base_commit):
+                remote.fetch_session(repo, wt.remote_url, wt.session_id)
+            git.add_worktree(repo, path, wt.branch, wt.base_commit)
+            return wt.base_commit
+        # What this node may still hold of an earlier stay is stale: start from the remote's.
+        git.remove_worktree(repo, path, wt.branch, ())
+        snapshot = remote.fetch_session(repo, wt.remote_url, wt.session_id)
+        if not remote.have_commit(repo, wt.base_commit):
+            raise RemoteUnavailable(
+                f"session {wt.session_id}'s base {wt.base_commit} is not on the remote {wt.remote_url}"
+            )
+        git.add_worktree(repo, path, wt.branch, wt.base_commit)
+        if snapshot is not None:
+            checkout = git.trusted_checkout(repo, path)
+            git.restore_snapshot(checkout, snapshot)
+        log.info("worktree.moved_in", session_id=wt.session_id, snapshot=snapshot or "-", base=wt.base_commit)
+        return wt.base_commit
 
     # ------------------------------------------------------------------------ record a turn
 
@@ -412,10 +487,36 @@ class WorktreeManager:
         checkout = self._checked(wt)
         ref = refs_prefix(wt.session_id) + "snapshot"
         before = git.rev_parse(wt.repo_path, ref)
-        snapshot = git.snapshot(checkout, wt.base_commit, f"switchyard: snapshot of session {wt.session_id}")
+        message = f"switchyard: snapshot of session {wt.session_id}"
+        try:
+            snapshot = git.snapshot(checkout, wt.base_commit, message)
+        except GitCommandFailed:
+            if not wt.remote_url or remote.have_commit(wt.repo_path, wt.base_commit):
+                raise
+            # An accept elsewhere moved the base; it pushed the new one.
+            remote.fetch_session(wt.repo_path, wt.remote_url, wt.session_id)
+            snapshot = git.snapshot(checkout, wt.base_commit, message)
         git.update_ref(wt.repo_path, ref, snapshot)
-        conflicted = merge.still_conflicted(wt.repo_path, snapshot, marked)
-        return before, snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps), conflicted
+        # The push needs only the snapshot commit: it runs beside the diff.
+        pushing = None
+        if wt.remote_url:
+            pushing = threading.Thread(target=self._push, args=(wt, snapshot), name="switchyard-push")
+            pushing.start()
+        try:
+            conflicted = merge.still_conflicted(wt.repo_path, snapshot, marked)
+            return before, snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps), conflicted
+        finally:
+            if pushing is not None:
+                pushing.join()
+
+    def _push(self, wt: Worktree, snapshot: str) -> None:
+        """Publish the snapshot for failover; a failure only logs (a node taking the session over
+        then starts from the last snapshot that was pushed)."""
+        assert wt.remote_url is not None
+        try:
+            remote.push_session(wt.repo_path, wt.remote_url, wt.session_id, snapshot=snapshot, base=wt.base_commit)
+        except RemoteUnavailable as exc:
+            log.warning("worktree.snapshot_not_pushed", session_id=wt.session_id, error=exc)
 
     async def _supersede_open(self, conn: asyncpg.Connection, session_id: int) -> list[PendingChange]:
         superseded = [PendingChange.from_row(row) for row in await conn.fetch(q.SUPERSEDE_OPEN, session_id)]
@@ -535,7 +636,7 @@ class WorktreeManager:
             ctx = await conn.fetchrow(q.SESSION_REPOSITORY, session_id)
         if ctx is None:
             raise SessionNotFound(f"session {session_id} does not exist")
-        return Path(ctx["repo_path"])
+        return self._repo_of(ctx["project_id"], ctx["repo_path"], ctx["remote_url"])
 
     # ------------------------------------------------------------------------ review: comments
 
@@ -649,7 +750,10 @@ class WorktreeManager:
         message = None
         if delivery.mode != "apply":
             message = delivery.message or await self._commit_message(conn, change)
-        outcome = await anyio.to_thread.run_sync(self._apply, wt, change, selection, delivery, message, not running)
+        if wt.remote_url:
+            outcome = await anyio.to_thread.run_sync(self._apply_remote, wt, change, selection, delivery, message)
+        else:
+            outcome = await anyio.to_thread.run_sync(self._apply, wt, change, selection, delivery, message, not running)
         if isinstance(outcome, _Conflicted):
             return await self._conflicted(conn, wt, change, outcome, resolved_by)
         await conn.execute(q.SET_BASE, wt.session_id, outcome.new_base)
@@ -661,6 +765,41 @@ class WorktreeManager:
         )
         await self._rehome_others(conn, wt, {change.id, *(r.id for r in [resolution.remainder] if r)}, outcome.new_base)
         return resolution
+
+    def _apply_remote(
+        self, wt: Worktree, change: PendingChange, selection: Selection, delivery: Delivery, message: str | None
+    ) -> _Applied | _Conflicted:
+        """Accept a change of a project with a remote: into the project's local checkout (which it
+        needs), then the new base is pushed, so the session's node finds it whichever node that is."""
+        assert wt.remote_url is not None and change.snapshot_commit is not None
+        if wt.checkout is None:
+            raise NoCheckout(
+                f"accepting change {change.id} puts it into the project's checkout, and project {wt.project_id} "
+                f"has only a remote ({wt.remote_url}); register the project with a checkout (repo_path) to accept"
+            )
+        repo = wt.checkout
+        if not (remote.have_commit(repo, change.snapshot_commit) and remote.have_commit(repo, wt.base_commit)):
+            remote.fetch_session(repo, wt.remote_url, wt.session_id)
+        for commit in (change.snapshot_commit, wt.base_commit):
+            if not remote.have_commit(repo, commit):
+                raise RemoteUnavailable(
+                    f"change {change.id}: commit {commit} of session {wt.session_id} is not on the remote "
+                    f"{wt.remote_url} (the turn's push failed?)"
+                )
+        url = wt.remote_url
+
+        def publish(new_base: str) -> None:
+            try:
+                remote.push_session(repo, url, wt.session_id, snapshot=None, base=new_base)
+            except RemoteUnavailable as exc:
+                # The checkout has the change already; the node's next turn cannot find its base
+                # and fails diff_failed until a push succeeds (accept again, or push by hand).
+                log.error("change.base_not_pushed", change_id=change.id, session_id=wt.session_id, error=exc)
+
+        # The worktree lives in a node's clone, not in this repository: its branch is not moved.
+        return self._apply(
+            dataclasses.replace(wt, repo_path=repo), change, selection, delivery, message, False, publish
+        )
 
     async def _commit_message(self, conn: asyncpg.Connection, change: PendingChange) -> str:
         task_input = await conn.fetchval(q.TASK_INPUT, change.task_id) if change.task_id is not None else None
@@ -679,6 +818,7 @@ class WorktreeManager:
         delivery: Delivery,
         message: str | None,
         advance: bool,
+        publish: Callable[[str], None] | None = None,
     ) -> _Applied | _Conflicted:
         assert change.snapshot_commit is not None
         repo, base, snapshot = wt.repo_path, wt.base_commit, change.snapshot_commit
@@ -703,6 +843,8 @@ class WorktreeManager:
             repo, f"{new_base}^{{tree}}"
         ):
             new_base = committed.commit  # the reviewer's commit holds exactly the new base: build on it
+        if publish is not None:
+            publish(new_base)
         git.update_ref(repo, refs_prefix(wt.session_id) + "base", new_base)
         if advance:
             self._advance_branch(wt, new_base, paths)
@@ -831,6 +973,11 @@ class WorktreeManager:
             async with self._connection() as conn, conn.transaction():
                 # The worktree row lock also holds off the next turn's ensure() until we are done.
                 change, wt = await self._lock_open_change(conn, change_id, lock_project=False)
+                if wt.remote_url and wt.node_id != self.node_id:
+                    raise WorktreeElsewhere(
+                        f"session {wt.session_id}'s worktree is on node {wt.node_id}; reject change {change_id} "
+                        "through a service on that node"
+                    )
                 await self._refuse_running(conn, wt, f"reject change {change_id}")
                 restored = await anyio.to_thread.run_sync(self._restore, wt, change, Selection.of(files, hunks))
                 remainder = None
@@ -863,6 +1010,9 @@ class WorktreeManager:
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
             git.restore_paths(checkout, rest, restore_to(repo, rest, chosen.paths))
+            if wt.remote_url:
+                # What failover recreates is the worktree as the reject left it.
+                self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
         if chosen.everything:
             return _Restored(kept_at, None, None)
         git.update_ref(repo, refs_prefix(wt.session_id) + "snapshot", rest)
@@ -963,7 +1113,7 @@ class WorktreeManager:
         """Remove worktrees of idle or archived sessions that have nothing open or running."""
         async with self._connection() as conn:
             idle = self.settings.reap_idle_after
-            candidates = await conn.fetch(q.REAP_CANDIDATES, idle, ARCHIVED_GRACE_S)
+            candidates = await conn.fetch(q.REAP_CANDIDATES, idle, ARCHIVED_GRACE_S, self.node_id)
             return [await self._reap_one(conn, r["session_id"], r["project_id"]) for r in candidates]
 
     async def _reap_one(self, conn: asyncpg.Connection, session_id: int, project_id: int) -> Reaped:

@@ -14,19 +14,21 @@ LOCK_CLASS = 0x5357_5754  # "SWWT"
 LOCK_PROJECT = "SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int)"
 
 SESSION_REPOSITORY = """
-SELECT s.id AS session_id, s.project_id, p.repo_path
+SELECT s.id AS session_id, s.project_id, p.repo_path, p.remote_url, p.default_branch
   FROM sessions s JOIN projects p ON p.id = s.project_id
  WHERE s.id = $1
 """
 
-WORKTREE_COLUMNS = "w.session_id, w.project_id, w.path, w.branch, w.base_commit, w.status, p.repo_path"
+WORKTREE_COLUMNS = (
+    "w.session_id, w.project_id, w.path, w.branch, w.base_commit, w.status, w.node_id, p.repo_path, p.remote_url"
+)
 
 # ensure's fast path: one statement, no git. Its row lock orders it after a reaper or a
-# reject that holds the row, and it only succeeds for an active worktree.
+# reject that holds the row, and it only succeeds for an active worktree on this node ($2).
 TOUCH_WORKTREE = f"""
 UPDATE session_worktrees w SET last_used_at = now()
   FROM projects p
- WHERE w.session_id = $1 AND w.status = 'active' AND p.id = w.project_id
+ WHERE w.session_id = $1 AND w.status = 'active' AND p.id = w.project_id AND w.node_id IS NOT DISTINCT FROM $2
 RETURNING {WORKTREE_COLUMNS}
 """
 
@@ -39,11 +41,11 @@ SELECT {WORKTREE_COLUMNS}
 LOCK_WORKTREE = WORKTREE + " FOR UPDATE OF w"
 
 UPSERT_WORKTREE = """
-INSERT INTO session_worktrees (session_id, project_id, path, branch, base_commit)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO session_worktrees (session_id, project_id, path, branch, base_commit, node_id)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (session_id) DO UPDATE
    SET path = EXCLUDED.path, branch = EXCLUDED.branch, base_commit = EXCLUDED.base_commit,
-       status = 'active', last_used_at = now()
+       node_id = EXCLUDED.node_id, status = 'active', last_used_at = now()
 """
 
 SET_BASE = "UPDATE session_worktrees SET base_commit = $2, last_used_at = now() WHERE session_id = $1"
@@ -138,10 +140,11 @@ REAPABLE = """
   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.session_id = w.session_id AND t.state IN ('running', 'pending'))
 """
 
+# Each node reaps only the worktrees on its own disk ($3).
 REAP_CANDIDATES = f"""
 SELECT w.session_id, w.project_id
   FROM session_worktrees w JOIN sessions s ON s.id = w.session_id
- WHERE {REAPABLE}
+ WHERE {REAPABLE} AND w.node_id IS NOT DISTINCT FROM $3
  ORDER BY w.session_id
 """
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 # The orchestrator's configuration places a relative root under its data_dir.
 DEFAULT_ROOT = Path("worktrees")
+# Each node's bare clones of the projects that have a remote, likewise under data_dir.
+DEFAULT_CLONES = Path("clones")
 # A file whose patch is larger is listed but its patch text is replaced by a note.
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 # Patch text stored per change; files past it are listed but their patches are left out.
@@ -29,6 +31,7 @@ DEFAULT_SPARE_IDLE = 3600.0
 @dataclass(frozen=True)
 class WorktreeSettings:
     root: Path = DEFAULT_ROOT
+    clones: Path = DEFAULT_CLONES
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     reap_idle_after: float = DEFAULT_REAP_IDLE_AFTER

@@ -31,7 +31,7 @@ from orchestrator.app.config import Config, load_config
 from orchestrator.app.service import announce_gateway, run_dispatcher_only, run_service
 from orchestrator.app.status import print_status, read_status
 from orchestrator.app.wiring import open_pool
-from orchestrator.db import database_url, migrate, migrate_url, schema_version
+from orchestrator.db import NodeRow, database_url, get_node, list_nodes, migrate, migrate_url, schema_version, set_drain
 from orchestrator.dispatch import refresh_tasks
 from orchestrator.errors import NotFound, UsageError
 from orchestrator.services import (
@@ -71,6 +71,8 @@ Handler = Callable[[CliContext, argparse.Namespace], Awaitable[int]]
 
 # The table view of `switchyard tasks` shortens inputs to this many characters (--json: whole rows).
 TABLE_INPUT_CHARS = 60
+# `switchyard node drain --wait` looks this often.
+DRAIN_POLL = 0.5
 
 
 # ---------------------------------------------------------------------------- commands
@@ -90,7 +92,7 @@ async def cmd_migrate(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_project_add(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        project_id = await add_project(conn, Path(args.path), args.name)
+        project_id = await add_project(conn, Path(args.path) if args.path else None, args.name, remote=args.remote)
     print(project_id)
     return 0
 
@@ -98,7 +100,7 @@ async def cmd_project_add(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_project_list(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
         rows = await list_projects(conn)
-    print_table(rows, ("id", "name", "repo_path", "default_branch"), as_json=args.json)
+    print_table(rows, ("id", "name", "repo_path", "remote_url", "default_branch"), as_json=args.json)
     return 0
 
 
@@ -131,7 +133,7 @@ async def cmd_tasks(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dict(row) for row in rows], default=str, indent=2))
         return 0
-    columns = ("id", "project_id", "session_id", "state", "agent", "attempt", "failure_reason", "input")
+    columns = ("id", "project_id", "session_id", "state", "agent", "attempt", "failure_reason", "waiting_for", "input")
     print_table([{**row, "input": _shorten(row["input"])} for row in rows], columns)
     return 0
 
@@ -151,6 +153,51 @@ async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+NODE_COLUMNS = ("id", "state", "host", "sessions", "running", "capacity", "agents", "seen")
+
+
+def _node_json(node: NodeRow) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "state": node.state,
+        "host": node.host,
+        "sessions": node.sessions,
+        "running": node.running,
+        "capacity": node.capacity,
+        "agents": node.agents,
+        "dead_after": node.dead_after,
+        "seen": f"{node.silent_for:.0f}s ago",
+        "started_at": node.started_at.isoformat(timespec="seconds"),
+        "drain_requested_at": node.drain_requested_at.isoformat(timespec="seconds")
+        if node.drain_requested_at
+        else None,
+    }
+
+
+async def cmd_nodes(ctx: CliContext, args: argparse.Namespace) -> int:
+    async with ctx.connect() as conn:
+        nodes = [_node_json(n) for n in await list_nodes(conn)]
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+    else:
+        print_table([{**n, "agents": ",".join(n["agents"])} for n in nodes], NODE_COLUMNS)
+    return 0
+
+
+async def cmd_node_drain(ctx: CliContext, args: argparse.Namespace) -> int:
+    """Drain (or resume) a node; with --wait, until its running turns have ended."""
+    async with ctx.connect() as conn:
+        node = await set_drain(conn, args.node_id, not args.resume)
+        while args.wait and node.alive and node.running:
+            await anyio.sleep(DRAIN_POLL)
+            node = await get_node(conn, args.node_id)
+    if args.resume:
+        print(f"node {node.id}: claiming again")
+    else:
+        print(f"node {node.id}: {node.state}; {node.running} turns running, its idle sessions move to other nodes")
+    return 0
+
+
 async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
     await run_dispatcher_only(ctx.config, out=sys.stdout)
     return 0
@@ -159,7 +206,7 @@ async def cmd_dispatcher(ctx: CliContext, args: argparse.Namespace) -> int:
 async def cmd_changes(ctx: CliContext, args: argparse.Namespace) -> int:
     status = None if args.status == "all" else args.status
     async with ctx.connect() as conn:
-        changes = await ReviewService(conn, ctx.config.worktrees).list_changes(
+        changes = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).list_changes(
             session_id=args.session, status=status, limit=args.limit
         )
     if args.json:
@@ -175,7 +222,7 @@ async def cmd_diff(ctx: CliContext, args: argparse.Namespace) -> int:
     if (args.change_id is None) == (args.live is None) or (args.since is not None and args.change_id is None):
         raise UsageError("give a change ID (and maybe --since OLD_ID), or --live SESSION")
     async with ctx.connect() as conn:
-        review = ReviewService(conn, ctx.config.worktrees)
+        review = ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id)
         if args.live is not None:
             live = await review.live_diff_info(args.live)
             text, files = live["diff"], live["diff_files"]
@@ -208,7 +255,7 @@ def parse_hunks(specs: Sequence[str] | None) -> dict[str, list[int]] | None:
 
 async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        resolution = await ReviewService(conn, ctx.config.worktrees).accept(
+        resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).accept(
             args.change_id,
             files=args.file,
             hunks=parse_hunks(args.hunk),
@@ -222,7 +269,7 @@ async def cmd_accept(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_reject(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        resolution = await ReviewService(conn, ctx.config.worktrees).reject(
+        resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).reject(
             args.change_id, files=args.file, hunks=parse_hunks(args.hunk), by=args.by
         )
     return _print_resolution(resolution, as_json=args.json)
@@ -230,7 +277,9 @@ async def cmd_reject(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_rebase(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        resolution = await ReviewService(conn, ctx.config.worktrees).rebase(args.change_id, by=args.by)
+        resolution = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).rebase(
+            args.change_id, by=args.by
+        )
     if args.json:
         print(json.dumps(resolution_json(resolution), indent=2))
         return 0
@@ -249,7 +298,7 @@ async def cmd_comment(ctx: CliContext, args: argparse.Namespace) -> int:
     if (args.file is None) != (args.line is None):
         raise UsageError("--file and --line go together (neither: a comment on the whole change)")
     async with ctx.connect() as conn:
-        comment = await ReviewService(conn, ctx.config.worktrees).comment(
+        comment = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).comment(
             args.change_id, args.body, path=args.file, line=args.line, side=args.side, by=args.by
         )
     where = f"{comment.path}:{comment.line} ({comment.side})" if comment.path else "the change"
@@ -259,7 +308,7 @@ async def cmd_comment(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_comments(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        comments = await ReviewService(conn, ctx.config.worktrees).comments(args.change_id)
+        comments = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).comments(args.change_id)
     rows = [
         {**c.to_json(), "id": c.id, "where": f"{c.path}:{c.current_line or c.line}" if c.path else "-"}
         for c in comments
@@ -270,7 +319,7 @@ async def cmd_comments(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_request_changes(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        queued = await ReviewService(conn, ctx.config.worktrees).request_changes(
+        queued = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).request_changes(
             args.change_id, message=args.message, by=args.by
         )
     count = len(queued.comment_ids)
@@ -280,7 +329,7 @@ async def cmd_request_changes(ctx: CliContext, args: argparse.Namespace) -> int:
 
 async def cmd_resolve_with_agent(ctx: CliContext, args: argparse.Namespace) -> int:
     async with ctx.connect() as conn:
-        queued = await ReviewService(conn, ctx.config.worktrees).resolve_with_agent(
+        queued = await ReviewService(conn, ctx.config.worktrees, node_id=ctx.config.node_id).resolve_with_agent(
             args.change_id, message=args.message, by=args.by
         )
     seen = "" if queued.submitted.created else " (asked before; nothing added)"
@@ -387,7 +436,9 @@ async def cmd_gateway(ctx: CliContext, args: argparse.Namespace) -> int:
             stack.push_async_callback(review_pool.close)
             stack.callback(on_scrape(partial(refresh_tasks, pool)))
             async with anyio.create_task_group() as tg:
-                actions = OrchestratorActions(pool, ReviewService(review_pool, config.worktrees), config.native)
+                actions = OrchestratorActions(
+                    pool, ReviewService(review_pool, config.worktrees, node_id=config.node_id), config.native
+                )
                 ws_url = await tg.start(Gateway(settings, pool, actions, url).serve)
                 await tg.start(announce_gateway, url, ws_url)
                 print(f"gateway: {ws_url}", flush=True)
@@ -493,8 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     project = sub.add_parser("project", help="manage projects", description="manage projects")
     project_sub = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
     add = _command(project_sub, "add", "register a git repository as a project", cmd_project_add)
-    add.add_argument("path", help="path inside the repository")
+    add.add_argument("path", nargs="?", help="path inside the repository (a checkout; optional with --remote)")
     add.add_argument("--name", help="project name (default: the repository's directory name)")
+    add.add_argument(
+        "--remote", metavar="URL", help="the project's git remote: every node works in its own clone (several machines)"
+    )
     plist = _command(project_sub, "list", "list projects", cmd_project_list)
     plist.add_argument("--json", action="store_true", help="print JSON")
 
@@ -527,6 +581,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("task_id", type=int, metavar="TASK")
 
     _command(sub, "dispatcher", "run only the dispatcher (any number may share a database)", cmd_dispatcher)
+
+    nodes = _command(sub, "nodes", "list the nodes: state, sessions, running turns, agents", cmd_nodes)
+    nodes.add_argument("--json", action="store_true", help="print JSON")
+    node = sub.add_parser("node", help="manage a node", description="manage a node")
+    node_sub = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    drain = _command(
+        node_sub, "drain", "stop a node claiming; its running turns finish, its idle sessions move", cmd_node_drain
+    )
+    drain.add_argument("node_id", metavar="ID", help="the node's id (see `switchyard nodes`)")
+    drain.add_argument("--wait", action="store_true", help="return once its running turns have ended")
+    drain.add_argument("--resume", action="store_true", help="let the node claim again")
 
     changes = _command(sub, "changes", "list pending changes (newest first)", cmd_changes)
     changes.add_argument("--session", type=int, help="only this session")

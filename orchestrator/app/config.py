@@ -36,7 +36,8 @@ from backends import (
     build_specs,
 )
 from kernel import ConfigError
-from orchestrator.db.settings import DatabaseSettings
+from orchestrator.db.settings import DatabaseSettings, NodeSettings
+from orchestrator.db.workers import default_base
 from orchestrator.dispatch.settings import DispatcherSettings
 from worktrees import WorktreeSettings
 from ws_gateway import GatewaySettings
@@ -54,6 +55,7 @@ class Config:
     data_dir: Path = DEFAULT_DATA_DIR
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
     native: NativeSettings = field(default_factory=NativeSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     worktrees: WorktreeSettings = field(default_factory=WorktreeSettings)
@@ -71,6 +73,12 @@ class Config:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError("log_level", self.log_level, f"must be one of {', '.join(LOG_LEVELS)}")
         self.agent_specs()  # an incomplete [agents.*] table fails at load time
+
+    @property
+    def node_id(self) -> str:
+        """This machine's node (orchestrator.db.nodes): ``[node] id``, else derived from the host
+        and the data directory, as the worker id is."""
+        return self.node.id or default_base(str(self.data_dir))
 
     def agent_specs(self) -> dict[str, AgentSpec]:
         """The external agents: the presets with ``[agents.*]`` applied."""
@@ -111,7 +119,9 @@ def resolve_paths(config: Config) -> Config:
     under it, so every command finds the same directories wherever it is run from."""
     data_dir = config.data_dir.absolute()
     root = config.worktrees.root if config.worktrees.root.is_absolute() else data_dir / config.worktrees.root
-    return dataclasses.replace(config, data_dir=data_dir, worktrees=dataclasses.replace(config.worktrees, root=root))
+    clones = config.worktrees.clones if config.worktrees.clones.is_absolute() else data_dir / config.worktrees.clones
+    worktrees = dataclasses.replace(config.worktrees, root=root, clones=clones)
+    return dataclasses.replace(config, data_dir=data_dir, worktrees=worktrees)
 
 
 def build(cls: type[T], raw: Mapping[str, Any], prefix: str) -> T:

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from backends import (
     POOL_DIR,
     AcpBackend,
+    AgentNotFoundError,
     AgentSpares,
     BackendError,
     NativeBackend,
@@ -33,12 +34,13 @@ from backends import (
     ProjectPlace,
     PtyBackend,
     Sandbox,
+    executable,
 )
 from kernel import METRIC_PREFIX, create_pool, get_logger, on_scrape
 from orchestrator.app.config import Config
 from orchestrator.db import default_base
 from orchestrator.dispatch import Dispatcher, Router, refresh_tasks
-from orchestrator.dispatch.routing import OPENCODE_SERVER_AGENT, BackendFactory
+from orchestrator.dispatch.routing import NATIVE, NOOP, OPENCODE_SERVER_AGENT, BackendFactory
 from orchestrator.services import ReviewService
 from worktrees import SpareWorktrees
 
@@ -97,7 +99,7 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
     pool = await open_pool(config, url, "review")
     unregister = on_scrape(partial(refresh_tasks, pool))
     try:
-        review = ReviewService(pool, config.worktrees)
+        review = ReviewService(pool, config.worktrees, node_id=config.node_id)
         sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
             opencode_pool = await _start_opencode_pool(stack, config, sandbox)
@@ -121,6 +123,8 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
                 review.worktrees,
                 identity_base=default_base(str(config.data_dir)),
                 ask_timeout=config.permissions.ask_timeout,
+                node=replace(config.node, id=config.node_id),
+                agents=partial(node_agents, config, opencode_pool is not None),
             )
             yield Runtime(dispatcher, review, pool, opencode_pool, sandbox, spares, agent_spares)
     finally:
@@ -178,6 +182,24 @@ class _PoolMetrics(Collector):
         yield from (servers, rss, turns, instances)
 
 
+def node_agents(config: Config, warm_opencode: bool) -> list[str]:
+    """The agents this node can run now, for its heartbeat (orchestrator.db.nodes): native and
+    noop, every configured agent whose executable is found, the warm opencode agent when its
+    pool runs. Checked at every heartbeat, so an agent installed later is offered without a restart."""
+    names = [NATIVE, NOOP]
+    for spec in config.agent_specs().values():
+        if spec.transport == "opencode_server":
+            if warm_opencode:
+                names.append(spec.name)
+            continue
+        try:
+            executable(spec, config.opencode.binary)
+        except AgentNotFoundError:
+            continue
+        names.append(spec.name)
+    return names
+
+
 def agent_sandbox(config: Config) -> Sandbox:
     """The sandbox of every agent process; the data directory and the worktree root are hidden in it."""
     return Sandbox(config.sandbox, protected=(config.data_dir, config.worktrees.root))
@@ -218,6 +240,10 @@ def build_router(
             )
         elif spec.transport == "pty":
             agents[spec.name] = partial(PtyBackend, spec, config.permissions, opencode=config.opencode, sandbox=sandbox)
+    unavailable = {}
     if opencode_pool is not None:
         agents[OPENCODE_SERVER_AGENT] = partial(OpencodeServerBackend, opencode_pool, config.permissions)
-    return Router(native=lambda: NativeBackend(config.native), agents=agents)
+    else:
+        # Known, so a task for it waits for a node that has it (orchestrator.db.nodes).
+        unavailable[OPENCODE_SERVER_AGENT] = "no opencode binary on this node (no warm opencode servers)"
+    return Router(native=lambda: NativeBackend(config.native), agents=agents, unavailable=unavailable)

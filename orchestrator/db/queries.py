@@ -66,3 +66,39 @@ SELECT w.id, w.kind, w.host, w.pid, w.url, w.started_at,
  ORDER BY w.kind, w.id
 """
 )
+
+# ---------------------------------------------------------------------------- nodes (orchestrator.db.nodes)
+
+# A dispatcher's heartbeat, on its worker lock's connection: the node's row (what it can run now)
+# and the worker's membership. A node back from the dead starts afresh (started_at).
+NODE_HEARTBEAT = """
+WITH member AS (UPDATE workers SET node_id = $1, seen_at = now() WHERE id = $6)
+INSERT INTO nodes AS n (id, host, agents, capacity, dead_after)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE
+   SET host = EXCLUDED.host, agents = EXCLUDED.agents, capacity = EXCLUDED.capacity,
+       dead_after = EXCLUDED.dead_after, seen_at = now(),
+       started_at = CASE WHEN n.seen_at < now() - make_interval(secs => n.dead_after) THEN now()
+                         ELSE n.started_at END
+RETURNING n.drain_requested_at IS NOT NULL AS draining
+"""
+
+NODE_COLUMNS = """
+n.id, n.host, n.agents, n.capacity, n.dead_after, n.started_at, n.seen_at, n.drain_requested_at,
+n.seen_at >= now() - make_interval(secs => n.dead_after) AS alive,
+extract(epoch FROM now() - n.seen_at)::float8 AS silent_for,
+(SELECT count(*) FROM session_worktrees w WHERE w.node_id = n.id AND w.status = 'active') AS sessions,
+(SELECT count(*) FROM tasks t JOIN workers k ON k.id = t.claimed_by
+  WHERE t.state = 'running' AND k.node_id = n.id) AS running
+"""
+
+NODES = f"SELECT {NODE_COLUMNS} FROM nodes n ORDER BY n.id"
+
+NODE = f"SELECT {NODE_COLUMNS} FROM nodes n WHERE n.id = $1"
+
+# $2 true: drain (stop claiming, let the idle sessions move); false: claim again.
+SET_NODE_DRAIN = """
+UPDATE nodes SET drain_requested_at = CASE WHEN $2 THEN coalesce(drain_requested_at, now()) END
+ WHERE id = $1
+RETURNING id
+"""

@@ -19,3 +19,20 @@ class DatabaseSettings:
     pool_size: int = DEFAULT_POOL_SIZE
     # Waiting for a free connection of one of them gives up after this long.
     acquire_timeout: float = 10.0
+
+
+# A node silent this long is dead: its sessions may move to other nodes.
+DEFAULT_DEAD_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """``[node]``: the machine's share of the work (orchestrator.db.nodes)."""
+
+    # Empty: derived from the host and the data directory, as the worker id is.
+    id: str = ""
+    dead_after: float = DEFAULT_DEAD_AFTER
+
+    def __post_init__(self) -> None:
+        if self.dead_after <= 0:
+            raise ValueError("node.dead_after must be positive")

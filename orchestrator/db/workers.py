@@ -13,13 +13,16 @@ is reopened and the lock taken again; if by then another process holds the id (i
 while we could not reach the database), ``on_lost`` is told — the dispatcher then stops its
 turns without writing and exits, since the new holder may recover them. Gateways register the
 same way (kind ``gateway``, id ``gateway:<host>:<port>``) so ``switchyard status`` finds them.
+
+The lock connection's health check, every ``HEALTH_INTERVAL``, is a ``heartbeat`` when one is
+given: a dispatcher's writes its node's row (orchestrator.db.nodes).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +34,9 @@ from orchestrator.db import queries as q
 from orchestrator.errors import WorkerIdTaken
 
 log = get_logger("workers")
+
+# Run on the lock's connection as its health check (orchestrator.db.nodes: the node's heartbeat).
+Heartbeat = Callable[[asyncpg.Connection, str], Awaitable[None]]
 
 # Ids tried for a derived identity: <base>, <base>#2, ... <base>#MAX_SLOTS.
 MAX_SLOTS = 64
@@ -70,6 +76,7 @@ class WorkerLock:
         explicit: bool,
         url: str | None = None,
         application_name: Callable[[str], str] = lambda worker_id: f"switchyard-lock {worker_id}",
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._database_url = database_url
         self.kind = kind
@@ -77,6 +84,7 @@ class WorkerLock:
         self._explicit = explicit
         self.url = url
         self._application_name = application_name
+        self._heartbeat = heartbeat
         self._host = socket.gethostname()
         self._process = process_key()
         self.worker_id = self._candidates[0] if explicit else ""
@@ -89,6 +97,7 @@ class WorkerLock:
             for worker_id in self._candidates:
                 if await conn.fetchval(q.TRY_WORKER_LOCK, worker_id):
                     previous = await self._record(conn, worker_id)
+                    await self._beat(conn, worker_id)
                     self.worker_id, self._conn = worker_id, conn
                     await conn.execute(q.SET_APPLICATION_NAME, self._application_name(worker_id))
                     return Held(worker_id, self._predecessor_gone(previous))
@@ -116,6 +125,12 @@ class WorkerLock:
         if previous is None:
             return True  # nobody held this id before
         return bool(previous["host"] == self._host and process_gone(previous["process"]))
+
+    async def _beat(self, conn: asyncpg.Connection, worker_id: str) -> None:
+        if self._heartbeat is None:
+            await conn.fetchval("SELECT 1")
+        else:
+            await self._heartbeat(conn, worker_id)
 
     async def set_url(self, url: str) -> None:
         """Record where this process serves (metrics, WebSocket); best effort: a connection lost
@@ -156,7 +171,7 @@ class WorkerLock:
                 await closed.wait()
             if not closed.is_set():
                 with anyio.fail_after(HEALTH_TIMEOUT):
-                    await conn.fetchval("SELECT 1")
+                    await self._beat(conn, self.worker_id)
         self._conn = None
 
     async def _relock(self) -> str | None:
@@ -177,6 +192,7 @@ class WorkerLock:
                 await conn.execute(q.TERMINATE_BACKEND, holder["backend_pid"])
                 await anyio.sleep(STALE_RETRY)
             await self._record(conn, self.worker_id)
+            await self._beat(conn, self.worker_id)
         except BaseException:
             await close_quietly(conn)
             raise

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import anyio
 import asyncpg
@@ -42,6 +43,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from backends import DEFAULT_ASK_TIMEOUT
 from kernel import DATABASE_ERRORS, Backoff, Listener, close_quietly, connect, create_pool, get_logger, report
 from orchestrator.db import workers
+from orchestrator.db.nodes import NodeBeat
+from orchestrator.db.settings import NodeSettings
 from orchestrator.dispatch import metrics, queue
 from orchestrator.dispatch.approvals import CHANNEL as PERMISSION_REPLIES
 from orchestrator.dispatch.approvals import Approvals, ReplyBoard, withdraw_orphans
@@ -99,17 +102,30 @@ class Dispatcher:
         *,
         identity_base: str | None = None,
         ask_timeout: float = DEFAULT_ASK_TIMEOUT,
+        node: NodeSettings | None = None,
+        agents: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         # The worker id: the configured one, else the first free id derived from identity_base
-        # (the service passes <host>:<data_dir>; orchestrator.db.workers).
+        # (the service passes <host>:<data_dir>; orchestrator.db.workers). The node is the
+        # configured one, else identity_base too (orchestrator.db.nodes); ``agents``: what the node
+        # runs now (default: every agent the router has a backend for).
         explicit = bool(settings.worker_id)
         base = identity_base or workers.default_base(os.getcwd())
+        node = node or NodeSettings()
+        self.node = NodeBeat(
+            node.id or base,
+            node,
+            agents or (lambda: router.runnable_names),
+            settings.max_concurrent_turns,
+        )
+        self.node.on_change = self._wake_claims
         self._lock = workers.WorkerLock(
             database_url,
             "dispatcher",
             [settings.worker_id] if explicit else workers.derived_ids(base),
             explicit=explicit,
             application_name=lambda worker_id: self._application_name("lock", worker_id),
+            heartbeat=self.node,
         )
         # Turns waiting for a person's reply, woken through the listener (orchestrator.dispatch.approvals).
         self.replies = ReplyBoard()
@@ -299,14 +315,15 @@ class Dispatcher:
         try:
             while not self._stop.is_set():
                 free = self._settings.max_concurrent_turns - len(self._running)
-                if free > 0:
+                # A drained node claims nothing (its heartbeat learns of the drain and of its end).
+                if free > 0 and not self.node.draining:
                     try:
                         if conn is None:
                             conn = await queue.connect_claimer(self._url, self.application_name("claim"))
                         settings = self._settings
                         sent = anyio.current_time()
                         claimed = await queue.claim_tasks(
-                            conn, self.worker_id, settings.lease_seconds, free, settings.history_messages
+                            conn, self._claimant(), settings.lease_seconds, free, settings.history_messages
                         )
                         backoff.reset()
                     except Exception as exc:
@@ -325,6 +342,15 @@ class Dispatcher:
         finally:
             if conn is not None:
                 await close_quietly(conn)
+
+    def _claimant(self) -> queue.Claimant:
+        return queue.Claimant(
+            self.worker_id,
+            self.node.node_id,
+            self.node.current_agents,
+            self._router.agent_names,
+            self._settings.unclaimable_after,
+        )
 
     def _register(self, task: ClaimedTask, claimed_at: float) -> TurnHandle:
         # The lease runs from the claim, whose statement was sent at claimed_at (or later).
@@ -463,6 +489,8 @@ class Dispatcher:
                     log.info("task.swept", task_id=ended.task_id, state=ended.state, reason=ended.failure_reason)
                 if withdrawn := await withdraw_orphans(pool):
                     log.info("approvals.withdrawn_orphans", requests=withdrawn)
+                for marked in await queue.mark_waiting(pool):
+                    log.info("task.waiting", task_id=marked["id"], waiting_for=marked["waiting_for"] or "-")
             except Exception as exc:
                 report(log, "dispatcher.maintenance_failed", exc)
 

@@ -28,6 +28,19 @@ WITH candidates AS (
                         WHERE o.session_id = t.session_id AND o.state = 'pending'
                           AND (o.created_at, o.id) < (t.created_at, t.id)
                        OFFSET 0)
+       -- Session affinity: not while its worktree is on another node that holds it (live, not drained).
+       AND NOT EXISTS (SELECT 1 FROM session_worktrees w
+                        WHERE w.session_id = t.session_id AND w.status = 'active' AND w.node_id <> $6
+                          AND switchyard_node_holds(w.node_id)
+                       OFFSET 0)
+       -- Capabilities: an agent this node runs ($7); else only if no live node runs it, and then
+       -- at once for a name nobody knows (unknown_agent), else after $9 s of waiting (agent_unavailable).
+       AND (coalesce(t.agent, $5) = ANY ($7::text[])
+            OR (NOT EXISTS (SELECT 1 FROM nodes n
+                             WHERE coalesce(t.agent, $5) = ANY (n.agents) AND switchyard_node_holds(n.id))
+                AND (t.created_at <= now() - make_interval(secs => $9)
+                     OR (coalesce(t.agent, $5) <> ALL ($8::text[])
+                         AND NOT EXISTS (SELECT 1 FROM nodes n WHERE coalesce(t.agent, $5) = ANY (n.agents))))))
      ORDER BY t.priority DESC, t.created_at, t.id
      LIMIT $3
        FOR UPDATE SKIP LOCKED
@@ -41,6 +54,7 @@ claimed AS (
            started_at = clock_timestamp(),
            lease_expires_at = clock_timestamp() + make_interval(secs => $2),
            not_before = NULL,
+           waiting_for = NULL,
            -- After a turn that overflowed its context, the next one starts fresh.
            fresh_context = t.fresh_context OR coalesce((
                SELECT p.failure_reason = 'context_overflow' FROM tasks p
@@ -86,6 +100,34 @@ SELECT c.id, c.project_id, c.session_id, c.input, c.agent, c.model, c.mode_id, c
            AND s.project_id = c.project_id AND NOT c.fresh_context) AS agent_session
   FROM claimed c
   LEFT JOIN LATERAL (SELECT project_id, status FROM sessions WHERE id = c.session_id) s ON true
+"""
+
+
+# Pending tasks that no live node can run say so (waiting_for, NULL again once one can); only
+# the rows that change, each with its session for the task_state frame. $1: the agent of NULL.
+MARK_WAITING = """
+WITH changed AS (
+    SELECT t.id, w.why
+      FROM tasks t
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM nodes n
+                                         WHERE coalesce(t.agent, $1) = ANY (n.agents)
+                                           AND switchyard_node_holds(n.id))
+                       THEN 'agent ' || coalesce(t.agent, $1) || ': no live node runs it'
+                  END AS why) w
+     WHERE t.state = 'pending' AND t.waiting_for IS DISTINCT FROM w.why
+       -- Only the rows that change are locked (a claim of one of them wins).
+       FOR UPDATE OF t SKIP LOCKED
+),
+marked AS (
+    UPDATE tasks t SET waiting_for = c.why
+      FROM changed c
+     WHERE t.id = c.id
+ RETURNING t.id, t.project_id, t.session_id, t.state, t.attempt, t.waiting_for
+)
+SELECT m.*, s.id IS NOT NULL AS frames_ok
+  FROM marked m
+  LEFT JOIN sessions s ON s.id = m.session_id AND s.project_id = m.project_id
 """
 
 

@@ -15,6 +15,10 @@ share a database. Guarantees, and what provides them:
   dispatcher moves the task back to ``pending`` (when attempts remain) or to ``failed`` with
   ``failure_reason = 'interrupted'``.
 
+- Several machines (orchestrator.db.nodes): the claim leaves a session pinned to another live
+  node, and a task whose agent this node does not run while a live node does (or until
+  ``unclaimable_after`` when none does); :func:`mark_waiting` keeps ``waiting_for`` saying so.
+
 ``tasks.attempt`` counts claims: the claim increments it and writes the ``task_attempts`` row
 of that attempt, so a task may be retried while ``attempt < max_attempts``. Timestamps of
 attempts come from ``clock_timestamp()``: a turn's ``ended_at`` is taken before its commit
@@ -125,13 +129,27 @@ async def connect_claimer(database_url: str, application_name: str) -> asyncpg.C
     return await connect(database_url, server_settings=settings)
 
 
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims: the worker, its node, what the node runs and what it knows of (see CLAIM_TASKS)."""
+
+    worker_id: str
+    node_id: str
+    agents: Sequence[str]
+    known_agents: Sequence[str]
+    unclaimable_after: float
+
+
 async def claim_tasks(
-    conn: asyncpg.Connection, worker_id: str, lease_seconds: float, limit: int, history_messages: int
+    conn: asyncpg.Connection, claimant: Claimant, lease_seconds: float, limit: int, history_messages: int
 ) -> list[ClaimedTask]:
-    """Claim up to ``limit`` runnable tasks, each of a different session."""
+    """Claim up to ``limit`` runnable tasks, each of a different session, that this node may run:
+    sessions not pinned to another live node, agents it has (or that no live node has)."""
+    c = claimant
+    args = (c.node_id, list(c.agents), list(c.known_agents), c.unclaimable_after)
     for _ in range(CLAIM_RACE_RETRIES):
         try:
-            rows = await conn.fetch(q.CLAIM_TASKS, worker_id, lease_seconds, limit, history_messages, NATIVE)
+            rows = await conn.fetch(q.CLAIM_TASKS, c.worker_id, lease_seconds, limit, history_messages, NATIVE, *args)
         except asyncpg.UniqueViolationError:
             # Another dispatcher started a turn in one of these sessions first; look again.
             continue
@@ -200,6 +218,21 @@ async def end_pending_task(conn: asyncpg.Connection, task_id: int) -> Transition
         rows = await conn.fetch(q.END_PENDING_TASK, task_id)
         await _announce(conn, rows)
     return _transition(rows[0]) if rows else None
+
+
+async def mark_waiting(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Pending tasks no live node can run get their ``waiting_for`` (and a ``task_state`` frame);
+    it is cleared once one can. Returns the rows that changed."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows: list[asyncpg.Record] = await conn.fetch(q.MARK_WAITING, NATIVE)
+        frames = [
+            (r["session_id"], task_state(r["id"], r["state"], r["attempt"], waiting_for=r["waiting_for"] or ""))
+            for r in rows
+            if r["frames_ok"]
+        ]
+        for session_id, frame in frames:
+            await append_events(conn, session_id, [(SessionFrame.TASK_STATE, frame)])
+    return rows
 
 
 @dataclass(frozen=True)

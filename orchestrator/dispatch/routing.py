@@ -56,6 +56,11 @@ class Router:
         """Every name a task may ask for (``native`` only when configured)."""
         return sorted({*self._factories, *self._unavailable})
 
+    @property
+    def runnable_names(self) -> list[str]:
+        """The names it has a backend for (``unavailable`` ones left out)."""
+        return sorted(self._factories)
+
     def route(self, agent: str | None) -> Backend:
         """The backend for ``tasks.agent``; raises TaskRejected with the failure reason."""
         name = agent or NATIVE

@@ -34,6 +34,9 @@ class DispatcherSettings:
     lease_margin: float | None = None
     # Waiting for a free connection of the dispatcher's pool gives up after this long.
     acquire_timeout: float = 10.0
+    # A task whose agent no live node runs waits this long (tasks.waiting_for says why), then is
+    # claimed by any node and fails agent_unavailable.
+    unclaimable_after: float = 600.0
     # Serve /metrics and /health on 127.0.0.1 at this port (0: any free port; unset: none).
     health_port: int | None = None
 

@@ -37,12 +37,35 @@ def inspect_repo(path: Path) -> RepoInfo:
         return RepoInfo(Path(repo.working_tree_dir), branch)
 
 
-async def add_project(conn: asyncpg.Connection, path: Path, name: str | None = None) -> int:
-    info = await anyio.to_thread.run_sync(inspect_repo, path)
+def inspect_remote(url: str) -> str:
+    """The remote's default branch (what its HEAD points at); blocking (call in a thread)."""
+    if not url or url.startswith("-"):
+        raise InvalidProject(f"{url!r} is not a git remote")
     try:
-        project_id: int = await conn.fetchval(
-            q.ADD_PROJECT, name or info.path.name, str(info.path), info.default_branch
-        )
+        listing = str(git.Git().ls_remote("--symref", "--", url, "HEAD"))
+    except git.GitCommandError as exc:
+        raise InvalidProject(f"cannot reach the git remote {url}: {exc.stderr.strip()}") from None
+    for line in listing.splitlines():
+        if line.startswith("ref: refs/heads/"):
+            return line.removeprefix("ref: refs/heads/").split("\t")[0]
+    raise InvalidProject(f"the git remote {url} has no default branch (is it empty?)")
+
+
+async def add_project(
+    conn: asyncpg.Connection, path: Path | None, name: str | None = None, *, remote: str | None = None
+) -> int:
+    """A project from a local checkout, a git remote (each node clones it; worktrees.remote), or both."""
+    if path is None and remote is None:
+        raise InvalidProject("a project needs a checkout (PATH) or a git remote (--remote URL)")
+    info = await anyio.to_thread.run_sync(inspect_repo, path) if path is not None else None
+    branch = await anyio.to_thread.run_sync(inspect_remote, remote) if remote is not None else None
+    if info is not None:
+        name, branch = name or info.path.name, info.default_branch
+    elif name is None:
+        assert remote is not None
+        name = remote.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or remote
+    try:
+        project_id: int = await conn.fetchval(q.ADD_PROJECT, name, str(info.path) if info else None, branch, remote)
     except asyncpg.UniqueViolationError as exc:
         raise InvalidProject(f"a project with this name or path exists already ({exc.detail})") from None
     return project_id

@@ -43,12 +43,12 @@ SELECT *
 
 
 ADD_PROJECT = """
-INSERT INTO projects (name, repo_path, default_branch) VALUES ($1, $2, $3)
+INSERT INTO projects (name, repo_path, default_branch, remote_url) VALUES ($1, $2, $3, $4)
 RETURNING id
 """
 
 
-LIST_PROJECTS = "SELECT id, name, repo_path, default_branch, created_at FROM projects ORDER BY id"
+LIST_PROJECTS = "SELECT id, name, repo_path, remote_url, default_branch, created_at FROM projects ORDER BY id"
 
 
 PROJECT_BY_REF = "SELECT id FROM projects WHERE id::text = $1 OR name = $1 ORDER BY id LIMIT 1"

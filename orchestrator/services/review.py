@@ -105,9 +105,17 @@ class QueuedTask:
 
 
 class ReviewService:
-    def __init__(self, db: asyncpg.Pool | asyncpg.Connection, settings: WorktreeSettings | None = None) -> None:
+    def __init__(
+        self,
+        db: asyncpg.Pool | asyncpg.Connection,
+        settings: WorktreeSettings | None = None,
+        *,
+        node_id: str | None = None,
+    ) -> None:
         self._db = db
-        self.worktrees = WorktreeManager(db, settings, announce=announce_change, announce_comment=announce_comment)
+        self.worktrees = WorktreeManager(
+            db, settings, announce=announce_change, announce_comment=announce_comment, node_id=node_id
+        )
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -370,3 +370,41 @@ async def test_a_version_4_database_gets_the_workers_table_without_losing_rows(p
         assert await conn.fetchval("SELECT count(*) FROM workers") == 0
         assert await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'running'") == 1
         assert await conn.fetchval("SELECT 7 = ANY(array_agg(version)) FROM schema_version")
+
+
+async def test_a_version_7_database_gets_nodes_and_remotes_without_losing_rows(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("DROP TABLE nodes")
+        await conn.execute("DROP FUNCTION switchyard_node_holds")
+        await conn.execute("ALTER TABLE projects DROP CONSTRAINT projects_repo_or_remote")
+        for table, column in [
+            ("workers", "node_id"),
+            ("session_worktrees", "node_id"),
+            ("projects", "remote_url"),
+            ("tasks", "waiting_for"),
+        ]:
+            await conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        await conn.execute("DELETE FROM projects")
+        await conn.execute("ALTER TABLE projects ALTER COLUMN repo_path SET NOT NULL")
+        await conn.execute("DELETE FROM schema_version WHERE version > 7")
+        project, session = await _project_and_session(conn)
+        await _running_task(conn, project, session)
+        assert await migrate(conn) == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT count(*) FROM tasks WHERE state = 'running' AND waiting_for IS NULL") == 1
+        assert await conn.fetchval("SELECT repo_path FROM projects WHERE id = $1", project) == "/srv/p"
+        assert await conn.fetchval("SELECT count(*) FROM nodes") == 0
+        assert await conn.fetchval("SELECT 8 = ANY(array_agg(version)) FROM schema_version")
+        # A project needs a checkout or a remote; a remote alone is enough.
+        with pytest.raises(asyncpg.CheckViolationError, match="projects_repo_or_remote"):
+            await conn.execute("INSERT INTO projects (name) VALUES ('nothing')")
+        await conn.execute("INSERT INTO projects (name, remote_url) VALUES ('remote', '/srv/remote.git')")
+        # A session pinned to an unknown, a live, a dead and a drained node.
+        await conn.execute(
+            """INSERT INTO nodes (id, host, dead_after, seen_at, drain_requested_at) VALUES
+               ('live', 'h', 30, now(), NULL), ('dead', 'h', 30, now() - interval '31 s', NULL),
+               ('drained', 'h', 30, now(), now())"""
+        )
+        holds = await conn.fetch(
+            "SELECT n, switchyard_node_holds(n) AS holds FROM unnest(ARRAY['live', 'dead', 'drained', 'none']) n"
+        )
+        assert {r["n"]: r["holds"] for r in holds} == {"live": True, "dead": False, "drained": False, "none": False}

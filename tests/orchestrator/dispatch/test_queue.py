@@ -19,6 +19,7 @@ pytestmark = pytest.mark.anyio
 
 LEASE = 30.0
 HISTORY = 50
+UNCLAIMABLE_AFTER = 600.0
 
 
 @pytest.fixture
@@ -30,8 +31,15 @@ async def claimer(db_url: str) -> asyncpg.Connection:
         await conn.close()
 
 
-async def claim(conn: asyncpg.Connection, limit: int = 10, worker: str = "w") -> list[queue.ClaimedTask]:
-    return await queue.claim_tasks(conn, worker, LEASE, limit, HISTORY)
+# A node that runs every agent these tests ask for.
+AGENTS = ("native", "noop", "fake")
+
+
+async def claim(
+    conn: asyncpg.Connection, limit: int = 10, worker: str = "w", node: str = "n", agents: tuple[str, ...] = AGENTS
+) -> list[queue.ClaimedTask]:
+    claimant = queue.Claimant(worker, node, agents, agents, UNCLAIMABLE_AFTER)
+    return await queue.claim_tasks(conn, claimant, LEASE, limit, HISTORY)
 
 
 FINISH = """
@@ -117,7 +125,10 @@ async def test_claim_plan_walks_the_claim_index_even_with_stale_statistics(
         [sessions[i % 20] for i in range(2000)],
     )
     plan = "\n".join(
-        r[0] for r in await claimer.fetch("EXPLAIN " + queries.CLAIM_TASKS, "w", LEASE, 1, HISTORY, "native")
+        r[0]
+        for r in await claimer.fetch(
+            "EXPLAIN " + queries.CLAIM_TASKS, "w", LEASE, 1, HISTORY, "native", "n", AGENTS, AGENTS, UNCLAIMABLE_AFTER
+        )
     )
     assert "Index Scan using tasks_pending_claim_idx" in plan
     assert "Seq Scan on tasks" not in plan and "Sort Key: t.priority" not in plan
@@ -259,3 +270,69 @@ async def test_end_pending_task_only_touches_a_pending_task(pool: asyncpg.Pool, 
         ended = await queue.end_pending_task(conn, pending)
         assert ended is not None and ended.state == "cancelled"
         assert await queue.end_pending_task(conn, pending) is None
+
+
+NODE = "INSERT INTO nodes (id, host, agents, dead_after, seen_at, drain_requested_at) VALUES ($1, 'h', $2, 30, $3, $4)"
+PIN = """INSERT INTO session_worktrees (session_id, project_id, path, branch, base_commit, node_id)
+         VALUES ($1::bigint, $2, '/wt/' || $1::bigint::text, 'b', repeat('a', 40), $3)"""
+
+
+async def test_claim_keeps_a_session_on_the_live_node_that_holds_its_worktree(
+    pool: asyncpg.Pool, claimer: asyncpg.Connection
+) -> None:
+    project = await add_project(pool)
+    now = datetime.now(UTC)
+    await pool.execute(NODE, "live", list(AGENTS), now, None)
+    await pool.execute(NODE, "dead", list(AGENTS), now - timedelta(seconds=31), None)
+    await pool.execute(NODE, "drained", list(AGENTS), now, now)
+    pinned = {}
+    for node in ("live", "dead", "drained", "n", None):
+        session = await add_session(pool, project)
+        await pool.execute(PIN, session, project, node)
+        pinned[node] = await add_task(pool, project, session_id=session)
+    claimed = {t.id for t in await claim(claimer)}
+    # Only the live node's session stays where it is; a dead or drained node's moves.
+    assert claimed == {pinned["dead"], pinned["drained"], pinned["n"], pinned[None]}
+    assert {t.id for t in await claim(claimer, node="live")} == {pinned["live"]}
+
+
+async def test_claim_takes_only_agents_the_node_runs_until_nobody_can(
+    pool: asyncpg.Pool, claimer: asyncpg.Connection
+) -> None:
+    project = await add_project(pool)
+    mine = ("native", "noop")
+    await pool.execute(NODE, "other", ["opencode"], datetime.now(UTC), None)
+    opencode = await add_task(pool, project, agent="opencode")
+    # Another live node runs it: this one leaves it, even after unclaimable_after.
+    await pool.execute("UPDATE tasks SET created_at = now() - interval '1 hour' WHERE id = $1", opencode)
+    assert await claim(claimer, agents=mine) == []
+    # Nobody runs it (the other node is dead): it waits ...
+    await pool.execute("UPDATE nodes SET seen_at = now() - interval '1 minute'")
+    await pool.execute("UPDATE tasks SET created_at = now() WHERE id = $1", opencode)
+    assert await claim(claimer, agents=mine) == []
+    assert [r["waiting_for"] for r in await queue.mark_waiting(pool)] == ["agent opencode: no live node runs it"]
+    assert await queue.mark_waiting(pool) == []  # unchanged rows are left alone
+    # ... and once it waited unclaimable_after, any node claims it (and fails it agent_unavailable).
+    await pool.execute("UPDATE tasks SET created_at = now() - interval '1 hour' WHERE id = $1", opencode)
+    [claimed] = await claim(claimer, agents=mine)
+    assert claimed.id == opencode
+    assert await pool.fetchval("SELECT waiting_for FROM tasks WHERE id = $1", opencode) is None
+    # A name no node has ever run is claimed at once (and fails unknown_agent).
+    typo = await add_task(pool, project, agent="opencdoe")
+    assert [t.id for t in await claim(claimer, agents=mine)] == [typo]
+
+
+async def test_a_waiting_task_says_so_in_a_frame_and_again_when_a_node_can_run_it(pool: asyncpg.Pool) -> None:
+    project = await add_project(pool)
+    session = await add_session(pool, project)
+    waiting = await add_task(pool, project, session_id=session, agent="opencode")
+    await pool.execute(NODE, "n", ["native"], datetime.now(UTC), None)
+    await queue.mark_waiting(pool)
+    await pool.execute("UPDATE nodes SET agents = '{native,opencode}'")
+    [cleared] = await queue.mark_waiting(pool)
+    assert cleared["id"] == waiting and cleared["waiting_for"] is None
+    frames = [payload for kind, payload in await events(pool, session) if kind == "task_state"]
+    assert frames == [
+        {"task_id": waiting, "state": "pending", "attempt": 0, "waiting_for": "agent opencode: no live node runs it"},
+        {"task_id": waiting, "state": "pending", "attempt": 0, "waiting_for": ""},
+    ]

@@ -1,0 +1,99 @@
+"""A project reached through a git remote: each node's own clone, and the sessions' refs there.
+
+A project registered with ``remote_url`` is worked on in a bare clone per node,
+``<clones>/<project_id>.git`` under the node's data directory, never in a shared checkout.
+After every turn the node pushes the session's snapshot commit (and the base it is diffed
+against) to the remote::
+
+    refs/switchyard/sessions/<session_id>/snapshot
+    refs/switchyard/sessions/<session_id>/base
+
+and a node that takes the session over (its node died or was drained) fetches both into its
+clone's ``refs/switchyard/<session_id>/`` and recreates the worktree from them. An accept pushes
+the new base the same way. Blocking: call through ``anyio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from worktrees import git
+from worktrees.errors import GitCommandFailed, RemoteUnavailable
+
+# Names of the session refs, on the remote and (under refs_prefix) in every clone.
+SNAPSHOT = "snapshot"
+BASE = "base"
+
+
+def remote_ref(session_id: int, name: str) -> str:
+    return f"refs/switchyard/sessions/{session_id}/{name}"
+
+
+def local_ref(session_id: int, name: str) -> str:
+    return f"refs/switchyard/{session_id}/{name}"
+
+
+def _checked_url(url: str) -> str:
+    # Never read as an option of git fetch/push/clone.
+    if not url or url.startswith("-"):
+        raise RemoteUnavailable(f"{url!r} is not a git remote")
+    return url
+
+
+def ensure_clone(clones: Path, project_id: int, url: str) -> Path:
+    """The node's bare clone of the project (made on first use, atomically)."""
+    path = clones / f"{project_id}.git"
+    if path.is_dir():
+        return path
+    clones.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{project_id}-", dir=clones))
+    try:
+        git.run(clones, ["clone", "--bare", "--quiet", "--", _checked_url(url), str(staging)])
+        os.rename(staging, path)
+    except GitCommandFailed as exc:
+        raise RemoteUnavailable(f"cannot clone {url}: {exc.stderr.strip()}") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def fetch_branch(repo: Path, url: str, branch: str) -> str:
+    """The remote's ``branch`` now (fetched into refs/remotes/origin/<branch>)."""
+    ref = f"refs/remotes/origin/{branch}"
+    result = git.run(repo, ["fetch", "--quiet", _checked_url(url), f"+refs/heads/{branch}:{ref}"], check=False)
+    if result.returncode != 0:
+        raise RemoteUnavailable(f"cannot fetch {branch} from {url}: {result.stderr.decode(errors='replace').strip()}")
+    commit = git.rev_parse(repo, ref + "^{commit}")
+    assert commit is not None
+    return commit
+
+
+def fetch_session(repo: Path, url: str, session_id: int) -> str | None:
+    """Fetch the session's base and snapshot refs; the snapshot commit, or None when the remote
+    has none (no turn of the session pushed one). The base is fetched either way, when there."""
+    with_snapshot = [f"+{remote_ref(session_id, name)}:{local_ref(session_id, name)}" for name in (SNAPSHOT, BASE)]
+    if git.run(repo, ["fetch", "--quiet", "--no-tags", _checked_url(url), *with_snapshot], check=False).returncode:
+        base_only = f"+{remote_ref(session_id, BASE)}:{local_ref(session_id, BASE)}"
+        git.run(repo, ["fetch", "--quiet", "--no-tags", url, base_only], check=False)  # absent: handled by the caller
+        return None
+    return git.rev_parse(repo, local_ref(session_id, SNAPSHOT))
+
+
+def push_session(repo: Path, url: str, session_id: int, *, snapshot: str | None, base: str) -> None:
+    """Publish the session's base (and snapshot) on the remote, overwriting what was there."""
+    refspecs = [f"+{base}:{remote_ref(session_id, BASE)}"]
+    if snapshot is not None:
+        refspecs.append(f"+{snapshot}:{remote_ref(session_id, SNAPSHOT)}")
+    result = git.run(repo, ["push", "--quiet", "--no-verify", _checked_url(url), *refspecs], check=False)
+    if result.returncode != 0:
+        raise RemoteUnavailable(
+            f"cannot push session {session_id} to {url}: {result.stderr.decode(errors='replace').strip()}"
+        )
+
+
+def have_commit(repo: Path, commit: str) -> bool:
+    return git.rev_parse(repo, commit + "^{commit}") is not None
