@@ -172,7 +172,7 @@ class Sandbox:
             if not _within(path, covered):
                 covered.append(path)
                 args += _hide(path)
-        exposed = _existing((*read_only, *map(_expand, self.settings.read_only)))
+        exposed = _existing((*read_only, *map(_expand, self.settings.read_only), *_program_roots(argv[0])))
         for path in exposed:
             args += ["--ro-bind", str(path), str(path)]
         # Hidden wins: a hidden path inside (or equal to) one made readable again is hidden again.
@@ -184,6 +184,17 @@ class Sandbox:
         for path in _existing(frozen):
             args += ["--ro-bind", str(path), str(path)]
         return [*args, *NAMESPACES, "--chdir", str(cwd), "--", *argv]
+
+
+def _program_roots(program: str) -> list[Path]:
+    """A program installed under /tmp (a clone there with its .venv and .tools) would vanish under
+    the private /tmp: its top directory there, to show again read-only (hidden paths stay hidden)."""
+    found = shutil.which(program) or program
+    roots = []
+    for path in (Path(os.path.abspath(found)), Path(os.path.realpath(found))):
+        if path.is_relative_to(TMP) and path != TMP:
+            roots.append(TMP / path.relative_to(TMP).parts[0])
+    return roots
 
 
 def _hide(path: Path) -> list[str]:

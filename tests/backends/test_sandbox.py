@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -197,4 +198,22 @@ def test_a_protected_path_stays_hidden_even_if_configured_readable(service: Serv
         argv = sandbox.command(["cat", str(path)], cwd=service.worktree, writable=[service.worktree])
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         assert (done.returncode == 0) is readable, (path, done.stderr)
+        assert "SECRET" not in done.stdout
+
+
+def test_a_program_installed_under_tmp_runs_and_its_hidden_parts_stay_hidden(service: Service) -> None:
+    """A clone in /tmp (its .venv, .tools) is not lost under the sandbox's private /tmp."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as install:
+        root = Path(install)
+        program = root / "bin" / "tool"
+        program.parent.mkdir()
+        program.write_text('#!/bin/sh\necho installed\ncat "$1"\n')
+        program.chmod(0o755)
+        secret = root / "data" / "api-token"
+        secret.parent.mkdir()
+        secret.write_text("SECRET\n")
+        sandbox = Sandbox(SandboxSettings(), protected=(secret.parent,))
+        argv = sandbox.command([str(program), str(secret)], cwd=service.worktree, writable=[service.worktree])
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        assert done.stdout.startswith("installed\n"), done.stderr
         assert "SECRET" not in done.stdout
