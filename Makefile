@@ -10,6 +10,8 @@ DIFF2HTML_VERSION := 3.4.56
 HIGHLIGHTJS_VERSION := 11.12.0
 WEB_VENDOR := $(TOOLS)/.web-vendor-$(DIFF2HTML_VERSION)-$(HIGHLIGHTJS_VERSION)
 STAMP := $(VENV)/.installed
+# `make test` leaves the slow end-to-end runs out (PYTEST_ARGS='-m slow' runs them, PYTEST_ARGS= all).
+PYTEST_ARGS ?= -m "not slow"
 # What the service needs from the system, as <command>:<Debian package>; installed when missing.
 SYSTEM_COMMANDS := bwrap:bubblewrap
 # The tests and benchmarks also drive Debian's Chromium (Playwright's own download is not used).

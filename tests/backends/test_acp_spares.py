@@ -152,6 +152,7 @@ def test_spare_is_configured_per_agent() -> None:
         build_specs({"opencode-acp": AgentConfig(spare=-1)})
 
 
+@pytest.mark.slow
 async def test_an_opencode_spares_data_becomes_the_new_sessions_and_its_follow_up_resumes_it(
     tmp_path: Path, project: Path
 ) -> None:

@@ -73,6 +73,7 @@ def user_texts(request: RecordedRequest) -> list[str]:
 
 
 @pytest.mark.usefixtures("dispatcher")
+@pytest.mark.slow
 async def test_opencode_acp_resumes_its_session_and_switchyard_resends_nothing(
     pool: asyncpg.Pool, project: int, fake_model: FakeModel
 ) -> None:

@@ -33,6 +33,7 @@ SELECT $1, s, 'task ' || n, 'noop' FROM unnest($2::bigint[], $3::int[]) AS b(s, 
 """
 
 
+@pytest.mark.slow
 async def test_two_processes_run_each_task_once_in_session_order(db_url: str, pool: asyncpg.Pool) -> None:
     project = await add_project(pool)
     sessions = [await add_session(pool, project) for _ in range(SESSIONS)]

@@ -25,7 +25,7 @@ from testkit.services import DispatcherProcess, gateway_process
 from tests.dispatching import wait_for, wait_state
 from ws_gateway import create_token
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DONE = 20
 

@@ -23,7 +23,7 @@ from testkit.rows import add_project, add_session, add_task
 from testkit.services import DispatcherProcess, service_env
 from tests.dispatching import wait_for, wait_state
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SESSIONS = 30
 ROUNDS = 10

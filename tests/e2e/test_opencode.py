@@ -27,7 +27,7 @@ from testkit.rows import add_project
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 WAIT_SECONDS = 60
 INSERT_TASK = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, $3, 'opencode') RETURNING id"

@@ -117,6 +117,7 @@ async def served(env: dict[str, str], project: str, text: str) -> dict[str, Any]
     return await task_state(env, task_id)
 
 
+@pytest.mark.slow
 async def test_a_second_up_on_the_same_data_directory_refuses_and_the_first_keeps_serving(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -163,6 +164,7 @@ def _running(cluster: EmbeddedPostgres) -> Any:
     return check
 
 
+@pytest.mark.slow
 async def test_an_occupied_gateway_port_is_one_line_and_stops_only_its_own_cluster(data_dir: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -182,6 +184,7 @@ async def test_an_occupied_gateway_port_is_one_line_and_stops_only_its_own_clust
     assert not await anyio.to_thread.run_sync(cluster_of(data_dir, env).is_running)
 
 
+@pytest.mark.slow
 async def test_a_cluster_started_by_another_command_is_left_to_the_service_that_uses_it(
     data_dir: Path, tmp_path: Path
 ) -> None:

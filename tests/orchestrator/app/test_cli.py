@@ -81,6 +81,7 @@ def stop(proc: subprocess.Popen[str]) -> int:
     return proc.wait(60)
 
 
+@pytest.mark.slow
 def test_up_psql_insert_tasks_and_restart(env: dict[str, str], repo: Path, home: Path) -> None:
     with no_leftovers():  # the cluster and the warm opencode servers all stop with the service
         first_token = up_insert_and_list(env, repo, home)
