@@ -50,6 +50,7 @@ from orchestrator.db import migrate_url
 from testkit.cluster import temporary_cluster
 from testkit.fake_model import FakeModel
 from testkit.repos import git_repo
+from testkit.rows import add_task, first_delta_ms
 
 TURN_TIMEOUT_S = 180
 POLL_S = 0.01
@@ -78,15 +79,7 @@ RSS_SETTLE_S = 10
 RSS_SAMPLES_S = (10, 30, 60, 120, 180, 240, 300)
 RSS_TARGET_MB = 150
 
-INSERT_TASK = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, $3, $4) RETURNING id"
 TASK = "SELECT state, session_id, error, failure_reason FROM tasks WHERE id = $1"
-FIRST_DELTA = """
-SELECT extract(epoch FROM e.created_at - t.created_at) * 1000 AS ms
-  FROM tasks t JOIN session_events e ON e.session_id = t.session_id
- WHERE t.id = $1 AND e.type = 'delta' AND (e.payload->>'message_id')::bigint IN
-       (SELECT id FROM messages WHERE task_id = t.id AND role = 'assistant')
- ORDER BY e.seq LIMIT 1
-"""
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -134,7 +127,7 @@ class Bench:
     async def submit(self, agent: str | None, sessions: list[int | None]) -> list[int]:
         """Tasks for ``sessions`` (None: a new session), inserted in one transaction."""
         async with self.pool.acquire() as conn, conn.transaction():
-            return [await conn.fetchval(INSERT_TASK, self.project, s, PROMPT, agent) for s in sessions]
+            return [await add_task(conn, self.project, PROMPT, agent=agent, session_id=s) for s in sessions]
 
     async def finish(self, task_id: int) -> tuple[int, float]:
         """Wait for the task; (its session, INSERT -> first delta in ms)."""
@@ -146,7 +139,7 @@ class Bench:
                 await anyio.sleep(POLL_S)
         if row["state"] != "completed":
             raise RuntimeError(f"task {task_id} ended {row['state']} ({row['failure_reason']}): {row['error']}")
-        return row["session_id"], float(await self.pool.fetchval(FIRST_DELTA, task_id))
+        return row["session_id"], await first_delta_ms(self.pool, task_id)
 
     async def turns(self, agent: str | None, sessions: list[int | None]) -> list[tuple[int, float]]:
         task_ids = await self.submit(agent, sessions)

@@ -40,6 +40,7 @@ from orchestrator.dispatch.settings import DispatcherSettings
 from testkit.cluster import temporary_cluster
 from testkit.fake_model import FakeModel
 from testkit.repos import git_repo
+from testkit.rows import add_task, first_delta_ms
 from worktrees import WorktreeSettings
 from worktrees.manager import WorktreeManager
 
@@ -47,19 +48,10 @@ TURN_TIMEOUT_S = 120
 POLL_S = 0.02
 PROMPT = "Say hello"
 
-INSERT_TASK = "INSERT INTO tasks (project_id, session_id, input, agent) VALUES ($1, $2, $3, $4) RETURNING id"
-FIRST_DELTA = """
-SELECT extract(epoch FROM e.created_at - t.created_at) * 1000 AS ms
-  FROM tasks t JOIN session_events e ON e.session_id = t.session_id
- WHERE t.id = $1 AND e.type = 'delta' AND (e.payload->>'message_id')::bigint IN
-       (SELECT id FROM messages WHERE task_id = t.id AND role = 'assistant')
- ORDER BY e.seq LIMIT 1
-"""
-
 
 async def turn(pool: asyncpg.Pool, project: int, session: int | None, agent: str) -> tuple[int, float]:
     """Submit one task, wait for it, return (its session, INSERT -> first delta in ms)."""
-    task_id = await pool.fetchval(INSERT_TASK, project, session, PROMPT, agent)
+    task_id = await add_task(pool, project, PROMPT, agent=agent, session_id=session)
     with anyio.fail_after(TURN_TIMEOUT_S):
         while True:
             row = await pool.fetchrow("SELECT state, session_id, error FROM tasks WHERE id = $1", task_id)
@@ -68,7 +60,7 @@ async def turn(pool: asyncpg.Pool, project: int, session: int | None, agent: str
             await anyio.sleep(POLL_S)
     if row["state"] != "completed":
         raise RuntimeError(f"{agent} task {task_id} ended {row['state']}: {row['error']}")
-    return row["session_id"], float(await pool.fetchval(FIRST_DELTA, task_id))
+    return row["session_id"], await first_delta_ms(pool, task_id)
 
 
 def stats(samples: list[float]) -> dict[str, float]:

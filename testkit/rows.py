@@ -88,3 +88,17 @@ async def make_idle(pool: Db, session: int) -> None:
         """UPDATE session_worktrees SET last_used_at = now() - interval '2 days' WHERE session_id = $1;""", session
     )
     await pool.execute("UPDATE sessions SET last_active_at = now() - interval '2 days' WHERE id = $1", session)
+
+
+FIRST_DELTA_MS = """
+SELECT extract(epoch FROM e.created_at - t.created_at) * 1000 AS ms
+  FROM tasks t JOIN session_events e ON e.session_id = t.session_id
+ WHERE t.id = $1 AND e.type = 'delta' AND (e.payload->>'message_id')::bigint IN
+       (SELECT id FROM messages WHERE task_id = t.id AND role = 'assistant')
+ ORDER BY e.seq LIMIT 1
+"""
+
+
+async def first_delta_ms(db: Db, task_id: int) -> float:
+    """Milliseconds from the task's INSERT to the first delta of its answer (the first-token figure)."""
+    return float(await db.fetchval(FIRST_DELTA_MS, task_id))

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,12 @@ def test_exported_members(package: str) -> None:
     assert exported == bound, f"{package}: __all__ and the imports differ by {sorted(exported ^ bound)}"
     for name in exported:
         assert getattr(module, name, None) is not None, f"{package}.{name} is exported but missing"
+
+
+def test_the_installed_packages_import_from_anywhere(tmp_path: Path) -> None:
+    """The venv's install (not pytest's sys.path) provides every package: `switchyard` and the
+    benchmarks run from any directory."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import kernel, orchestrator, backends, worktrees, ws_gateway, testkit; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.stdout == "ok\n", done.stderr
