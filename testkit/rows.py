@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from orchestrator.services import ReviewService
+from worktrees import PendingChange, Worktree, WorktreeManager
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -69,16 +71,30 @@ async def end_turn(conn: Db, task: int) -> None:
     await conn.execute("UPDATE tasks SET state = 'completed', ended_at = now() WHERE id = $1", task)
 
 
-async def finished_turn(review: ReviewService, pool: asyncpg.Pool, session: int, files: dict[str, str]) -> int:
-    """A finished turn that wrote ``files`` in the session's worktree; the id of its pending change."""
+async def worktree_turn(
+    manager: WorktreeManager, pool: asyncpg.Pool, session: int, edit: Mapping[str, str | None]
+) -> tuple[Worktree, PendingChange | None]:
+    """One turn as the dispatcher runs it: claim, ensure, the agent edits (None deletes a file),
+    record, finish; the worktree and the change it left pending."""
     async with pool.acquire() as conn:
         task = await start_turn(conn, session)
-    worktree = await review.worktrees.ensure(session)
-    for name, text in files.items():
-        (worktree.path / name).write_text(text)
-    change = await review.worktrees.record_turn(session, task_id=task, agent="fake")
+    worktree = await manager.ensure(session)
+    for name, text in edit.items():
+        path = worktree.path / name
+        if text is None:
+            path.unlink()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    change = await manager.record_turn(session, task_id=task, agent="fake")
     async with pool.acquire() as conn:
         await end_turn(conn, task)
+    return worktree, change
+
+
+async def finished_turn(review: ReviewService, pool: asyncpg.Pool, session: int, files: dict[str, str]) -> int:
+    """A finished turn that wrote ``files`` in the session's worktree; the id of its pending change."""
+    _, change = await worktree_turn(review.worktrees, pool, session, files)
     assert change is not None
     return change.id
 

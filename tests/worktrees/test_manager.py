@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from testkit.repos import LINES, git, sample_repo
-from testkit.rows import add_repo_session, end_turn, make_idle, start_turn
+from testkit.rows import add_repo_session, make_idle, start_turn, worktree_turn
 from worktrees import (
     ChangeNotPending,
     NoWorktree,
@@ -33,20 +33,8 @@ async def statuses(pool: asyncpg.Pool, session: int) -> list[str]:
 async def turn(
     manager: WorktreeManager, pool: asyncpg.Pool, session: int, edit: dict[str, str | None]
 ) -> PendingChange | None:
-    """One turn as the dispatcher runs it: claim, ensure, the agent edits, record, finish."""
-    async with pool.acquire() as conn:
-        task = await start_turn(conn, session)
-    wt = await manager.ensure(session)
-    for name, text in edit.items():
-        if text is None:
-            (wt.path / name).unlink()
-        else:
-            (wt.path / name).parent.mkdir(parents=True, exist_ok=True)
-            (wt.path / name).write_text(text)
-    change = await manager.record_turn(session, task_id=task, agent="fake")
-    async with pool.acquire() as conn:
-        await end_turn(conn, task)
-    return change
+    """One turn as the dispatcher runs it; the change it left pending."""
+    return (await worktree_turn(manager, pool, session, edit))[1]
 
 
 # ---------------------------------------------------------------------------- ensure

@@ -10,10 +10,9 @@ import pytest
 
 from orchestrator.services import ReviewService
 from testkit.repos import bare_remote, git, sample_repo
-from testkit.rows import add_project, add_session, end_turn, start_turn
+from testkit.rows import add_project, add_session, worktree_turn
 from worktrees import (
     NoCheckout,
-    PendingChange,
     RemoteUnavailable,
     Worktree,
     WorktreeElsewhere,
@@ -28,24 +27,6 @@ def node(pool: asyncpg.Pool, tmp_path: Path, name: str) -> WorktreeManager:
     """A node's manager: its own worktree root and clones, as on another machine."""
     settings = WorktreeSettings(root=tmp_path / name / "worktrees", clones=tmp_path / name / "clones")
     return ReviewService(pool, settings, node_id=name).worktrees
-
-
-async def turn(
-    manager: WorktreeManager, pool: asyncpg.Pool, session: int, edit: dict[str, str | None]
-) -> tuple[Worktree, PendingChange | None]:
-    async with pool.acquire() as conn:
-        task = await start_turn(conn, session)
-    wt = await manager.ensure(session)
-    for name, text in edit.items():
-        if text is None:
-            (wt.path / name).unlink()
-        else:
-            (wt.path / name).parent.mkdir(parents=True, exist_ok=True)
-            (wt.path / name).write_text(text)
-    change = await manager.record_turn(session, task_id=task, agent="fake")
-    async with pool.acquire() as conn:
-        await end_turn(conn, task)
-    return wt, change
 
 
 def content(wt: Worktree) -> dict[str, bytes]:
@@ -70,7 +51,9 @@ async def test_a_session_moves_to_another_node_with_its_last_snapshot_and_its_ch
     project = await add_project(pool, "remote", checkout, remote=str(url))
     session = await add_session(pool, project)
     a, b = node(pool, tmp_path, "a"), node(pool, tmp_path, "b")
-    on_a, change = await turn(a, pool, session, {"a.txt": "edited\n", "new/file.txt": "new\n", "gone.txt": None})
+    on_a, change = await worktree_turn(
+        a, pool, session, {"a.txt": "edited\n", "new/file.txt": "new\n", "gone.txt": None}
+    )
     assert change is not None
     assert on_a.repo_path == tmp_path / "a" / "clones" / f"{project}.git"
     # The snapshot and its base are on the remote after the turn.
@@ -80,7 +63,7 @@ async def test_a_session_moves_to_another_node_with_its_last_snapshot_and_its_ch
         f"refs/switchyard/sessions/{session}/snapshot {change.snapshot_commit}",
     ]
     # Node a dies; b takes the session's next turn: the same files, file by file.
-    on_b, unchanged = await turn(b, pool, session, {})
+    on_b, unchanged = await worktree_turn(b, pool, session, {})
     assert on_b.path.is_relative_to(tmp_path / "b") and content(on_b) == content(on_a)
     assert not (on_b.path / "gone.txt").exists() and (on_b.path / "new" / "file.txt").read_text() == "new\n"
     assert unchanged == change  # the turn changed nothing: the open change stays valid
@@ -92,11 +75,11 @@ async def test_a_session_moves_to_another_node_with_its_last_snapshot_and_its_ch
     new_base = await pool.fetchval("SELECT base_commit FROM session_worktrees WHERE session_id = $1", session)
     assert git(url, "rev-parse", f"refs/switchyard/sessions/{session}/base") == new_base
     # b's next turn diffs against the new base: only what it changed since.
-    _, later = await turn(b, pool, session, {"keep.txt": "changed on b\n"})
+    _, later = await worktree_turn(b, pool, session, {"keep.txt": "changed on b\n"})
     assert later is not None and [f["path"] for f in later.files] == ["keep.txt"]
     # Back to a (b dies): a's stale worktree of the session is replaced by the remote's.
     await pool.execute("UPDATE session_worktrees SET node_id = 'b' WHERE session_id = $1", session)
-    back, same = await turn(a, pool, session, {})
+    back, same = await worktree_turn(a, pool, session, {})
     assert (back.path / "keep.txt").read_text() == "changed on b\n" and (back.path / "a.txt").read_text() == "edited\n"
     assert same == later
 
@@ -108,7 +91,7 @@ async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by
     project = await add_project(pool, "remote-only", remote=str(url))
     session = await add_session(pool, project)
     a = node(pool, tmp_path, "a")
-    _, change = await turn(a, pool, session, {"a.txt": "edited\n"})
+    _, change = await worktree_turn(a, pool, session, {"a.txt": "edited\n"})
     assert change is not None
     with pytest.raises(NoCheckout, match="has only a remote"):
         await a.accept(change.id)
@@ -118,7 +101,7 @@ async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by
     assert (await a.reject(change.id)).change.status == "rejected"
     # The remote has the worktree as the reject left it: a node taking the session over sees no edit.
     await pool.execute("UPDATE session_worktrees SET node_id = 'gone' WHERE session_id = $1", session)
-    on_b, none = await turn(node(pool, tmp_path, "b"), pool, session, {})
+    on_b, none = await worktree_turn(node(pool, tmp_path, "b"), pool, session, {})
     assert none is None and (on_b.path / "a.txt").read_text() != "edited\n"
 
 
@@ -128,7 +111,7 @@ async def test_a_session_whose_snapshot_never_reached_the_remote_refuses_to_move
     checkout, url = remote
     project = await add_project(pool, "remote", checkout, remote=str(url))
     session = await add_session(pool, project)
-    await turn(node(pool, tmp_path, "a"), pool, session, {"a.txt": "edited\n"})
+    await worktree_turn(node(pool, tmp_path, "a"), pool, session, {"a.txt": "edited\n"})
     # Its base was made on node a only (an accept whose push was lost): node b cannot rebuild it.
     await pool.execute("UPDATE session_worktrees SET base_commit = repeat('e', 40) WHERE session_id = $1", session)
     with pytest.raises(RemoteUnavailable, match="is not on the remote"):
