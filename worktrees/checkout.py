@@ -141,13 +141,18 @@ def _set_index_entries(repo: Path, commit: str, paths: Sequence[str]) -> None:
     git.run(repo, ["update-index", "-z", "--index-info"], stdin=b"".join(line + b"\0" for line in lines))
 
 
-def check_branch_name(repo: Path, branch: str) -> str:
-    """``refs/heads/<branch>`` if a reviewer may commit onto it without touching any checkout."""
+def branch_ref(repo: Path, branch: str) -> str:
+    """``refs/heads/<branch>`` if ``branch`` is a name a reviewer may commit onto."""
     if branch.startswith((SESSION_BRANCHES, "-")):
         raise BadBranch(f"{branch!r} is not a branch name you may use (switchyard/* are the sessions' own)")
     if git.run(repo, ["check-ref-format", f"refs/heads/{branch}"], check=False).returncode != 0:
         raise BadBranch(f"{branch!r} is not a valid branch name")
-    ref = f"refs/heads/{branch}"
+    return f"refs/heads/{branch}"
+
+
+def check_branch_name(repo: Path, branch: str) -> str:
+    """``refs/heads/<branch>`` if a reviewer may commit onto it without touching any checkout."""
+    ref = branch_ref(repo, branch)
     listing = git.output(repo, ["worktree", "list", "--porcelain"])
     if f"branch {ref}" in listing.splitlines():
         raise BadBranch(f"{branch} is checked out in a working tree; accept with --mode commit there instead")

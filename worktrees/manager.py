@@ -112,8 +112,10 @@ class Worktree:
     repo_path: Path
     # The project repository's git directory, where the worktree's git metadata lives (set by ensure).
     git_dir: Path | None = None
-    # A project with a remote: its URL, and its local checkout if it has one (accepts apply there).
+    # A project with a remote: its URL, the branch its sessions start from (an accept as a commit
+    # goes there), and its local checkout if it has one (an accept that applies files needs it).
     remote_url: str | None = None
+    default_branch: str | None = None
     checkout: Path | None = None
     # The node whose disk holds the worktree (None: one shared disk).
     node_id: str | None = None
@@ -325,6 +327,7 @@ class WorktreeManager:
             base_commit=row["base_commit"],
             repo_path=self._repo_of(row["project_id"], checkout, remote),
             remote_url=remote,
+            default_branch=row["default_branch"],
             checkout=Path(checkout) if checkout else None,
             node_id=row["node_id"],
         )
@@ -384,6 +387,7 @@ class WorktreeManager:
                 base_commit=row["base_commit"] if healing else "",
                 repo_path=self._repo_of(ctx["project_id"], ctx["repo_path"], remote),
                 remote_url=remote,
+                default_branch=ctx["default_branch"],
                 checkout=Path(ctx["repo_path"]) if ctx["repo_path"] else None,
                 node_id=self.node_id,
             )
@@ -769,15 +773,20 @@ class WorktreeManager:
     def _apply_remote(
         self, wt: Worktree, change: PendingChange, selection: Selection, delivery: Delivery, message: str | None
     ) -> _Applied | _Conflicted:
-        """Accept a change of a project with a remote: into the project's local checkout (which it
-        needs), then the new base is pushed, so the session's node finds it whichever node that is."""
+        """Accept a change of a project with a remote, from any node: as a commit, in this node's
+        clone and pushed to the remote's branch; into files, in the project's local checkout (which
+        it needs). Either way the new base is pushed, so the session's node finds it."""
         assert wt.remote_url is not None and change.snapshot_commit is not None
-        if wt.checkout is None:
+        if delivery.mode != "apply":
+            repo = remote.ensure_clone(self.clones, wt.project_id, wt.remote_url)
+        elif wt.checkout is None:
             raise NoCheckout(
-                f"accepting change {change.id} puts it into the project's checkout, and project {wt.project_id} "
-                f"has only a remote ({wt.remote_url}); register the project with a checkout (repo_path) to accept"
+                f"accepting change {change.id} into files needs the project's checkout, and project {wt.project_id} "
+                f"has only a remote ({wt.remote_url}); accept it as a commit (mode commit or branch, pushed to the "
+                "remote) or register the project with a checkout"
             )
-        repo = wt.checkout
+        else:
+            repo = wt.checkout
         if not (remote.have_commit(repo, change.snapshot_commit) and remote.have_commit(repo, wt.base_commit)):
             remote.fetch_session(repo, wt.remote_url, wt.session_id)
         for commit in (change.snapshot_commit, wt.base_commit):
@@ -792,7 +801,7 @@ class WorktreeManager:
             try:
                 remote.push_session(repo, url, wt.session_id, snapshot=None, base=new_base)
             except RemoteUnavailable as exc:
-                # The checkout has the change already; the node's next turn cannot find its base
+                # The project has the change already; the node's next turn cannot find its base
                 # and fails diff_failed until a push succeeds (accept again, or push by hand).
                 log.error("change.base_not_pushed", change_id=change.id, session_id=wt.session_id, error=exc)
 
@@ -833,7 +842,7 @@ class WorktreeManager:
             repo, tree, base, f"switchyard: accept change {change.id} of session {wt.session_id}\n\n{listing}\n"
         )
         try:
-            committed = self._deliver(repo, wt.session_id, change.id, accepted, paths, delivery, message)
+            committed = self._deliver(wt, change.id, accepted, paths, delivery, message)
         except ApplyConflict as exc:
             if chosen.everything:
                 return _Conflicted(str(exc))
@@ -859,20 +868,25 @@ class WorktreeManager:
 
     def _deliver(
         self,
-        repo: Path,
-        session_id: int,
+        wt: Worktree,
         change_id: int,
         accepted: bytes,
         paths: Sequence[str],
         delivery: Delivery,
         message: str | None,
     ) -> checkout.Committed | None:
+        repo = wt.repo_path
         if delivery.mode == "apply":
             git.apply_to_checkout(repo, accepted, paths)
             return None
         assert message is not None
         identity = checkout.Identity(self.settings.commit_name, self.settings.commit_email)
-        text = checkout.Trailers(session_id, change_id).add_to(repo, message)
+        text = checkout.Trailers(wt.session_id, change_id).add_to(repo, message)
+        if wt.remote_url:
+            assert wt.default_branch is not None
+            branch = delivery.branch if delivery.mode == "branch" else wt.default_branch
+            assert branch is not None
+            return remote.commit_to_branch(repo, wt.remote_url, branch, wt.default_branch, accepted, text, identity)
         if delivery.mode == "commit":
             return checkout.commit_into_checkout(repo, accepted, paths, text, identity)
         assert delivery.branch is not None

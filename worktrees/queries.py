@@ -20,7 +20,8 @@ SELECT s.id AS session_id, s.project_id, p.repo_path, p.remote_url, p.default_br
 """
 
 WORKTREE_COLUMNS = (
-    "w.session_id, w.project_id, w.path, w.branch, w.base_commit, w.status, w.node_id, p.repo_path, p.remote_url"
+    "w.session_id, w.project_id, w.path, w.branch, w.base_commit, w.status, w.node_id, p.repo_path, p.remote_url, "
+    "p.default_branch"
 )
 
 # ensure's fast path: one statement, no git. Its row lock orders it after a reaper or a

@@ -10,7 +10,8 @@ against) to the remote::
 
 and a node that takes the session over (its node died or was drained) fetches both into its
 clone's ``refs/switchyard/<session_id>/`` and recreates the worktree from them. An accept pushes
-the new base the same way. Blocking: call through ``anyio.to_thread``.
+the new base the same way; one as a commit goes onto the remote's branch (``commit_to_branch``),
+from whichever node accepts it. Blocking: call through ``anyio.to_thread``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from worktrees import git
-from worktrees.errors import GitCommandFailed, RemoteUnavailable
+from worktrees import checkout, git
+from worktrees.errors import ApplyConflict, GitCommandFailed, RemoteUnavailable
 
 # Names of the session refs, on the remote and (under refs_prefix) in every clone.
 SNAPSHOT = "snapshot"
@@ -63,13 +64,50 @@ def ensure_clone(clones: Path, project_id: int, url: str) -> Path:
 
 def fetch_branch(repo: Path, url: str, branch: str) -> str:
     """The remote's ``branch`` now (fetched into refs/remotes/origin/<branch>)."""
+    commit = _fetch_branch_if_any(repo, url, branch)
+    if commit is None:
+        raise RemoteUnavailable(f"{url} has no branch {branch}")
+    return commit
+
+
+def _fetch_branch_if_any(repo: Path, url: str, branch: str) -> str | None:
     ref = f"refs/remotes/origin/{branch}"
     result = git.run(repo, ["fetch", "--quiet", _checked_url(url), f"+refs/heads/{branch}:{ref}"], check=False)
     if result.returncode != 0:
+        # Exit status 2: the remote answered, and has no such branch.
+        listed = git.run(repo, ["ls-remote", "--exit-code", "--heads", url, f"refs/heads/{branch}"], check=False)
+        if listed.returncode == 2:
+            return None
         raise RemoteUnavailable(f"cannot fetch {branch} from {url}: {result.stderr.decode(errors='replace').strip()}")
     commit = git.rev_parse(repo, ref + "^{commit}")
     assert commit is not None
     return commit
+
+
+def commit_to_branch(
+    repo: Path,
+    url: str,
+    branch: str,
+    default_branch: str,
+    change: bytes,
+    message: str,
+    identity: checkout.Identity,
+) -> checkout.Committed:
+    """One commit with ``change`` on the remote's ``branch`` (created from ``default_branch`` when
+    missing), pushed as a fast-forward: a branch that moved meanwhile is merged 3-way first, one
+    that moves during the push refuses it (ApplyConflict) and nothing is committed."""
+    ref = checkout.branch_ref(repo, branch)
+    tip = _fetch_branch_if_any(repo, url, branch)
+    start = tip or fetch_branch(repo, url, default_branch)
+    commit = checkout.commit_as(repo, checkout.merged_tree(repo, start, change), start, message, identity)
+    # No '+': the remote takes only a fast-forward of what was fetched.
+    result = git.run(repo, ["push", "--quiet", "--no-verify", url, f"{commit}:{ref}"], check=False)
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip()
+        if "rejected" in reason:
+            raise ApplyConflict(f"{branch} on {url} moved during the accept; nothing was committed")
+        raise RemoteUnavailable(f"cannot push {branch} to {url}: {reason}")
+    return checkout.Committed(commit, branch)
 
 
 def fetch_session(repo: Path, url: str, session_id: int) -> str | None:

@@ -12,6 +12,8 @@ from orchestrator.services import ReviewService
 from testkit.repos import bare_remote, git, sample_repo
 from testkit.rows import add_project, add_session, worktree_turn
 from worktrees import (
+    BadBranch,
+    Delivery,
     NoCheckout,
     RemoteUnavailable,
     Worktree,
@@ -93,7 +95,7 @@ async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by
     a = node(pool, tmp_path, "a")
     _, change = await worktree_turn(a, pool, session, {"a.txt": "edited\n"})
     assert change is not None
-    with pytest.raises(NoCheckout, match="has only a remote"):
+    with pytest.raises(NoCheckout, match=r"has only a remote.*accept it as a commit"):
         await a.accept(change.id)
     # Reject restores the worktree's files: only the node that holds it can.
     with pytest.raises(WorktreeElsewhere, match="on node a"):
@@ -103,6 +105,76 @@ async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by
     await pool.execute("UPDATE session_worktrees SET node_id = 'gone' WHERE session_id = $1", session)
     on_b, none = await worktree_turn(node(pool, tmp_path, "b"), pool, session, {})
     assert none is None and (on_b.path / "a.txt").read_text() != "edited\n"
+
+
+def remote_file(url: Path, rev: str, path: str) -> str:
+    return git(url, "show", f"{rev}:{path}") + "\n"
+
+
+async def test_an_accept_as_a_commit_goes_onto_the_remote_from_a_node_that_never_held_the_session(
+    pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
+) -> None:
+    checkout, url = remote
+    project = await add_project(pool, "remote-only", remote=str(url))
+    session = await add_session(pool, project)
+    a = node(pool, tmp_path, "a")
+    _, change = await worktree_turn(a, pool, session, {"a.txt": "edited\n", "gone.txt": None})
+    assert change is not None
+    main_before = git(url, "rev-parse", "main")
+    # Someone pushes to main meanwhile: the accept merges onto the new tip (a fast-forward push).
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(url), str(other))
+    (other / "keep.txt").write_text("pushed by someone else\n")
+    git(other, "commit", "-qam", "someone else")
+    git(other, "push", "-q", "origin", "main")
+    moved = git(url, "rev-parse", "main")
+    # Node c has no clone yet and never held the session.
+    c = node(pool, tmp_path, "c")
+    resolution = await c.accept(change.id, delivery=Delivery(mode="commit", message="Take the edit"))
+    accepted = resolution.change
+    assert accepted.status == "accepted" and accepted.accepted_branch == "main"
+    assert git(url, "rev-parse", "main") == accepted.accepted_commit
+    assert git(url, "rev-parse", f"{accepted.accepted_commit}^") == moved != main_before
+    assert remote_file(url, "main", "a.txt") == "edited\n"
+    assert remote_file(url, "main", "keep.txt") == "pushed by someone else\n"
+    assert "gone.txt" not in git(url, "ls-tree", "--name-only", "main").split()
+    assert git(url, "log", "-1", "--format=%B", "main").startswith("Take the edit")
+    assert f"Switchyard-Change: {change.id}" in git(url, "log", "-1", "--format=%B", "main")
+    # The new base is the pushed commit, published for the session's node; the checkout
+    # (there is none here; with one it is not touched either) plays no part.
+    new_base = await pool.fetchval("SELECT base_commit FROM session_worktrees WHERE session_id = $1", session)
+    assert git(url, "rev-parse", f"refs/switchyard/sessions/{session}/base") == new_base
+    assert (checkout / "a.txt").read_text() != "edited\n"
+    # a's next turn diffs against it: only what it changed since.
+    _, later = await worktree_turn(a, pool, session, {"b.txt": "more\n"})
+    assert later is not None and [f["path"] for f in later.files] == ["b.txt"]
+    # Onto a new branch, from another node again: created from the remote's main.
+    resolution = await node(pool, tmp_path, "b").accept(later.id, delivery=Delivery(mode="branch", branch="feature/x"))
+    assert resolution.change.accepted_branch == "feature/x"
+    assert git(url, "rev-parse", "feature/x") == resolution.change.accepted_commit
+    assert git(url, "rev-parse", "feature/x^") == accepted.accepted_commit == git(url, "rev-parse", "main")
+    assert remote_file(url, "feature/x", "b.txt") == "more\n"
+
+
+async def test_an_accept_onto_a_remote_branch_that_conflicts_leaves_the_remote_as_it_was(
+    pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
+) -> None:
+    _, url = remote
+    project = await add_project(pool, "remote-only", remote=str(url))
+    session = await add_session(pool, project)
+    _, change = await worktree_turn(node(pool, tmp_path, "a"), pool, session, {"a.txt": "edited\n"})
+    assert change is not None
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(url), str(other))
+    (other / "a.txt").write_text("edited differently\n")
+    git(other, "commit", "-qam", "conflicting")
+    git(other, "push", "-q", "origin", "main")
+    tip = git(url, "rev-parse", "main")
+    resolution = await node(pool, tmp_path, "c").accept(change.id, delivery=Delivery(mode="commit"))
+    assert resolution.change.status == "conflict" and resolution.change.error
+    assert git(url, "rev-parse", "main") == tip
+    with pytest.raises(BadBranch):
+        await node(pool, tmp_path, "c").accept(change.id, delivery=Delivery(mode="branch", branch="switchyard/9"))
 
 
 async def test_a_session_whose_snapshot_never_reached_the_remote_refuses_to_move(
