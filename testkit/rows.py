@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import anyio
 import asyncpg
 
 from orchestrator.services import ReviewService
@@ -75,7 +76,8 @@ async def worktree_turn(
     manager: WorktreeManager, pool: asyncpg.Pool, session: int, edit: Mapping[str, str | None]
 ) -> tuple[Worktree, PendingChange | None]:
     """One turn as the dispatcher runs it: claim, ensure, the agent edits (None deletes a file),
-    record, finish; the worktree and the change it left pending."""
+    record, finish; the worktree and the change it left pending. Returns once the snapshot is
+    on the project's remote, if it has one (a node taking the session over finds it there)."""
     async with pool.acquire() as conn:
         task = await start_turn(conn, session)
     worktree = await manager.ensure(session)
@@ -89,6 +91,7 @@ async def worktree_turn(
     change = await manager.record_turn(session, task_id=task, agent="fake")
     async with pool.acquire() as conn:
         await end_turn(conn, task)
+    await anyio.to_thread.run_sync(manager.pushes.wait, session)
     return worktree, change
 
 

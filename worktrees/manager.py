@@ -50,7 +50,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -98,6 +98,8 @@ Announce = Callable[[asyncpg.Connection, "PendingChange"], Awaitable[None]]
 AnnounceComment = Callable[[asyncpg.Connection, Comment], Awaitable[None]]
 AcceptMode = Literal["apply", "commit", "branch"]
 ACCEPT_MODES: tuple[AcceptMode, ...] = ("apply", "commit", "branch")
+# How long an accept elsewhere waits for a turn's snapshot to reach the remote (pushed after the turn).
+SNAPSHOT_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,8 @@ class WorktreeManager:
         self._announce_comment = announce_comment
         # Worktrees the reaper could not remove, and why: each is logged once per reason.
         self._not_reaped: dict[int, str] = {}
+        # Snapshots on their way to the projects' remotes.
+        self.pushes = remote.Publisher()
 
     def bound(self, db: asyncpg.Pool | asyncpg.Connection) -> WorktreeManager:
         """This manager on another pool or connection (e.g. inside the caller's transaction)."""
@@ -303,6 +307,7 @@ class WorktreeManager:
             node_id=self.node_id,
         )
         bound._not_reaped = self._not_reaped
+        bound.pushes = self.pushes
         return bound
 
     @asynccontextmanager
@@ -352,6 +357,8 @@ class WorktreeManager:
 
     async def ensure(self, session_id: int) -> Worktree:
         """The session's worktree, created or healed as needed (see the module docstring)."""
+        if self.pushes.busy(session_id):  # the last turn's snapshot first: failover starts from it
+            await anyio.to_thread.run_sync(self.pushes.wait, session_id)
         async with self._connection() as conn:
             row = await conn.fetchrow(q.TOUCH_WORKTREE, session_id, self.node_id)
             if row is not None:
@@ -501,26 +508,22 @@ class WorktreeManager:
             remote.fetch_session(wt.repo_path, wt.remote_url, wt.session_id)
             snapshot = git.snapshot(checkout, wt.base_commit, message)
         git.update_ref(wt.repo_path, ref, snapshot)
-        # The push needs only the snapshot commit: it runs beside the diff.
-        pushing = None
-        if wt.remote_url:
-            pushing = threading.Thread(target=self._push, args=(wt, snapshot), name="switchyard-push")
-            pushing.start()
-        try:
-            conflicted = merge.still_conflicted(wt.repo_path, snapshot, marked)
-            return before, snapshot, diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps), conflicted
-        finally:
-            if pushing is not None:
-                pushing.join()
+        conflicted = merge.still_conflicted(wt.repo_path, snapshot, marked)
+        changed = diff.compute(wt.repo_path, wt.base_commit, snapshot, self._caps)
+        # Published for failover in the background, once the diff no longer needs the CPU (the
+        # session's next turn waits for it).
+        self._push(wt, snapshot)
+        return before, snapshot, changed, conflicted
 
     def _push(self, wt: Worktree, snapshot: str) -> None:
-        """Publish the snapshot for failover; a failure only logs (a node taking the session over
-        then starts from the last snapshot that was pushed)."""
-        assert wt.remote_url is not None
-        try:
-            remote.push_session(wt.repo_path, wt.remote_url, wt.session_id, snapshot=snapshot, base=wt.base_commit)
-        except RemoteUnavailable as exc:
-            log.warning("worktree.snapshot_not_pushed", session_id=wt.session_id, error=exc)
+        if wt.remote_url:
+            self.pushes.push(wt.repo_path, wt.remote_url, wt.session_id, snapshot, wt.base_commit)
+
+    async def finish_pushes(self, within: float) -> None:
+        """At shutdown: the snapshots still on their way, for up to ``within`` seconds."""
+        left = await anyio.to_thread.run_sync(self.pushes.finish, within)
+        if left:
+            log.warning("worktree.snapshots_not_pushed", count=left, within=within)
 
     async def _supersede_open(self, conn: asyncpg.Connection, session_id: int) -> list[PendingChange]:
         superseded = [PendingChange.from_row(row) for row in await conn.fetch(q.SUPERSEDE_OPEN, session_id)]
@@ -787,9 +790,14 @@ class WorktreeManager:
             )
         else:
             repo = wt.checkout
-        if not (remote.have_commit(repo, change.snapshot_commit) and remote.have_commit(repo, wt.base_commit)):
+        needed = (change.snapshot_commit, wt.base_commit)
+        # The turn's node pushes the snapshot after the turn: give it a moment to land.
+        deadline = time.monotonic() + SNAPSHOT_WAIT
+        while not all(remote.have_commit(repo, c) for c in needed) and time.monotonic() < deadline:
             remote.fetch_session(repo, wt.remote_url, wt.session_id)
-        for commit in (change.snapshot_commit, wt.base_commit):
+            if not all(remote.have_commit(repo, c) for c in needed):
+                time.sleep(0.2)
+        for commit in needed:
             if not remote.have_commit(repo, commit):
                 raise RemoteUnavailable(
                     f"change {change.id}: commit {commit} of session {wt.session_id} is not on the remote "
@@ -798,8 +806,10 @@ class WorktreeManager:
         url = wt.remote_url
 
         def publish(new_base: str) -> None:
+            self.pushes.wait(wt.session_id)  # this process's snapshot pushes of the session land first
             try:
                 remote.push_session(repo, url, wt.session_id, snapshot=None, base=new_base)
+                self.pushes.published_base(wt.session_id, new_base)
             except RemoteUnavailable as exc:
                 # The project has the change already; the node's next turn cannot find its base
                 # and fails diff_failed until a push succeeds (accept again, or push by hand).
@@ -1024,9 +1034,8 @@ class WorktreeManager:
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
             git.restore_paths(checkout, rest, restore_to(repo, rest, chosen.paths))
-            if wt.remote_url:
-                # What failover recreates is the worktree as the reject left it.
-                self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
+            # What failover recreates is the worktree as the reject left it.
+            self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
         if chosen.everything:
             return _Restored(kept_at, None, None)
         git.update_ref(repo, refs_prefix(wt.session_id) + "snapshot", rest)

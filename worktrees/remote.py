@@ -19,10 +19,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
+from kernel import get_logger
 from worktrees import checkout, git
 from worktrees.errors import ApplyConflict, GitCommandFailed, RemoteUnavailable
+
+log = get_logger("worktrees.remote")
 
 # Names of the session refs, on the remote and (under refs_prefix) in every clone.
 SNAPSHOT = "snapshot"
@@ -121,11 +126,13 @@ def fetch_session(repo: Path, url: str, session_id: int) -> str | None:
     return git.rev_parse(repo, local_ref(session_id, SNAPSHOT))
 
 
-def push_session(repo: Path, url: str, session_id: int, *, snapshot: str | None, base: str) -> None:
-    """Publish the session's base (and snapshot) on the remote, overwriting what was there."""
-    refspecs = [f"+{base}:{remote_ref(session_id, BASE)}"]
+def push_session(repo: Path, url: str, session_id: int, *, snapshot: str | None, base: str | None) -> None:
+    """Publish the session's base and/or snapshot on the remote, overwriting what was there."""
+    refspecs = [f"+{base}:{remote_ref(session_id, BASE)}"] if base is not None else []
     if snapshot is not None:
         refspecs.append(f"+{snapshot}:{remote_ref(session_id, SNAPSHOT)}")
+    if not refspecs:
+        return
     result = git.run(repo, ["push", "--quiet", "--no-verify", _checked_url(url), *refspecs], check=False)
     if result.returncode != 0:
         raise RemoteUnavailable(
@@ -135,3 +142,75 @@ def push_session(repo: Path, url: str, session_id: int, *, snapshot: str | None,
 
 def have_commit(repo: Path, commit: str) -> bool:
     return git.rev_parse(repo, commit + "^{commit}") is not None
+
+
+class Publisher:
+    """The snapshot pushes after turns, in the background: a turn ends without waiting for the
+    remote, and a session's next turn (``wait``) starts only once its last snapshot is there.
+
+    One push at a time per session, in order. The base is pushed only when it is not the one
+    this process last pushed for the session: after the first turn only an accept or a rebase
+    moves it, and they push it themselves, so a late snapshot push never puts back an old base.
+    A push that fails only logs: a node taking the session over starts from the last snapshot
+    that was pushed. Shared by a manager and its ``bound`` copies.
+    """
+
+    def __init__(self) -> None:
+        self._pushing: dict[int, threading.Thread] = {}
+        self._bases: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def push(self, repo: Path, url: str, session_id: int, snapshot: str, base: str) -> None:
+        with self._lock:
+            before = self._pushing.get(session_id)
+            thread = threading.Thread(
+                target=self._push,
+                args=(before, repo, url, session_id, snapshot, base),
+                name=f"switchyard-push-{session_id}",
+                daemon=True,  # a hung remote must not hold the process; finish() waits with a deadline
+            )
+            self._pushing[session_id] = thread
+            thread.start()
+
+    def published_base(self, session_id: int, base: str) -> None:
+        """An accept or a rebase pushed the session's new base itself."""
+        with self._lock:
+            self._bases[session_id] = base
+
+    def busy(self, session_id: int) -> bool:
+        return session_id in self._pushing
+
+    def wait(self, session_id: int) -> None:
+        """Until the session's pushes so far have ended (blocking)."""
+        thread = self._pushing.get(session_id)
+        if thread is not None:
+            thread.join()
+
+    def finish(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for every push; how many are still running then."""
+        deadline = time.monotonic() + timeout
+        for thread in list(self._pushing.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in self._pushing.values())
+
+    def _push(
+        self, before: threading.Thread | None, repo: Path, url: str, session_id: int, snapshot: str, base: str
+    ) -> None:
+        if before is not None:
+            before.join()
+        with self._lock:
+            known = self._bases.get(session_id)
+        new_base = base if known != base else None
+        try:
+            push_session(repo, url, session_id, snapshot=snapshot, base=new_base)
+        except RemoteUnavailable as exc:
+            log.warning("worktree.snapshot_not_pushed", session_id=session_id, error=exc)
+            return
+        finally:
+            with self._lock:
+                if self._pushing.get(session_id) is threading.current_thread():
+                    del self._pushing[session_id]
+        if new_base is not None:
+            with self._lock:
+                if self._bases.get(session_id) == known:  # else an accept published a newer one meanwhile
+                    self._bases[session_id] = new_base

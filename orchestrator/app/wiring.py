@@ -48,6 +48,8 @@ log = get_logger("wiring")
 
 # Under data_dir: one-shot opencode agents' data (their sessions), per agent and Switchyard session.
 AGENT_STATE_DIR = "agent-state"
+# At shutdown, how long the snapshots still being pushed to remotes are waited for.
+PUSH_FINISH_TIMEOUT = 30.0
 
 
 @dataclass
@@ -102,6 +104,8 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
         review = ReviewService(pool, config.worktrees, node_id=config.node_id)
         sandbox = agent_sandbox(config)
         async with AsyncExitStack() as stack:
+            # Left last: the snapshots of the last turns reach the remote before the process ends.
+            stack.push_async_callback(review.worktrees.finish_pushes, PUSH_FINISH_TIMEOUT)
             opencode_pool = await _start_opencode_pool(stack, config, sandbox)
             # Entered after the pool, so it stops first: its spares' instances are freed on the servers.
             spares = await stack.enter_async_context(

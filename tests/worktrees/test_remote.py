@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 
 from orchestrator.services import ReviewService
 from testkit.repos import bare_remote, git, sample_repo
-from testkit.rows import add_project, add_session, worktree_turn
+from testkit.rows import add_project, add_session, end_turn, start_turn, worktree_turn
 from worktrees import (
     BadBranch,
     Delivery,
@@ -188,3 +189,41 @@ async def test_a_session_whose_snapshot_never_reached_the_remote_refuses_to_move
     await pool.execute("UPDATE session_worktrees SET base_commit = repeat('e', 40) WHERE session_id = $1", session)
     with pytest.raises(RemoteUnavailable, match="is not on the remote"):
         await node(pool, tmp_path, "b").ensure(session)
+
+
+async def test_a_turn_ends_before_its_snapshot_is_pushed_and_the_next_turn_waits_for_it(
+    pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
+) -> None:
+    checkout, url = remote
+    project = await add_project(pool, "remote", checkout, remote=str(url))
+    session = await add_session(pool, project)
+    a = node(pool, tmp_path, "a")
+    await worktree_turn(a, pool, session, {"a.txt": "first\n"})
+    # The remote now holds every push until `go` exists.
+    go = tmp_path / "go"
+    hook = url / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\nwhile [ ! -e '{go}' ]; do sleep 0.02; done\n")
+    hook.chmod(0o755)
+    async with pool.acquire() as conn:
+        task = await start_turn(conn, session)
+    wt = await a.ensure(session)
+    (wt.path / "a.txt").write_text("second\n")
+    change = await a.record_turn(session, task_id=task, agent="fake")
+    async with pool.acquire() as conn:
+        await end_turn(conn, task)
+    # The turn has ended; its snapshot is still on its way.
+    assert change is not None and a.pushes.busy(session)
+    snapshot_ref = f"refs/switchyard/sessions/{session}/snapshot"
+    assert git(url, "rev-parse", snapshot_ref) != change.snapshot_commit
+    ensured = anyio.Event()
+
+    async def next_turn() -> None:
+        await a.ensure(session)
+        ensured.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(next_turn)
+        await anyio.sleep(0.5)
+        assert not ensured.is_set()  # the next turn waits for the snapshot
+        go.touch()
+    assert git(url, "rev-parse", snapshot_ref) == change.snapshot_commit and not a.pushes.busy(session)
