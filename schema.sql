@@ -548,3 +548,11 @@ $$;
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS waiting_for text;
 
 INSERT INTO schema_version (version) VALUES (8) ON CONFLICT DO NOTHING;
+
+-- ---------------------------------------------------------------- version 9
+
+-- The projects a node cannot reach now (a checkout that is not on its disk, a remote that does not
+-- answer it): it leaves their tasks to the nodes that can.
+ALTER TABLE nodes ADD COLUMN IF NOT EXISTS unreachable_projects bigint[] NOT NULL DEFAULT '{}';
+
+INSERT INTO schema_version (version) VALUES (9) ON CONFLICT DO NOTHING;

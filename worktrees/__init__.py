@@ -45,6 +45,7 @@ from worktrees.manager import (
     Worktree,
     WorktreeManager,
 )
+from worktrees.remote import reachable as remote_reachable
 from worktrees.settings import WorktreeSettings
 from worktrees.spares import Spare, SpareWarmer, SpareWorktrees, Taken, read_spare_status
 
@@ -92,5 +93,6 @@ __all__ = [
     "WorktreeManager",
     "WorktreeSettings",
     "read_spare_status",
+    "remote_reachable",
     "with_hunks",
 ]

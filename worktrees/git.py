@@ -75,7 +75,9 @@ def run(
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
     check: bool = True,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    """git with Switchyard's configuration; ``timeout`` raises subprocess.TimeoutExpired."""
     result = subprocess.run(
         ["git", *GIT_CONFIG, *args],
         cwd=cwd,
@@ -83,6 +85,7 @@ def run(
         input=stdin if stdin is not None else b"",
         capture_output=True,
         check=False,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise GitCommandFailed(list(args), result.returncode, result.stderr.decode(errors="replace"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -47,6 +48,15 @@ def _checked_url(url: str) -> str:
     if not url or url.startswith("-"):
         raise RemoteUnavailable(f"{url!r} is not a git remote")
     return url
+
+
+def reachable(url: str, timeout: float) -> bool:
+    """Whether the remote answers ``git ls-remote`` within ``timeout`` seconds."""
+    try:
+        listed = git.run(Path("/"), ["ls-remote", "--heads", _checked_url(url)], check=False, timeout=timeout)
+    except (RemoteUnavailable, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0
 
 
 def ensure_clone(clones: Path, project_id: int, url: str) -> Path:

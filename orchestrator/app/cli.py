@@ -153,7 +153,7 @@ async def cmd_cancel(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
-NODE_COLUMNS = ("id", "state", "host", "sessions", "running", "capacity", "agents", "seen")
+NODE_COLUMNS = ("id", "state", "host", "sessions", "running", "capacity", "agents", "unreachable", "seen")
 
 
 def _node_json(node: NodeRow) -> dict[str, Any]:
@@ -165,6 +165,8 @@ def _node_json(node: NodeRow) -> dict[str, Any]:
         "running": node.running,
         "capacity": node.capacity,
         "agents": node.agents,
+        # Projects (ids) it cannot reach now: their tasks go to other nodes.
+        "unreachable": node.unreachable_projects,
         "dead_after": node.dead_after,
         "seen": f"{node.silent_for:.0f}s ago",
         "started_at": node.started_at.isoformat(timespec="seconds"),
@@ -180,7 +182,11 @@ async def cmd_nodes(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(nodes, indent=2))
     else:
-        print_table([{**n, "agents": ",".join(n["agents"])} for n in nodes], NODE_COLUMNS)
+        rows = [
+            {**n, "agents": ",".join(n["agents"]), "unreachable": ",".join(map(str, n["unreachable"])) or "-"}
+            for n in nodes
+        ]
+        print_table(rows, NODE_COLUMNS)
     return 0
 
 

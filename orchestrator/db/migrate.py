@@ -17,7 +17,7 @@ log = get_logger("database")
 WAIT_BACKOFF = 0.2
 WAIT_BACKOFF_MAX = 5.0
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Any constant works; it only has to be the same for every Switchyard process.
 MIGRATE_LOCK_KEY = 0x5357_4954_4348  # "SWITCH"
 # How each version block of schema.sql records itself.

@@ -11,23 +11,70 @@ the claiming node recreates their worktrees from the snapshots pushed to the rem
 A drained node claims nothing; its running turns finish, and its idle sessions are no longer
 pinned (``switchyard_node_holds`` in the schema), so other nodes take their next turns.
 Several dispatchers on one node should run the same agents: each heartbeat writes its own list.
+
+The heartbeat also says which projects the node cannot reach now, and its claims leave their
+tasks to nodes that can: a project with only a checkout whose directory is not on this node's
+disk, or one whose remote did not answer ``git ls-remote`` (checked in the background at most
+every ``REMOTE_CHECK_INTERVAL`` seconds, so a slow remote never delays the heartbeat).
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import anyio
 import asyncpg
 
 from kernel import get_logger
 from orchestrator.db import queries as q
 from orchestrator.db.settings import NodeSettings
 from orchestrator.errors import NotFound
+from worktrees import remote_reachable
 
 log = get_logger("nodes")
+
+# How often a project's remote is asked whether it answers, and how long it may take.
+REMOTE_CHECK_INTERVAL = 60.0
+REMOTE_CHECK_TIMEOUT = 20.0
+
+
+class Reach:
+    """Which projects this node can reach: checkouts on its disk, remotes that answered lately."""
+
+    def __init__(self) -> None:
+        # URL -> (when last asked, whether it answered); refreshed by one thread at a time.
+        self._remotes: dict[str, tuple[float, bool]] = {}
+        self._checking: threading.Thread | None = None
+
+    def unreachable(self, places: Sequence[tuple[int, str | None, str | None]]) -> list[int]:
+        """Blocking (a stat per checkout): the ids of the projects this node cannot reach now."""
+        stale = [
+            url
+            for _, _, url in places
+            if url and time.monotonic() - self._remotes.get(url, (-1e9, True))[0] > REMOTE_CHECK_INTERVAL
+        ]
+        if stale and (self._checking is None or not self._checking.is_alive()):
+            self._checking = threading.Thread(target=self._check, args=(stale,), name="switchyard-reach", daemon=True)
+            self._checking.start()
+        return [
+            project_id
+            for project_id, checkout, url in places
+            # Unknown yet counts as reachable: a new project's first task is not held back.
+            if not (self._remotes.get(url, (0.0, True))[1] if url else checkout is not None and os.path.isdir(checkout))
+        ]
+
+    def _check(self, urls: Sequence[str]) -> None:
+        for url in urls:
+            answered = remote_reachable(url, REMOTE_CHECK_TIMEOUT)
+            if not answered:
+                log.warning("node.remote_unreachable", url=url)
+            self._remotes[url] = (time.monotonic(), answered)
 
 
 class NodeBeat:
@@ -42,8 +89,10 @@ class NodeBeat:
         self._capacity = capacity
         self._host = socket.gethostname()
         self.draining = False
-        # What the last heartbeat said it runs (the claim uses it).
+        # What the last heartbeat said it runs and cannot reach (the claim uses both).
         self.current_agents: list[str] = self.agents()
+        self.unreachable_projects: list[int] = []
+        self._reach = Reach()
         # Told when ``draining`` changes (the dispatcher wakes its claim loop).
         self.on_change: Callable[[], None] = lambda: None
 
@@ -52,6 +101,8 @@ class NodeBeat:
 
     async def __call__(self, conn: asyncpg.Connection, worker_id: str) -> None:
         agents = self.agents()
+        places = [(r["id"], r["repo_path"], r["remote_url"]) for r in await conn.fetch(q.PROJECT_PLACES)]
+        unreachable = await anyio.to_thread.run_sync(self._reach.unreachable, places)
         draining = bool(
             await conn.fetchval(
                 q.NODE_HEARTBEAT,
@@ -61,9 +112,12 @@ class NodeBeat:
                 self._capacity,
                 self.settings.dead_after,
                 worker_id,
+                unreachable,
             )
         )
-        self.current_agents = agents
+        if unreachable != self.unreachable_projects:
+            log.info("node.unreachable_projects", node_id=self.node_id, projects=unreachable)
+        self.current_agents, self.unreachable_projects = agents, unreachable
         if draining != self.draining:
             self.draining = draining
             log.info("node.draining" if draining else "node.claiming", node_id=self.node_id)
@@ -82,6 +136,7 @@ class NodeRow:
     started_at: datetime
     seen_at: datetime
     drain_requested_at: datetime | None
+    unreachable_projects: list[int]
     alive: bool
     silent_for: float
     # Sessions whose worktree it holds, turns its dispatchers run now.

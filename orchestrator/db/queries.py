@@ -71,13 +71,16 @@ SELECT w.id, w.kind, w.host, w.pid, w.url, w.started_at,
 
 # A dispatcher's heartbeat, on its worker lock's connection: the node's row (what it can run now)
 # and the worker's membership. A node back from the dead starts afresh (started_at).
+# Where each project is, for the heartbeat's reachability check.
+PROJECT_PLACES = "SELECT id, repo_path, remote_url FROM projects ORDER BY id"
+
 NODE_HEARTBEAT = """
 WITH member AS (UPDATE workers SET node_id = $1, seen_at = now() WHERE id = $6)
-INSERT INTO nodes AS n (id, host, agents, capacity, dead_after)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO nodes AS n (id, host, agents, capacity, dead_after, unreachable_projects)
+VALUES ($1, $2, $3, $4, $5, $7)
 ON CONFLICT (id) DO UPDATE
    SET host = EXCLUDED.host, agents = EXCLUDED.agents, capacity = EXCLUDED.capacity,
-       dead_after = EXCLUDED.dead_after, seen_at = now(),
+       dead_after = EXCLUDED.dead_after, unreachable_projects = EXCLUDED.unreachable_projects, seen_at = now(),
        started_at = CASE WHEN n.seen_at < now() - make_interval(secs => n.dead_after) THEN now()
                          ELSE n.started_at END
 RETURNING n.drain_requested_at IS NOT NULL AS draining
@@ -85,7 +88,7 @@ RETURNING n.drain_requested_at IS NOT NULL AS draining
 
 NODE_COLUMNS = """
 n.id, n.host, n.agents, n.capacity, n.dead_after, n.started_at, n.seen_at, n.drain_requested_at,
-n.seen_at >= now() - make_interval(secs => n.dead_after) AS alive,
+n.unreachable_projects, n.seen_at >= now() - make_interval(secs => n.dead_after) AS alive,
 extract(epoch FROM now() - n.seen_at)::float8 AS silent_for,
 (SELECT count(*) FROM session_worktrees w WHERE w.node_id = n.id AND w.status = 'active') AS sessions,
 (SELECT count(*) FROM tasks t JOIN workers k ON k.id = t.claimed_by

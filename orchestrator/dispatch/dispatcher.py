@@ -350,6 +350,7 @@ class Dispatcher:
             self.node.current_agents,
             self._router.agent_names,
             self._settings.unclaimable_after,
+            self.node.unreachable_projects,
         )
 
     def _register(self, task: ClaimedTask, claimed_at: float) -> TurnHandle:

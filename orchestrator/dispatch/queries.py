@@ -41,6 +41,11 @@ WITH candidates AS (
                 AND (t.created_at <= now() - make_interval(secs => $9)
                      OR (coalesce(t.agent, $5) <> ALL ($8::text[])
                          AND NOT EXISTS (SELECT 1 FROM nodes n WHERE coalesce(t.agent, $5) = ANY (n.agents))))))
+       -- Reach: a project this node can reach ($10: those it cannot), else only when no live node
+       -- can (then at once: it fails repository_missing or worktree_error, as on one machine).
+       AND (t.project_id <> ALL ($10::bigint[])
+            OR NOT EXISTS (SELECT 1 FROM nodes n
+                            WHERE t.project_id <> ALL (n.unreachable_projects) AND switchyard_node_holds(n.id)))
      ORDER BY t.priority DESC, t.created_at, t.id
      LIMIT $3
        FOR UPDATE SKIP LOCKED

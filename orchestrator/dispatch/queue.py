@@ -138,15 +138,18 @@ class Claimant:
     agents: Sequence[str]
     known_agents: Sequence[str]
     unclaimable_after: float
+    # Projects the node cannot reach now (orchestrator.db.nodes).
+    unreachable_projects: Sequence[int] = ()
 
 
 async def claim_tasks(
     conn: asyncpg.Connection, claimant: Claimant, lease_seconds: float, limit: int, history_messages: int
 ) -> list[ClaimedTask]:
     """Claim up to ``limit`` runnable tasks, each of a different session, that this node may run:
-    sessions not pinned to another live node, agents it has (or that no live node has)."""
+    sessions not pinned to another live node, agents it has and projects it reaches (or that no
+    live node has or reaches)."""
     c = claimant
-    args = (c.node_id, list(c.agents), list(c.known_agents), c.unclaimable_after)
+    args = (c.node_id, list(c.agents), list(c.known_agents), c.unclaimable_after, list(c.unreachable_projects))
     for _ in range(CLAIM_RACE_RETRIES):
         try:
             rows = await conn.fetch(q.CLAIM_TASKS, c.worker_id, lease_seconds, limit, history_messages, NATIVE, *args)

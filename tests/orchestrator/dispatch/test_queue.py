@@ -127,7 +127,17 @@ async def test_claim_plan_walks_the_claim_index_even_with_stale_statistics(
     plan = "\n".join(
         r[0]
         for r in await claimer.fetch(
-            "EXPLAIN " + queries.CLAIM_TASKS, "w", LEASE, 1, HISTORY, "native", "n", AGENTS, AGENTS, UNCLAIMABLE_AFTER
+            "EXPLAIN " + queries.CLAIM_TASKS,
+            "w",
+            LEASE,
+            1,
+            HISTORY,
+            "native",
+            "n",
+            AGENTS,
+            AGENTS,
+            UNCLAIMABLE_AFTER,
+            [],
         )
     )
     assert "Index Scan using tasks_pending_claim_idx" in plan
@@ -336,3 +346,26 @@ async def test_a_waiting_task_says_so_in_a_frame_and_again_when_a_node_can_run_i
         {"task_id": waiting, "state": "pending", "attempt": 0, "waiting_for": "agent opencode: no live node runs it"},
         {"task_id": waiting, "state": "pending", "attempt": 0, "waiting_for": ""},
     ]
+
+
+async def test_claim_leaves_a_project_the_node_cannot_reach_to_one_that_can(
+    pool: asyncpg.Pool, claimer: asyncpg.Connection
+) -> None:
+    project = await add_project(pool)
+    other_project = await add_project(pool, "other")
+    session = await add_session(pool, project)
+    await pool.execute(NODE, "other", list(AGENTS), datetime.now(UTC), None)
+    task_id = await add_task(pool, project, session_id=session)
+    elsewhere = await add_task(pool, other_project)
+
+    async def claim_unreaching() -> list[queue.ClaimedTask]:
+        claimant = queue.Claimant("w", "n", AGENTS, AGENTS, UNCLAIMABLE_AFTER, [project])
+        return await queue.claim_tasks(claimer, claimant, LEASE, 10, HISTORY)
+
+    # Another live node reaches it: this one leaves it, however long it waits.
+    await pool.execute("UPDATE tasks SET created_at = now() - interval '1 hour' WHERE id = $1", task_id)
+    assert [t.id for t in await claim_unreaching()] == [elsewhere]
+    # The other node dies: nobody reaches it, so this node claims it at once (and fails it,
+    # repository_missing, as one machine would).
+    await pool.execute("UPDATE nodes SET seen_at = now() - interval '1 minute' WHERE id = 'other'")
+    assert [t.id for t in await claim_unreaching()] == [task_id]
