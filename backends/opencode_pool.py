@@ -33,7 +33,9 @@ publishes its state in a small JSON file that ``switchyard pool`` reads (:func:`
 
 A server keeps an instance loaded for every directory it served: the maintenance pass disposes
 those no turn used for ``instance_idle`` seconds (the sessions stay; their next turn loads it
-again). :meth:`OpencodePool.warm` loads a spare worktree's instance before any session has it,
+again). opencode does not give their memory back, so a server that grew by ``idle_growth_mb``
+since it settled and had no turn for ``idle_restart_after`` is restarted on the same data slot,
+the instances it still had loaded again. :meth:`OpencodePool.warm` loads a spare worktree's instance before any session has it,
 as far as a first prompt would (:data:`WARM_REQUESTS`); spares are never disposed as idle.
 """
 
@@ -84,6 +86,8 @@ DEFAULT_STOP_GRACE = 5.0
 DEFAULT_WATCHDOG = 180.0
 DEFAULT_RETRY_CAP = 3
 DEFAULT_INSTANCE_IDLE = 600.0
+DEFAULT_IDLE_GROWTH_MB = 150
+DEFAULT_IDLE_RESTART_AFTER = 60.0
 
 # What bootstraps a directory's instance as far as its first prompt would (opencode loads the
 # rest lazily): listing a file boots the instance's location services (tools, skills, file watcher)
@@ -138,6 +142,11 @@ class OpencodePoolSettings:
     # A directory's instance (~20-90 MB) no turn used for this long is disposed; its opencode
     # sessions stay, and its next turn loads it again (0: never).
     instance_idle: float = DEFAULT_INSTANCE_IDLE
+    # A disposed instance does not give its memory back to the system: a server without turns
+    # for idle_restart_after seconds whose memory grew by more than idle_growth_mb since it
+    # settled is restarted on the same data slot, its loaded instances loaded again (0: never).
+    idle_growth_mb: int = DEFAULT_IDLE_GROWTH_MB
+    idle_restart_after: float = DEFAULT_IDLE_RESTART_AFTER
 
     def __post_init__(self) -> None:
         if self.servers < 1:
@@ -146,6 +155,8 @@ class OpencodePoolSettings:
             raise ValueError("opencode_pool.min_servers must be between 0 and opencode_pool.servers")
         if self.retry_cap < 0 or self.max_rss_mb < 1:
             raise ValueError("opencode_pool.retry_cap must be >= 0 and max_rss_mb >= 1")
+        if self.idle_growth_mb < 0 or self.idle_restart_after < 0:
+            raise ValueError("opencode_pool.idle_growth_mb and idle_restart_after must be >= 0")
         if self.watchdog <= 0 or self.health_interval <= 0 or self.startup_timeout <= 0:
             raise ValueError("opencode_pool.watchdog, health_interval and startup_timeout must be positive")
 
@@ -192,10 +203,12 @@ class ServerStatus:
 class OpencodeServer:
     """One ``opencode serve`` process; created and owned by :class:`OpencodePool`."""
 
-    def __init__(self, key: str, home: Path, place: ProjectPlace) -> None:
+    def __init__(self, key: str, home: Path, place: ProjectPlace, replaces: OpencodeServer | None = None) -> None:
         self.key = key
         self.home = home
         self.place = place
+        # Restarted in place of this one (same data slot): starts once it has exited.
+        self.replaces = replaces
         # The data slot: opencode's database lives in data_dir and outlives the process, so the
         # slot (``agent_sessions.server_key``) is what a session sticks to.
         self.slot = key
@@ -221,6 +234,8 @@ class OpencodeServer:
         # Directories being disposed: a turn there waits until the disposal is done.
         self.disposing: dict[str, anyio.Event] = {}
         self.rss_bytes = 0
+        # Its RSS once settled (the first maintenance pass after it was ready): what it grows from.
+        self.settled_rss = 0
         self.health_failures = 0
         self.started_at = time.monotonic()
         self.last_used = time.monotonic()
@@ -518,6 +533,9 @@ class OpencodePool:
                 self._recycle(server, "idle", force=True, refill=False)
         if self.settings.instance_idle > 0:
             await self.dispose_idle(self.settings.instance_idle)
+        for server in list(self._servers):
+            if self._bloated(server, now):
+                self._restart(server)
         for place in {s.place for s in self._live()}:
             self._fill(place)
         self._make_room()
@@ -581,10 +599,11 @@ class OpencodePool:
 
     # -------------------------------------------------------------------------------- servers
 
-    def _spawn(self, place: ProjectPlace) -> OpencodeServer:
+    def _spawn(self, place: ProjectPlace, replaces: OpencodeServer | None = None) -> OpencodeServer:
         assert self._tg is not None
         number = next(self._numbers)
-        server = OpencodeServer(f"{self.nonce}/{number}", self.root / "servers" / f"{self.nonce}-{number}", place)
+        home = self.root / "servers" / f"{self.nonce}-{number}"
+        server = OpencodeServer(f"{self.nonce}/{number}", home, place, replaces)
         self._servers.append(server)
         self._tg.start_soon(self._run, server)
         return server
@@ -593,6 +612,8 @@ class OpencodePool:
         """Start one server, wait for it to exit, clean up, restart it if it crashed."""
         crashed = False
         try:
+            if server.replaces is not None:
+                await server.replaces.exited.wait()  # its data slot is free then
             process = await self._start(server)
             crashed = await self._serve(server, process)
         except (OSError, BackendError) as exc:
@@ -611,7 +632,9 @@ class OpencodePool:
         sandboxed = (await self.sandbox.check()).usable
         await anyio.to_thread.run_sync(lambda: server.home.mkdir(parents=True, exist_ok=True))
         data_root = self.root / "data" / str(server.place.project_id)
-        await anyio.to_thread.run_sync(_take_slot, server, data_root)
+        preferred = server.replaces.slot if server.replaces is not None else None
+        server.replaces = None  # no chain of every server it ever replaced
+        await anyio.to_thread.run_sync(_take_slot, server, data_root, preferred)
         # Every tool use is asked of the turn, which answers with Switchyard's policy.
         env = opencode_env(replace(self.opencode, permission=ASK), server.home)
         if server.data_dir is not None:
@@ -745,6 +768,50 @@ class OpencodePool:
         server.health_failures = 0 if health is not None else server.health_failures + 1
         if server.tree is not None:
             server.rss_bytes = await anyio.to_thread.run_sync(tree_rss, server.tree)
+            if not server.settled_rss and server.state is ServerState.READY:
+                server.settled_rss = server.rss_bytes
+
+    def _bloated(self, server: OpencodeServer, now: float) -> bool:
+        """Grown by more than idle_growth_mb since it settled, and without a turn for idle_restart_after."""
+        s = self.settings
+        return (
+            s.idle_growth_mb > 0
+            and server.state is ServerState.READY
+            and not server.active_turns
+            and bool(server.settled_rss)
+            and server.rss_bytes - server.settled_rss > s.idle_growth_mb * 2**20
+            and now - server.last_used > s.idle_restart_after
+        )
+
+    def _restart(self, server: OpencodeServer) -> None:
+        """Replace a server by a new process on the same data slot (its opencode sessions stay):
+        the replacement takes its sessions at once (a turn waits for it to be ready) and loads
+        the instances the old one still had loaded, so their next turns stay warm."""
+        assert self._tg is not None
+        grown = (server.rss_bytes - server.settled_rss) // 2**20
+        log.info("opencode_pool.restart", server=server.key, grown_mb=grown, instances=len(server.directories))
+        loaded, spares = dict(server.directories), set(server.spares)
+        server.state = ServerState.DRAINING  # chosen by no turn from now on
+        new = self._spawn(server.place, replaces=server)
+        new.sessions, server.sessions = server.sessions, {}
+        self._tg.start_soon(self._stop, server)
+        self._tg.start_soon(self._reload, new, loaded, spares)
+
+    async def _reload(self, server: OpencodeServer, loaded: Mapping[str, float], spares: set[str]) -> None:
+        """Load ``loaded``'s instances on a restarted server, keeping when each was last used."""
+        await server.ready.wait()
+        for directory, used in loaded.items():
+            if server.state is not ServerState.READY or directory in server.directories:
+                continue
+            server.directories[directory] = used
+            if directory in spares:
+                server.spares.add(directory)
+            try:
+                for path, params in WARM_REQUESTS:
+                    await server.request("GET", path, directory=directory, params=params)
+            except (httpx.HTTPError, OpencodeServerError) as exc:
+                log.warning("opencode_pool.reload_failed", server=server.key, error=str(exc))
+                return
 
     async def _maintain(self) -> None:
         while True:
@@ -773,11 +840,13 @@ def read_pool_status(root: Path) -> list[dict[str, Any]]:
     return read_status(root, STATUS_PREFIX)
 
 
-def _take_slot(server: OpencodeServer, data_root: Path) -> None:
-    """Give ``server`` the lowest data slot no other server (of any process) holds: an exclusive
-    flock on the slot, kept until the server is cleaned up."""
-    for number in itertools.count(1):
-        directory = data_root / f"{SLOT_PREFIX}{number}"
+def _take_slot(server: OpencodeServer, data_root: Path, preferred: str | None = None) -> None:
+    """Give ``server`` the ``preferred`` data slot if it is free, else the lowest one no other
+    server (of any process) holds: an exclusive flock on the slot, kept until the server is
+    cleaned up."""
+    names = [preferred] if preferred and preferred.startswith(SLOT_PREFIX) else []
+    for name in itertools.chain(names, (f"{SLOT_PREFIX}{n}" for n in itertools.count(1))):
+        directory = data_root / name
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / SLOT_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

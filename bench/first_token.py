@@ -198,10 +198,12 @@ class Bench:
         assert opencode_pool is not None
         ((first_session, _),) = await self.turns("opencode", [None])
         await self.settle()
-        (server,) = opencode_pool.servers
+        (first_server,) = opencode_pool.servers
         dispose = getattr(opencode_pool, "dispose_idle", None)
 
         async def rss_mb() -> float:
+            # The project's server now: the pool may have restarted it (on the same data slot).
+            server = next(s for s in opencode_pool.servers if s.state == "ready")
             assert server.tree is not None
             return round(await anyio.to_thread.run_sync(tree_rss, server.tree) / 2**20, 1)
 
@@ -225,13 +227,13 @@ class Bench:
             "active": RSS_ACTIVE,
             "idle_server_mb": idle,
             "loaded_mb": loaded,
-            "instances_loaded": len(server.directories),
+            "instances_loaded": len(first_server.directories),
         }
         if dispose is None:
             return result
         disposed_at = time.monotonic()
         await dispose(time.monotonic() - marker)
-        result["instances_after_dispose"] = len(server.directories)
+        result["instances_after_dispose"] = len(first_server.directories)
         # The runtime gives the memory back lazily: sampled until it is within the target of idle.
         samples = []
         for after in RSS_SAMPLES_S:
@@ -247,6 +249,7 @@ class Bench:
             loaded_next.append(ms)
         return {
             **result,
+            "server_restarted": opencode_pool.servers != [first_server],
             "after_dispose": samples,
             "after_dispose_over_idle_mb": round(samples[-1]["rss_mb"] - idle, 1),
             "disposed_session_next_turn": stats(disposed_next),
@@ -299,7 +302,7 @@ async def run(cluster_url: Callable[[str], str], work: Path, args: argparse.Name
             },
             parse_set(args.set),
         )
-        for track in args.tracks.split(","):
+        for track in filter(None, args.tracks.split(",")):
             agent = AGENTS[track]
             variants = VARIANTS.get(track, {}) if args.compare else {}
             measured = {}

@@ -39,7 +39,7 @@ from backends.base import (
 )
 from backends.commands import ANY, CommandRule
 from backends.opencode_env import OpencodeSettings
-from backends.opencode_pool import OpencodePool, OpencodePoolSettings, ProjectPlace, marked_processes
+from backends.opencode_pool import OpencodePool, OpencodePoolSettings, ProjectPlace, ServerState, marked_processes
 from backends.opencode_server import OpencodeServerBackend
 from backends.permissions import PermissionPolicy
 from testkit.fake_model import FakeModel, RecordedRequest, Reply, message_text
@@ -62,10 +62,12 @@ def fake_model() -> Iterator[FakeModel]:
 
 
 @asynccontextmanager
-async def one_server_pool(fake_model: FakeModel, root: Path, warm: Path | None = None) -> AsyncIterator[OpencodePool]:
+async def one_server_pool(
+    fake_model: FakeModel, root: Path, warm: Path | None = None, **settings: Any
+) -> AsyncIterator[OpencodePool]:
     """A pool of one server; with ``warm``, already serving project 1 whose worktrees are there."""
     opencode = OpencodeSettings(base_url=fake_model.base_url, models=("fake-model",))
-    async with OpencodePool(OpencodePoolSettings(servers=1, min_servers=1), opencode, root) as pool:
+    async with OpencodePool(OpencodePoolSettings(servers=1, min_servers=1, **settings), opencode, root) as pool:
         if warm is not None:
             async with pool.lease(ProjectPlace(1, warm), 0, str(warm)):
                 pass
@@ -543,6 +545,45 @@ async def test_idle_instances_are_disposed_busy_ones_kept_and_the_next_turn_load
     assert idle in server.directories
     status = server.status()
     assert status.instances == len(server.directories) and status.spares == 0
+
+
+async def test_a_grown_idle_server_is_restarted_on_its_slot_with_its_loaded_instances(
+    fake_model: FakeModel, tmp_path: Path
+) -> None:
+    """Disposed instances do not give memory back: a server that grew past idle_growth_mb and had
+    no turn for idle_restart_after is replaced on the same data slot; what it still had loaded is
+    loaded again, and its sessions go on with their opencode sessions."""
+    parent = worktree_parent(tmp_path)
+    # Maintenance passes are run by hand here (check()).
+    settings = {"idle_growth_mb": 1, "idle_restart_after": 0.0, "health_interval": 3600.0}
+    async with one_server_pool(fake_model, tmp_path / "pool", parent, **settings) as pool:
+        (old,) = pool.servers
+        await pool.check()  # settles: the size it grows from
+        assert old.settled_rss > 0 and pool.servers == [old]
+        backend = OpencodeServerBackend(pool)
+        kept_wt, kept = worktree(parent), next(_session_ids)
+        first = await run(backend, make_turn(kept_wt, "the word is OTTER", kept))
+        assert first.outcome.status is OutcomeStatus.COMPLETED, first.outcome
+        others = [worktree(parent) for _ in range(4)]
+        for wt in others:
+            assert (
+                await run(backend, make_turn(wt, "hi", next(_session_ids)))
+            ).outcome.status is OutcomeStatus.COMPLETED
+            await pool.dispose_directory(wt)
+        await pool.check()
+        assert old.rss_bytes - old.settled_rss > 2**20
+        await wait_until(old.exited.is_set, what="the old server gone")
+        (new,) = pool.servers
+        await wait_until(lambda: new.state is ServerState.READY, what="the replacement ready")
+        assert new is not old and new.slot == old.slot and kept in new.sessions
+        directory = str(kept_wt.resolve())
+        await wait_until(lambda: directory in new.directories, what="the kept instance loaded again")
+        again = await run(
+            backend, make_turn(kept_wt, "which word was it?", kept, agent_session=first.outcome.agent_session)
+        )
+        assert again.outcome.status is OutcomeStatus.COMPLETED, again.outcome
+        assert again.outcome.agent_session == first.outcome.agent_session
+        assert user_texts(fake_model, "which word was it?") == ["the word is OTTER", "which word was it?"]
 
 
 async def test_a_spare_directory_is_warmed_on_the_projects_ready_server_and_kept_until_a_turn_takes_it(
