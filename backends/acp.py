@@ -107,9 +107,12 @@ from backends.launch import Launch, OneShotBackend, prepare
 from backends.modes import Mode, bypasses, check_mode
 from backends.permissions import PermissionPolicy, PermissionRequest, Verdict, decide
 from backends.registry import AgentSpec
+from backends.warmup import WARMUP_PROVIDER
 from kernel import get_logger
 
 log = get_logger("backends.acp")
+# What a pre-started agent's warm-up model is called (backends.warmup).
+WARMUP_PREFIX = f"{WARMUP_PROVIDER}/"
 
 # initialize + session/new + config options.
 STARTUP_TIMEOUT = 60.0
@@ -150,7 +153,7 @@ class AcpBackend(OneShotBackend):
         resumable = data_dir is not None
         if self.spares is not None:
             key = SpareKey(self.spec.name, root.parent, turn.git_dir, turn.model)
-            spare = await self.spares.take(self, key, data_dir)
+            spare = await self.spares.take(self, key, data_dir, root)
             if spare is not None:
                 try:
                     return await _AcpTurn(self, turn, root, emit, resumable=resumable).drive(spare.agent)
@@ -170,7 +173,12 @@ class AcpBackend(OneShotBackend):
         return outcome
 
     def launch(
-        self, model: str | None, workdir: Path, git_dir: Path | None, data_dir: Path | None
+        self,
+        model: str | None,
+        workdir: Path,
+        git_dir: Path | None,
+        data_dir: Path | None,
+        warmup_url: str | None = None,
     ) -> AbstractAsyncContextManager[Launch]:
         """The agent's launch in ``workdir`` (a worktree, or for a spare its project's directory)."""
         return prepare(
@@ -182,6 +190,7 @@ class AcpBackend(OneShotBackend):
             opencode=replace(self.opencode, permission=OPENCODE_ASK_EVERYTHING),
             parent_env=self.parent_env,
             data_dir=data_dir,
+            warmup_url=warmup_url,
         )
 
     def spare_state(self, name: str) -> Path | None:
@@ -660,7 +669,13 @@ def advertised(
     """What a session offers: its models and modes (config options of those categories, or the
     legacy mode state; not those a task may not select) and every config option, for the
     catalogue and agent options."""
-    models = tuple(value for option in options if option.category == "model" for value in _values(option))
+    models = tuple(
+        value
+        for option in options
+        if option.category == "model"
+        for value in _values(option)
+        if not value.startswith(WARMUP_PREFIX)
+    )
     mode_list: list[dict[str, Any]] = [
         {"id": choice.value, "name": choice.name, **({"description": choice.description} if choice.description else {})}
         for option in options
@@ -670,7 +685,21 @@ def advertised(
     if not mode_list and modes is not None:
         mode_list = _dump_all(modes.available_modes)
     allowed = [m for m in mode_list if not bypasses(denied_modes, str(m["id"]), str(m.get("name", "")))]
-    return AgentAdvertised(models, tuple(allowed), tuple(_dump_all(options)))
+    return AgentAdvertised(models, tuple(allowed), tuple(_without_warmup(_dump_all(options))))
+
+
+def _without_warmup(options: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A pre-started agent's warm-up model (backends.warmup) is nobody's to choose: not listed
+    (choices, and choices in groups, of every option)."""
+    kept = []
+    for option in options:
+        if str(option.get("value", "")).startswith(WARMUP_PREFIX):
+            continue
+        choices = option.get("options")
+        if isinstance(choices, list):
+            option = {**option, "options": _without_warmup([c for c in choices if isinstance(c, dict)])}
+        kept.append(option)
+    return kept
 
 
 def check_option(agent: str, options: Sequence[ConfigOption], key: str, value: str | bool) -> str:

@@ -10,7 +10,12 @@ spare serves only that project) and the process runs there. A turn takes one
 and shuts the process down at its end as it would its own: one process still serves one turn.
 Taking one wakes the keeper, which starts the next. An opencode spare also opens a session in a
 scratch directory of its HOME once initialized: opencode loads its providers, tools and plugins
-for its first session, which then costs the turn only its own directory.
+for its first session. Then, given the project's spare worktrees (``directories``), it warms the
+one the next new session will take: a scratch session there, prompted with the warm-up model,
+which the service's refusing endpoint answers at once (backends.warmup: no request reaches the
+user's model). That directory's ``session/new`` and first prompt, a second each in a fresh
+process, are then as quick as a follow-up's; :meth:`AgentSpares.take` prefers the spare warmed in
+the turn's directory.
 
 An opencode agent keeps its data per Switchyard session, and opens its database when it starts:
 a spare gets a fresh data directory (``<state_dir>/<agent>/.spares/<owner>-<n>``), so it can
@@ -33,7 +38,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +48,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 import anyio.to_thread
-from acp import PROTOCOL_VERSION, RequestError
+from acp import PROTOCOL_VERSION, RequestError, text_block
 from pydantic import ValidationError
 
 from backends.acp_process import AgentProcess
@@ -51,6 +56,7 @@ from backends.errors import BackendError
 from backends.launch import Launch
 from backends.registry import AgentSpec
 from backends.sandbox import SandboxUnavailable
+from backends.warmup import RefusingEndpoint, warmup_model_ref
 from kernel import get_logger, owner_gone
 
 log = get_logger("backends.acp_spares")
@@ -65,6 +71,10 @@ RETRY_AFTER = 30.0
 CHECK_INTERVAL = 5.0
 SPARES_DIR = ".spares"
 WARM_UP_DIR = "warm-up"
+# How long a new spare waits for a spare worktree to warm, and how long warming it may take.
+DIRECTORY_WAIT = 10.0
+WARM_TIMEOUT = 30.0
+WARM_PROMPT = "Switchyard warm-up"
 START_ERRORS = (OSError, ValueError, BackendError, SandboxUnavailable, RequestError, ValidationError, TimeoutError)
 
 
@@ -85,7 +95,12 @@ class Starter(Protocol):
     spec: AgentSpec
 
     def launch(
-        self, model: str | None, workdir: Path, git_dir: Path | None, data_dir: Path | None
+        self,
+        model: str | None,
+        workdir: Path,
+        git_dir: Path | None,
+        data_dir: Path | None,
+        warmup_url: str | None = None,
     ) -> AbstractAsyncContextManager[Launch]: ...
 
     def spare_state(self, name: str) -> Path | None: ...
@@ -98,6 +113,8 @@ class PreStarted:
     agent: AgentProcess
     # Its data directory (opencode agents), which becomes the taking session's.
     data_dir: Path | None
+    # The spare worktree it warmed (a new session there is quick on it), if any.
+    warmed: Path | None = None
     claimed: bool = False
     released: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
@@ -144,14 +161,25 @@ class _Entry:
     starting: int = 0
     retry_at: float = 0.0
     wake: anyio.Event = field(default_factory=anyio.Event)
+    # Spare worktrees a starting spare is warming.
+    warming: set[Path] = field(default_factory=set)
 
 
 class AgentSpares:
     """The pre-started ACP agents of one service; ``async with`` it for the life of the dispatcher."""
 
-    def __init__(self, state_dir: Path | None = None, *, idle: float = DEFAULT_IDLE) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        idle: float = DEFAULT_IDLE,
+        directories: Callable[[Path], Sequence[Path]] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.idle = idle
+        # The spare worktrees ready under a project's worktree directory (worktrees.SpareWorktrees).
+        self.directories = directories
+        self.endpoint: RefusingEndpoint | None = None
         self.owner = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._entries: dict[SpareKey, _Entry] = {}
         self._numbers = itertools.count(1)
@@ -161,6 +189,8 @@ class AgentSpares:
     async def __aenter__(self) -> AgentSpares:
         if self.state_dir is not None:
             await anyio.to_thread.run_sync(_sweep, self.state_dir)
+        if self.directories is not None:
+            self.endpoint = await self._stack.enter_async_context(RefusingEndpoint())
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         return self
 
@@ -177,22 +207,27 @@ class AgentSpares:
     def spare_name(self) -> str:
         return f"{self.owner}-{next(self._numbers)}"
 
-    async def take(self, starter: Starter, key: SpareKey, session_data: Path | None) -> PreStarted | None:
-        """A live spare for a turn of ``key`` whose session's agent data would be ``session_data``
-        (None: the agent keeps its own), or None: the turn starts its own process. Either way the
-        key is used now, so spares are kept (or made) for it."""
+    async def take(
+        self, starter: Starter, key: SpareKey, session_data: Path | None, directory: Path | None = None
+    ) -> PreStarted | None:
+        """A live spare for a turn of ``key`` in ``directory`` whose session's agent data would be
+        ``session_data`` (None: the agent keeps its own), the one warmed there if any; or None:
+        the turn starts its own process. Either way the key is used now, so spares are kept (or
+        made) for it."""
         if starter.spec.spare < 1 or self._tg is None:
             return None
         entry = self._want(starter, key)
         if session_data is not None and await anyio.to_thread.run_sync(os.path.lexists, session_data):
             return None  # its data must be opened at the start: a spare has its own
+        entry.ready.sort(key=lambda s: s.warmed is None or s.warmed != directory)
         while entry.ready:
             spare = entry.ready.pop(0)
             entry.wake.set()
             if await spare.agent.running():
                 spare.claimed = True
                 spare.poke()
-                log.info("acp.spare_taken", agent=key.agent, pid=spare.agent.process.pid)
+                warmed = spare.warmed is not None and spare.warmed == directory
+                log.info("acp.spare_taken", agent=key.agent, pid=spare.agent.process.pid, warmed_here=warmed)
                 return spare
             spare.poke()
         return None
@@ -249,7 +284,9 @@ class AgentSpares:
         spare: PreStarted | None = None
         started = False
         try:
-            async with entry.starter.launch(key.model, key.project_root, key.git_dir, data_dir) as launch:
+            warmup_url = self.endpoint.base_url if self.endpoint is not None and spec.opencode else None
+            launch_spare = entry.starter.launch(key.model, key.project_root, key.git_dir, data_dir, warmup_url)
+            async with launch_spare as launch:
                 agent = await AgentProcess.start(launch, key.project_root, spec.name)
                 spare = PreStarted(agent, data_dir)
                 async with anyio.create_task_group() as services:
@@ -261,6 +298,8 @@ class AgentSpares:
                             raise BackendError(f"{spec.name} speaks another ACP version")
                         if launch.home is not None:
                             await self._warm_up(agent, launch.home)
+                            if warmup_url is not None:
+                                spare.warmed = await self._warm_directory(entry, agent)
                         entry.starting -= 1
                         started = True
                         entry.ready.append(spare)
@@ -296,6 +335,39 @@ class AgentSpares:
         scratch = home / WARM_UP_DIR
         await anyio.to_thread.run_sync(scratch.mkdir)
         await agent.conn.new_session(cwd=str(scratch), mcp_servers=[])
+
+    async def _warm_directory(self, entry: _Entry, agent: AgentProcess) -> Path | None:
+        """Warm a spare worktree of the key's project no other spare has: the directory, or None
+        (none came within DIRECTORY_WAIT, or the warm-up failed; the spare serves turns anyway)."""
+        assert self.directories is not None
+        deadline = time.monotonic() + DIRECTORY_WAIT
+        while True:
+            taken = {s.warmed for s in entry.ready} | entry.warming
+            free = [d for d in self.directories(entry.key.project_root) if d not in taken]
+            if free:
+                break
+            if time.monotonic() > deadline:
+                return None
+            await anyio.sleep(0.2)
+        directory = free[0]
+        entry.warming.add(directory)
+        try:
+            with anyio.fail_after(WARM_TIMEOUT):
+                session = await agent.conn.new_session(cwd=str(directory), mcp_servers=[])
+                option = next((o for o in session.config_options or () if o.category == "model"), None)
+                if option is None:
+                    return None  # no way to choose the warm-up model: never prompt the user's
+                sid = session.session_id
+                await agent.conn.set_config_option(config_id=option.id, session_id=sid, value=warmup_model_ref())
+                with contextlib.suppress(RequestError):  # the refusal, as the agent reports it
+                    await agent.conn.prompt(session_id=sid, prompt=[text_block(WARM_PROMPT)])
+        except (TimeoutError, RequestError, ValidationError) as exc:
+            log.warning("acp.spare_not_warmed", agent=entry.key.agent, directory=str(directory), error=str(exc))
+            return None
+        finally:
+            entry.warming.discard(directory)
+        log.info("acp.spare_warmed", agent=entry.key.agent, directory=str(directory))
+        return directory
 
 
 def _adopt_data(spare: Path, session: Path) -> None:

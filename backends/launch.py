@@ -126,10 +126,12 @@ async def prepare(
     opencode: OpencodeSettings | None = None,
     parent_env: Mapping[str, str] | None = None,
     data_dir: Path | None = None,
+    warmup_url: str | None = None,
 ) -> AsyncIterator[Launch]:
     """The launch of one turn in ``workdir``; ``prompt`` (PTY track) goes last on the command line;
     an opencode agent keeps its data (sessions) in ``data_dir`` when given (writable in the
-    sandbox), else in the turn's HOME.
+    sandbox), else in the turn's HOME, and knows the warm-up provider when given ``warmup_url``
+    (a pre-started agent, backends.warmup).
 
     ``git_dir`` (the project repository's git directory) stays readable in the sandbox. Raises
     AgentNotFoundError, BadModelError or SandboxUnavailable before anything is created.
@@ -157,7 +159,7 @@ async def prepare(
     try:
         if spec.opencode:
             home = Path(await anyio.to_thread.run_sync(tempfile.mkdtemp, None, HOME_PREFIX))
-            env = agent_env(spec, parent, opencode_env(settings, home, parent))
+            env = agent_env(spec, parent, opencode_env(settings, home, parent, warmup_url))
             if data_dir is not None:
                 await anyio.to_thread.run_sync(lambda: data_dir.mkdir(parents=True, exist_ok=True))
                 env["XDG_DATA_HOME"] = str(data_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import OpencodeNotFoundError
+from backends.warmup import WARMUP_MODEL, WARMUP_PROVIDER, warmup_model_ref
 
 DEFAULT_PROVIDER_ID = "local"
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
@@ -92,22 +93,50 @@ class OpencodeSettings:
         return f"{self.provider_id}/{model or self.models[0]}"
 
 
-def opencode_config(settings: OpencodeSettings) -> dict[str, Any]:
+def opencode_config(settings: OpencodeSettings, warmup_url: str | None = None) -> dict[str, Any]:
     """The inline opencode config: one provider, no sharing, no updates, no ``question`` tool
-    unless ``settings.questions``, no undo snapshots."""
+    unless ``settings.questions``, no undo snapshots. With ``warmup_url`` (a pre-started agent's,
+    backends.warmup) a second provider whose one model is refused there, which is also the small
+    model (the session titles Switchyard never shows, so a warm-up prompt's title costs the user's
+    model nothing either)."""
     models = dict.fromkeys(settings.models)
     if settings.small_model:
         models[settings.small_model] = None
     options: dict[str, Any] = {"baseURL": settings.base_url}
     if settings.api_key_env:
         options["apiKey"] = "{env:" + settings.api_key_env + "}"
+    providers = {
+        settings.provider_id: {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": settings.provider_id,
+            "options": options,
+            "models": {
+                name: {
+                    "name": name,
+                    "tool_call": True,
+                    "reasoning": True,
+                    "limit": {"context": settings.context_limit, "output": settings.output_limit},
+                }
+                for name in models
+            },
+        }
+    }
+    small_model = settings.model_ref(settings.small_model)
+    if warmup_url is not None:
+        providers[WARMUP_PROVIDER] = {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": WARMUP_PROVIDER,
+            "options": {"baseURL": warmup_url},
+            "models": {WARMUP_MODEL: {"name": WARMUP_MODEL, "tool_call": True}},
+        }
+        small_model = warmup_model_ref()
     return {
         "$schema": "https://opencode.ai/config.json",
         "autoupdate": False,
         "share": "disabled",
-        "enabled_providers": [settings.provider_id],
+        "enabled_providers": list(providers),
         "model": settings.model_ref(),
-        "small_model": settings.model_ref(settings.small_model),
+        "small_model": small_model,
         "permission": permission_rules(settings.permission),
         # Unattended runs: the question tool would block the turn waiting for a human.
         "tools": {"question": settings.questions},
@@ -115,22 +144,7 @@ def opencode_config(settings: OpencodeSettings) -> dict[str, Any]:
         # worktree before the first step of every turn (seconds on a large repository, and on every
         # one-shot turn). Switchyard snapshots the worktree itself and never uses opencode's.
         "snapshot": False,
-        "provider": {
-            settings.provider_id: {
-                "npm": "@ai-sdk/openai-compatible",
-                "name": settings.provider_id,
-                "options": options,
-                "models": {
-                    name: {
-                        "name": name,
-                        "tool_call": True,
-                        "reasoning": True,
-                        "limit": {"context": settings.context_limit, "output": settings.output_limit},
-                    }
-                    for name in models
-                },
-            }
-        },
+        "provider": providers,
     }
 
 
@@ -149,7 +163,7 @@ def permission_rules(permission: str | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def opencode_env(
-    settings: OpencodeSettings, sandbox: Path, base_env: Mapping[str, str] | None = None
+    settings: OpencodeSettings, sandbox: Path, base_env: Mapping[str, str] | None = None, warmup_url: str | None = None
 ) -> dict[str, str]:
     """The complete environment for an opencode process whose state lives under ``sandbox``.
 
@@ -162,7 +176,7 @@ def opencode_env(
     root = sandbox.resolve()
     env.update({var: str(root / sub) for var, sub in SANDBOX_DIRS.items()})
     env.update(OFFLINE_FLAGS)
-    env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_config(settings))
+    env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_config(settings, warmup_url))
     return env
 
 

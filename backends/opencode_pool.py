@@ -35,8 +35,9 @@ A server keeps an instance loaded for every directory it served: the maintenance
 those no turn used for ``instance_idle`` seconds (the sessions stay; their next turn loads it
 again). opencode does not give their memory back, so a server that grew by ``idle_growth_mb``
 since it settled and had no turn for ``idle_restart_after`` is restarted on the same data slot,
-the instances it still had loaded again. :meth:`OpencodePool.warm` loads a spare worktree's instance before any session has it,
-as far as a first prompt would (:data:`WARM_REQUESTS`); spares are never disposed as idle.
+the instances it still had loaded again. :meth:`OpencodePool.warm` loads a spare worktree's
+instance before any session has it, as far as a first prompt would (:data:`WARM_REQUESTS`);
+spares are never disposed as idle.
 """
 
 from __future__ import annotations

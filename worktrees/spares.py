@@ -197,6 +197,10 @@ class SpareWorktrees:
         project = self._projects.get(project_id)
         return list(project.ready) if project else []
 
+    def ready_in(self, parent: Path) -> list[Path]:
+        """The ready spares' directories under ``parent`` (a project's worktree directory)."""
+        return [s.path for p in self._projects.values() for s in p.ready if s.path.parent == parent]
+
     def all_ready(self) -> bool:
         """Every wanted project has its spares, each offered to the warmer (benchmarks wait for it)."""
         return all(

@@ -118,7 +118,9 @@ async def dispatcher_runtime(config: Config, url: str) -> AsyncIterator[Runtime]
             )
             review.worktrees.spares = spares
             # Entered before the router's backends run turns, left after the dispatcher stopped.
-            agent_spares = await stack.enter_async_context(AgentSpares(config.data_dir / AGENT_STATE_DIR))
+            agent_spares = await stack.enter_async_context(
+                AgentSpares(config.data_dir / AGENT_STATE_DIR, directories=spares.ready_in)
+            )
             router = build_router(config, opencode_pool=opencode_pool, sandbox=sandbox, agent_spares=agent_spares)
             dispatcher = Dispatcher(
                 url,

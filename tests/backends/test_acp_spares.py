@@ -14,13 +14,13 @@ import pytest
 
 from backends.acp import AcpBackend
 from backends.acp_spares import AgentSpares, PreStarted, SpareKey
-from backends.base import AgentSession, OutcomeStatus, Turn, TurnOutcome
+from backends.base import AgentAdvertised, AgentSession, OutcomeStatus, Turn, TurnOutcome
 from backends.errors import AgentConfigError
 from backends.opencode_env import OpencodeSettings
 from backends.registry import PRESETS, AgentConfig, AgentSpec, build_specs
 from testkit import fake_acp_agent_command
 from testkit.fake_model import FakeModel
-from testkit.repos import git_repo
+from testkit.repos import git, git_repo
 from tests.backends.recorder import Recorder
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_leftover_processes")]
@@ -186,3 +186,43 @@ async def test_an_opencode_spares_data_becomes_the_new_sessions_and_its_follow_u
         assert not [s for s in spares.ready(key) if s.claimed]
     # A spare's data directory goes with it.
     assert list((state / "opencode-acp" / ".spares").iterdir()) == []
+
+
+async def test_an_opencode_spare_warms_the_next_spare_worktree_without_asking_the_users_model(
+    tmp_path: Path, project: Path
+) -> None:
+    state = tmp_path / "agent-state"
+    spare_worktree = project / "spare-1"
+    git_repo(spare_worktree)
+    directories = [spare_worktree]
+    async with (
+        FakeModel(models=("fake-model",)) as fm,
+        AgentSpares(state, directories=lambda root: [d for d in directories if d.parent == root]) as spares,
+    ):
+        settings = OpencodeSettings(base_url=fm.base_url, models=("fake-model",))
+        backend = AcpBackend(PRESETS["opencode-acp"], opencode=settings, state_dir=state, spares=spares)
+        key = SpareKey("opencode-acp", project, None, "fake-model")
+        git_repo(project / "70")
+        turn = replace(make_turn(project / "70", "hello"), agent="opencode-acp", model="fake-model", session_id=70)
+        first, _ = await run(backend, turn)  # no spare yet: it starts the key's spares
+        assert first.status is OutcomeStatus.COMPLETED, first.error
+        spare = await ready_one(spares, key)
+        # It warmed the spare worktree with a prompt the refusing endpoint took; the user's model
+        # saw none of it (no warm-up prompt, no title request for it).
+        assert spare.warmed == spare_worktree
+        assert spares.endpoint is not None and spares.endpoint.requests >= 1
+        assert not [r for r in fm.chat_requests if "Switchyard warm-up" in str(r.body)]
+        # Nothing was written there: the spare worktree stays one a new session may take.
+        assert git(spare_worktree, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+        seen = len(fm.chat_requests)
+        # The new session whose worktree it is takes it, and its turn goes to the user's model.
+        taken, emit = await run(
+            backend,
+            replace(make_turn(spare_worktree, "hello spare"), agent="opencode-acp", model="fake-model", session_id=71),
+        )
+        assert taken.status is OutcomeStatus.COMPLETED, taken.error
+        assert spare.claimed and "Fake reply to: hello spare" in emit.text
+        assert any(r.last_user_text == "hello spare" for r in fm.chat_requests[seen:])
+        # The warm-up model is nobody's to choose: the session does not advertise it.
+        (advertised,) = emit.of(AgentAdvertised)
+        assert advertised.models == (settings.model_ref("fake-model"),) and "switchyard-warmup" not in str(advertised)

@@ -20,6 +20,7 @@ from backends.opencode_env import (
     permission_rules,
     project_root,
 )
+from backends.warmup import WARMUP_MODEL, WARMUP_PROVIDER, warmup_model_ref
 from testkit.fake_model import FakeModel
 from testkit.repos import git_repo
 
@@ -150,3 +151,13 @@ def test_find_opencode_prefers_config_then_path_then_pinned_copy(tmp_path: Path)
     assert find_opencode(None, path="") == project_root() / PINNED_BINARY
     with pytest.raises(OpencodeNotFoundError, match="nope"):
         find_opencode(str(tmp_path / "nope"))
+
+
+def test_a_pre_started_agents_config_adds_the_warm_up_provider_as_its_small_model() -> None:
+    settings = OpencodeSettings(base_url="http://127.0.0.1:9/v1", models=("big",), provider_id="lab")
+    config = opencode_config(settings, warmup_url="http://127.0.0.1:7/v1")
+    assert config["enabled_providers"] == ["lab", WARMUP_PROVIDER]
+    assert config["model"] == "lab/big" and config["small_model"] == warmup_model_ref()
+    warmup = config["provider"][WARMUP_PROVIDER]
+    assert warmup["options"] == {"baseURL": "http://127.0.0.1:7/v1"} and list(warmup["models"]) == [WARMUP_MODEL]
+    assert config["provider"]["lab"] == opencode_config(settings)["provider"]["lab"]
