@@ -16,6 +16,7 @@ from worktrees import (
     BadBranch,
     Delivery,
     NoCheckout,
+    PendingChange,
     RemoteUnavailable,
     Worktree,
     WorktreeElsewhere,
@@ -87,15 +88,22 @@ async def test_a_session_moves_to_another_node_with_its_last_snapshot_and_its_ch
     assert same == later
 
 
-async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by_apply(
-    pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
-) -> None:
-    _, url = remote
+async def remote_only_change(
+    pool: asyncpg.Pool, tmp_path: Path, url: Path, edit: dict[str, str | None]
+) -> tuple[WorktreeManager, int, PendingChange]:
+    """A project with only a remote, a session on node a, and the change its first turn left."""
     project = await add_project(pool, "remote-only", remote=str(url))
     session = await add_session(pool, project)
     a = node(pool, tmp_path, "a")
-    _, change = await worktree_turn(a, pool, session, {"a.txt": "edited\n"})
+    _, change = await worktree_turn(a, pool, session, edit)
     assert change is not None
+    return a, session, change
+
+
+async def test_a_project_with_only_a_remote_runs_turns_but_cannot_be_accepted_by_apply(
+    pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
+) -> None:
+    a, session, change = await remote_only_change(pool, tmp_path, remote[1], {"a.txt": "edited\n"})
     with pytest.raises(NoCheckout, match=r"has only a remote.*accept it as a commit"):
         await a.accept(change.id)
     # Reject restores the worktree's files: only the node that holds it can.
@@ -116,11 +124,7 @@ async def test_an_accept_as_a_commit_goes_onto_the_remote_from_a_node_that_never
     pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
 ) -> None:
     checkout, url = remote
-    project = await add_project(pool, "remote-only", remote=str(url))
-    session = await add_session(pool, project)
-    a = node(pool, tmp_path, "a")
-    _, change = await worktree_turn(a, pool, session, {"a.txt": "edited\n", "gone.txt": None})
-    assert change is not None
+    a, session, change = await remote_only_change(pool, tmp_path, url, {"a.txt": "edited\n", "gone.txt": None})
     main_before = git(url, "rev-parse", "main")
     # Someone pushes to main meanwhile: the accept merges onto the new tip (a fast-forward push).
     other = tmp_path / "other"
@@ -160,11 +164,8 @@ async def test_an_accept_as_a_commit_goes_onto_the_remote_from_a_node_that_never
 async def test_an_accept_onto_a_remote_branch_that_conflicts_leaves_the_remote_as_it_was(
     pool: asyncpg.Pool, tmp_path: Path, remote: tuple[Path, Path]
 ) -> None:
-    _, url = remote
-    project = await add_project(pool, "remote-only", remote=str(url))
-    session = await add_session(pool, project)
-    _, change = await worktree_turn(node(pool, tmp_path, "a"), pool, session, {"a.txt": "edited\n"})
-    assert change is not None
+    url = remote[1]
+    _, _, change = await remote_only_change(pool, tmp_path, url, {"a.txt": "edited\n"})
     other = tmp_path / "other"
     git(tmp_path, "clone", "-q", str(url), str(other))
     (other / "a.txt").write_text("edited differently\n")
