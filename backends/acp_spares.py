@@ -219,7 +219,7 @@ class AgentSpares:
         entry = self._want(starter, key)
         if session_data is not None and await anyio.to_thread.run_sync(os.path.lexists, session_data):
             return None  # its data must be opened at the start: a spare has its own
-        entry.ready.sort(key=lambda s: s.warmed is None or s.warmed != directory)
+        entry.ready.sort(key=lambda s: s.warmed != directory)  # the one warmed there first
         while entry.ready:
             spare = entry.ready.pop(0)
             entry.wake.set()

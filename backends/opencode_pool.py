@@ -480,12 +480,8 @@ class OpencodePool:
         # Registered first: a turn in it meanwhile goes to this server, and it is never idle.
         server.spares.add(directory)
         server.directories[directory] = time.monotonic()
-        try:
-            for path, params in WARM_REQUESTS:
-                await server.request("GET", path, directory=directory, params=params)
-        except (httpx.HTTPError, OpencodeServerError) as exc:
+        if not await _load_instance(server, directory):
             server.spares.discard(directory)
-            log.warning("opencode_pool.warm_failed", server=server.key, error=str(exc))
             return False
         return True
 
@@ -807,11 +803,7 @@ class OpencodePool:
             server.directories[directory] = used
             if directory in spares:
                 server.spares.add(directory)
-            try:
-                for path, params in WARM_REQUESTS:
-                    await server.request("GET", path, directory=directory, params=params)
-            except (httpx.HTTPError, OpencodeServerError) as exc:
-                log.warning("opencode_pool.reload_failed", server=server.key, error=str(exc))
+            if not await _load_instance(server, directory):
                 return
 
     async def _maintain(self) -> None:
@@ -933,6 +925,17 @@ def _kill_server(server: OpencodeServer) -> None:
 def _start_failed(server: OpencodeServer, exc: Exception) -> None:
     server.error = f"opencode server {server.key} could not start: {exc}"
     log.warning("opencode_pool.start_failed", server=server.key, error=str(exc))
+
+
+async def _load_instance(server: OpencodeServer, directory: str) -> bool:
+    """Load ``directory``'s instance as far as a first prompt would (:data:`WARM_REQUESTS`)."""
+    try:
+        for path, params in WARM_REQUESTS:
+            await server.request("GET", path, directory=directory, params=params)
+    except (httpx.HTTPError, OpencodeServerError) as exc:
+        log.warning("opencode_pool.warm_failed", server=server.key, directory=directory, error=str(exc))
+        return False
+    return True
 
 
 async def _health(server: OpencodeServer) -> dict[str, Any] | None:

@@ -790,19 +790,25 @@ class WorktreeManager:
             )
         else:
             repo = wt.checkout
-        needed = (change.snapshot_commit, wt.base_commit)
+        snapshot = change.snapshot_commit
+
+        def lacking() -> list[str]:
+            return [c for c in (snapshot, wt.base_commit) if not remote.have_commit(repo, c)]
+
+        missing = lacking()
         # The turn's node pushes the snapshot after the turn: give it a moment to land.
         deadline = time.monotonic() + SNAPSHOT_WAIT
-        while not all(remote.have_commit(repo, c) for c in needed) and time.monotonic() < deadline:
+        while missing:
             remote.fetch_session(repo, wt.remote_url, wt.session_id)
-            if not all(remote.have_commit(repo, c) for c in needed):
-                time.sleep(0.2)
-        for commit in needed:
-            if not remote.have_commit(repo, commit):
-                raise RemoteUnavailable(
-                    f"change {change.id}: commit {commit} of session {wt.session_id} is not on the remote "
-                    f"{wt.remote_url} (the turn's push failed?)"
-                )
+            missing = lacking()
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if missing:
+            raise RemoteUnavailable(
+                f"change {change.id}: commit {missing[0]} of session {wt.session_id} is not on the remote "
+                f"{wt.remote_url} (the turn's push failed?)"
+            )
         url = wt.remote_url
 
         def publish(new_base: str) -> None:
@@ -1034,8 +1040,9 @@ class WorktreeManager:
             kept_at = refs_prefix(wt.session_id) + f"rejected/{change.id}"
             git.update_ref(repo, kept_at, kept)
             git.restore_paths(checkout, rest, restore_to(repo, rest, chosen.paths))
-            # What failover recreates is the worktree as the reject left it.
-            self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
+            if wt.remote_url:
+                # What failover recreates is the worktree as the reject left it.
+                self._push(wt, git.snapshot(checkout, base, f"switchyard: snapshot of session {wt.session_id}"))
         if chosen.everything:
             return _Restored(kept_at, None, None)
         git.update_ref(repo, refs_prefix(wt.session_id) + "snapshot", rest)

@@ -199,9 +199,11 @@ class Publisher:
     def finish(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for every push; how many are still running then."""
         deadline = time.monotonic() + timeout
-        for thread in list(self._pushing.values()):
+        with self._lock:
+            threads = list(self._pushing.values())
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return sum(thread.is_alive() for thread in self._pushing.values())
+        return sum(thread.is_alive() for thread in threads)
 
     def _push(
         self, before: threading.Thread | None, repo: Path, url: str, session_id: int, snapshot: str, base: str
@@ -213,14 +215,13 @@ class Publisher:
         new_base = base if known != base else None
         try:
             push_session(repo, url, session_id, snapshot=snapshot, base=new_base)
+            with self._lock:
+                # Unless an accept published a newer one meanwhile.
+                if new_base is not None and self._bases.get(session_id) == known:
+                    self._bases[session_id] = new_base
         except RemoteUnavailable as exc:
             log.warning("worktree.snapshot_not_pushed", session_id=session_id, error=exc)
-            return
         finally:
             with self._lock:
                 if self._pushing.get(session_id) is threading.current_thread():
                     del self._pushing[session_id]
-        if new_base is not None:
-            with self._lock:
-                if self._bases.get(session_id) == known:  # else an accept published a newer one meanwhile
-                    self._bases[session_id] = new_base

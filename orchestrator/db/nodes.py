@@ -54,19 +54,21 @@ class Reach:
 
     def unreachable(self, places: Sequence[tuple[int, str | None, str | None]]) -> list[int]:
         """Blocking (a stat per checkout): the ids of the projects this node cannot reach now."""
+        now = time.monotonic()
         stale = [
             url
             for _, _, url in places
-            if url and time.monotonic() - self._remotes.get(url, (-1e9, True))[0] > REMOTE_CHECK_INTERVAL
+            if url and (url not in self._remotes or now - self._remotes[url][0] > REMOTE_CHECK_INTERVAL)
         ]
         if stale and (self._checking is None or not self._checking.is_alive()):
             self._checking = threading.Thread(target=self._check, args=(stale,), name="switchyard-reach", daemon=True)
             self._checking.start()
+        # A remote not asked yet counts as reachable: a new project's first task is not held back.
         return [
             project_id
             for project_id, checkout, url in places
-            # Unknown yet counts as reachable: a new project's first task is not held back.
-            if not (self._remotes.get(url, (0.0, True))[1] if url else checkout is not None and os.path.isdir(checkout))
+            if (url and not self._remotes.get(url, (now, True))[1])
+            or (not url and not (checkout is not None and os.path.isdir(checkout)))
         ]
 
     def _check(self, urls: Sequence[str]) -> None:
